@@ -1,0 +1,29 @@
+//! Small filesystem helpers for durable publication of files (any thread, blocking I/O).
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+/// Fsyncs the directory holding `path`, so a rename into it survives a power cut.
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// Writes `bytes` to `path` through `path.tmp`, fsync and rename: readers see the old file or the
+/// whole new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    sync_parent(path)
+}

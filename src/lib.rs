@@ -1,0 +1,25 @@
+//! hongbao: a thread-per-core appliance that hands out red envelopes ("shake") and fans out IM
+//! messages. This crate is the library behind the `hongbao` binary.
+//!
+//! Components, in the order money flows through them:
+//! - [`plan`]: the budget model (`plan.toml`), its validation, the deterministic allocation of
+//!   envelopes and money to slots and shard files, and the two random algorithms of R2
+//!   ([`plan::split`] amounts, [`plan::shuffle`] sponsor interleave).
+//! - [`ticket`]: the 26-byte record with its AES-sealed 16-byte block, the keyring, and the
+//!   shard file format.
+//! - [`gen`]: `hongbao gen`, the parallel streaming generator.
+//! - [`manifest`]: the manifest and batch config written beside the tickets.
+//! - [`verify`]: `hongbao verify`, the independent re-check (R14).
+//!
+//! docs/ARCHITECTURE.md explains the design and its reasons; docs/formats/ every file format.
+
+pub mod fsutil;
+pub mod gen;
+pub mod manifest;
+pub mod plan;
+pub mod progress;
+pub mod ticket;
+pub mod verify;
+
+/// The plan used by `hongbao demo`, also printed by `hongbao plan-example`.
+pub const DEMO_PLAN: &str = include_str!("plan/demo.toml");

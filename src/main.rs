@@ -1,0 +1,367 @@
+//! The `hongbao` command line: one subcommand per job. Parses flags, runs the job from the
+//! library, prints a human summary, and maps outcomes to exit codes
+//! (0 success, 1 verification found problems, 2 bad input or failure).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use hongbao::gen::{format_cents, generate, GenOptions, GenSummary};
+use hongbao::plan::{Plan, PlanFile};
+use hongbao::verify::{verify, VerifyOptions, VerifyReport, FINDINGS_SHOWN_DEFAULT};
+use hongbao::DEMO_PLAN;
+
+#[derive(Parser)]
+#[command(name = "hongbao", version, about = "Red-envelope and IM fan-out appliance", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate encrypted ticket shards, batch configs, manifests and a keyring from a plan.
+    Gen {
+        /// The budget plan (TOML; see `hongbao plan-example` and docs/formats/plan.md).
+        #[arg(long)]
+        plan: PathBuf,
+        /// Output directory; each variant is written to OUT/<variant>/.
+        #[arg(long)]
+        out: PathBuf,
+        /// Keyring path (mode 0600). Default: OUT.keyring beside, never inside, OUT.
+        #[arg(long)]
+        keyring: Option<PathBuf>,
+        /// Master seed: the same plan and seed give the same amounts and order (not the same
+        /// keys). Default: drawn from the OS and recorded in the keyring.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Generate N alternative plans (A, B, C, ...) side by side (R3).
+        #[arg(long)]
+        variants: Option<u32>,
+        /// Worker threads. Default: all CPUs.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Replace an earlier generation in OUT and an existing keyring.
+        #[arg(long)]
+        force: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Re-check a generation: decrypt every ticket, check bounds, totals, uniqueness, checksums.
+    Verify {
+        /// A variant directory (with manifest.json) or the OUT directory of `gen`.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        keyring: PathBuf,
+        /// Your own copy of the plan, compared byte for byte with the copy beside the tickets.
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// How many findings to print in full (all are counted).
+        #[arg(long, default_value_t = FINDINGS_SHOWN_DEFAULT)]
+        show: usize,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Validate a plan and print what it would generate, without generating anything.
+    CheckPlan {
+        #[arg(long)]
+        plan: PathBuf,
+    },
+    /// Print the demo plan, a commented starting point for your own.
+    PlanExample,
+    /// The main job on embedded defaults: write the demo plan, generate it, verify it.
+    Demo {
+        /// Working directory for the demo (plan, tickets, keys).
+        #[arg(long, default_value = "hongbao-demo")]
+        dir: PathBuf,
+        /// Multiply every budget and count (1 = about 2.3 million envelopes).
+        #[arg(long, default_value_t = 1)]
+        scale: u64,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Gen {
+            plan,
+            out,
+            keyring,
+            seed,
+            variants,
+            threads,
+            force,
+            quiet,
+        } => {
+            let mut plan = Plan::load(&plan).map_err(|e| e.to_string())?;
+            if let Some(n) = variants {
+                plan.expand_variants(n).map_err(|e| e.to_string())?;
+            }
+            let keyring = match keyring {
+                Some(k) => k,
+                None => default_keyring(&out)?,
+            };
+            let opts = GenOptions {
+                out,
+                keyring,
+                seed,
+                threads: threads.unwrap_or_else(default_threads),
+                force,
+                progress: !quiet && std::io::stderr().is_terminal(),
+            };
+            let summary = generate(&plan, &opts).map_err(|e| e.to_string())?;
+            print_gen(&plan, &summary);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            dir,
+            keyring,
+            plan,
+            threads,
+            show,
+            quiet,
+        } => {
+            let opts = VerifyOptions {
+                dir,
+                keyring,
+                plan,
+                threads: threads.unwrap_or_else(default_threads),
+                progress: !quiet && std::io::stderr().is_terminal(),
+                findings_max: show,
+            };
+            let report = verify(&opts).map_err(|e| e.to_string())?;
+            print_verify(&report);
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::CheckPlan { plan } => {
+            let plan = Plan::load(&plan).map_err(|e| e.to_string())?;
+            print_plan(&plan)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PlanExample => {
+            print!("{DEMO_PLAN}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            dir,
+            scale,
+            seed,
+            threads,
+        } => demo(&dir, scale, seed, threads.unwrap_or_else(default_threads)),
+    }
+}
+
+/// `OUT.keyring` next to the output directory.
+fn default_keyring(out: &Path) -> Result<PathBuf, String> {
+    let name = out.file_name().ok_or_else(|| {
+        format!(
+            "cannot derive a keyring path from --out {}; pass --keyring",
+            out.display()
+        )
+    })?;
+    let mut file = name.to_os_string();
+    file.push(".keyring");
+    Ok(out.with_file_name(file))
+}
+
+fn print_plan(plan: &Plan) -> Result<(), String> {
+    let allocations = plan.allocate().map_err(|e| e.to_string())?;
+    println!(
+        "plan {} ({}) is valid: fingerprint {}",
+        plan.event_name,
+        plan.currency,
+        &plan.fingerprint_hex()[..16]
+    );
+    println!(
+        "  {} envelopes, {} {} from {} merchants over {} slots",
+        plan.total_envelopes(),
+        format_cents(plan.total_cents()),
+        plan.currency,
+        plan.merchants.len(),
+        plan.slots.len()
+    );
+    for m in &plan.merchants {
+        println!(
+            "  merchant {:>6} {:<24} {:>12} envelopes {:>16} {} in [{}, {}]",
+            m.id,
+            m.name,
+            m.count,
+            format_cents(m.budget_cents),
+            plan.currency,
+            format_cents(m.min_cents),
+            format_cents(m.max_cents)
+        );
+    }
+    let keys: u64 = allocations
+        .iter()
+        .flat_map(|a| &a.shards)
+        .map(|s| s.key_reserved as u64)
+        .sum();
+    println!(
+        "  {} variant(s) x {} shard files each; at most {keys} keys of {} {} each",
+        allocations.len(),
+        plan.shards_per_variant(),
+        format_cents(plan.key_cap_cents),
+        plan.currency
+    );
+    Ok(())
+}
+
+fn print_gen(plan: &Plan, summary: &GenSummary) {
+    let rate = summary.envelopes as f64 / summary.seconds.max(1e-9);
+    println!(
+        "generated {} envelopes in {:.2} s ({:.1} M tickets/s on {} threads, {:.1} M/s per thread)",
+        summary.envelopes,
+        summary.seconds,
+        rate / 1e6,
+        summary.threads,
+        rate / 1e6 / summary.threads as f64
+    );
+    for v in &summary.variants {
+        println!(
+            "  variant {:<4} {:>12} envelopes {:>18} {} {:>6} files {:>6} keys  {}",
+            v.name,
+            v.envelopes,
+            format_cents(v.amount_cents),
+            plan.currency,
+            v.shards,
+            v.keys,
+            v.dir.display()
+        );
+    }
+    println!(
+        "  keyring {} (mode 0600; keep it apart from the ticket files)",
+        summary.keyring.display()
+    );
+    println!("  seed {} (recorded in the keyring)", summary.seed);
+}
+
+fn print_verify(report: &VerifyReport) {
+    let rate = report.envelopes as f64 / report.seconds.max(1e-9);
+    if report.keyring_too_open {
+        eprintln!("warning: the keyring is readable by group or others; chmod 600 it");
+    }
+    if report.ok() {
+        println!(
+            "verify OK: variants {}: {} files, {} envelopes, {} total, {} keys; every ticket \
+             decrypted and checked in {:.2} s ({:.1} M tickets/s)",
+            report.variants.join(", "),
+            report.files,
+            report.envelopes,
+            format_cents(report.amount_cents),
+            report.keys,
+            report.seconds,
+            rate / 1e6
+        );
+        return;
+    }
+    println!(
+        "verify FAILED: {} problem(s) in variants {} ({} files, {} tickets passed every check)",
+        report.findings.total,
+        report.variants.join(", "),
+        report.files,
+        report.envelopes
+    );
+    for (kind, n) in &report.findings.by_kind {
+        println!("  {:>10}  {}", n, kind.label());
+    }
+    for finding in &report.findings.shown {
+        println!("  {finding}");
+    }
+    let hidden = report.findings.total - report.findings.shown.len() as u64;
+    if hidden > 0 {
+        println!("  ... and {hidden} more (raise --show to list them)");
+    }
+}
+
+fn demo(dir: &Path, scale: u64, seed: Option<u64>, threads: usize) -> Result<ExitCode, String> {
+    if scale == 0 {
+        return Err("--scale must be at least 1".into());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let plan_text = if scale == 1 {
+        DEMO_PLAN.to_string()
+    } else {
+        let mut file: PlanFile = toml::from_str(DEMO_PLAN).map_err(|e| e.to_string())?;
+        for m in &mut file.merchants {
+            m.budget_cents *= scale;
+            m.count = m.count.map(|c| c * scale);
+        }
+        file.event.key_cap_cents = file.event.key_cap_cents.max(25_000_000);
+        toml::to_string(&file).map_err(|e| e.to_string())?
+    };
+    let plan_path = dir.join("plan.toml");
+    std::fs::write(&plan_path, &plan_text).map_err(|e| format!("{}: {e}", plan_path.display()))?;
+    let plan = Plan::from_toml(&plan_text).map_err(|e| e.to_string())?;
+    let out = dir.join("event");
+    let keyring = dir.join("keys").join("demo.keyring");
+    println!(
+        "demo: plan {} ({} envelopes, {} {})",
+        plan_path.display(),
+        plan.total_envelopes(),
+        format_cents(plan.total_cents()),
+        plan.currency
+    );
+    let progress = std::io::stderr().is_terminal();
+    let summary = generate(
+        &plan,
+        &GenOptions {
+            out: out.clone(),
+            keyring: keyring.clone(),
+            seed,
+            threads,
+            force: true,
+            progress,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    print_gen(&plan, &summary);
+    let report = verify(&VerifyOptions {
+        dir: out.clone(),
+        keyring: keyring.clone(),
+        plan: Some(plan_path.clone()),
+        threads,
+        progress,
+        findings_max: FINDINGS_SHOWN_DEFAULT,
+    })
+    .map_err(|e| e.to_string())?;
+    print_verify(&report);
+    println!(
+        "next: hongbao verify --dir {} --keyring {}",
+        out.display(),
+        keyring.display()
+    );
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,1101 @@
+//! Budget plans: parsing, validation (R1), alternative variants (R3) and the deterministic
+//! allocation of every merchant's envelopes and money to slots and shard files (R6).
+//!
+//! Everything here is pure computation used by `gen` and `verify` on any thread. The random part
+//! of generation (amount split and sponsor interleave, R2) lives in [`split`] and [`shuffle`];
+//! the allocation below is deterministic so that `verify` can recompute it from the plan alone.
+
+pub mod model;
+pub mod shuffle;
+pub mod split;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+pub use model::{Kind, PlanFile, KEY_CAP_CENTS_DEFAULT};
+
+/// Most batches (merchant x slot pairs) in one variant: batch ids are u16 and 0 is reserved.
+pub const BATCHES_MAX: usize = u16::MAX as usize;
+/// Most variants per plan: the variant index takes the top 8 bits of a shard ordinal.
+pub const VARIANTS_MAX: usize = 255;
+/// Most shard files per variant: the file index takes the low 24 bits of a shard ordinal.
+pub const SHARDS_PER_VARIANT_MAX: usize = 1 << 24;
+/// Most envelopes in one shard file: the record index is a u32.
+pub const ENVELOPES_PER_SHARD_MAX: u64 = u32::MAX as u64;
+/// Key ids are u16 and 0 is reserved, so one keyring holds at most this many keys.
+pub const KEYS_MAX: u64 = u16::MAX as u64;
+/// Most cores one host may declare.
+pub const CORES_PER_HOST_MAX: u32 = 1024;
+/// Longest name (event, host, park, slot, variant): names become path components.
+pub const NAME_LEN_MAX: usize = 64;
+/// Largest plan file accepted, so a wrong path cannot make us read gigabytes.
+pub const PLAN_FILE_BYTES_MAX: u64 = 16 << 20;
+
+/// One thing wrong with a plan, naming the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Path of the offending field, e.g. `merchant[2] (id 1003).max_cents`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a plan was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The plan file could not be read (missing, unreadable, too large).
+    #[error("cannot read plan {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    /// The file is not valid TOML or does not match the plan schema (unknown or missing field).
+    #[error("plan is not valid: {0}")]
+    Syntax(String),
+    /// The plan parses but breaks one or more rules; every problem found is listed.
+    #[error("plan has {} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// A host of the topology, with its backup host resolved (R6).
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub park: String,
+    pub cores: u32,
+    /// Index of the host that keeps a backup copy of this host's files, in another park.
+    pub backup: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub name: String,
+    pub start: String,
+    pub end: String,
+    pub start_unix: i64,
+    pub end_unix: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Merchant {
+    pub id: u64,
+    pub name: String,
+    pub kind: Kind,
+    pub budget_cents: u64,
+    pub count: u64,
+    pub min_cents: u64,
+    pub max_cents: u64,
+    pub payment_order: String,
+    pub account: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub name: String,
+    /// `weights[merchant][slot]`: how this variant spreads each merchant over the slots.
+    pub weights: Vec<Vec<u64>>,
+}
+
+/// A validated plan. Only [`Plan::from_toml`] makes one, so holding a `Plan` means every rule
+/// in docs/formats/plan.md holds.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The exact bytes of the plan file; they are copied next to the tickets and fingerprinted.
+    pub source: String,
+    /// SHA-256 of `source`: binds tickets, manifest and keyring to this exact plan.
+    pub fingerprint: [u8; 32],
+    pub event_name: String,
+    pub currency: String,
+    pub key_cap_cents: u64,
+    pub hosts: Vec<Host>,
+    pub slots: Vec<Slot>,
+    pub merchants: Vec<Merchant>,
+    pub variants: Vec<Variant>,
+    /// True when the plan file lists `[[variant]]` tables; false when variant "A" is implied.
+    pub lists_variants: bool,
+}
+
+/// A merchant's envelopes in one slot: the unit of the batch config (R4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// 1-based; 0 is never a valid batch id.
+    pub id: u16,
+    pub merchant: usize,
+    pub slot: usize,
+    pub count: u64,
+    pub amount_cents: u64,
+}
+
+/// A batch's share of one shard file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub batch_id: u16,
+    pub count: u64,
+    pub amount_cents: u64,
+    pub min_cents: u64,
+    pub max_cents: u64,
+}
+
+/// One ticket file: a (slot, host, core) of one variant, with everything it must contain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardPlan {
+    /// `variant << 24 | file_index`; the high half of every envelope id in the file.
+    pub ordinal: u32,
+    pub variant: usize,
+    pub slot: usize,
+    pub host: usize,
+    pub core: u32,
+    pub parts: Vec<Part>,
+    pub count: u64,
+    pub amount_cents: u64,
+    /// First key id reserved for this file.
+    pub key_first: u16,
+    /// Number of key ids reserved: an upper bound on the keys greedy packing can use.
+    pub key_reserved: u16,
+}
+
+impl ShardPlan {
+    /// Path of the file relative to the variant directory.
+    pub fn relative_path(&self, plan: &Plan) -> PathBuf {
+        Path::new("tickets")
+            .join(&plan.slots[self.slot].name)
+            .join(&plan.hosts[self.host].name)
+            .join(format!("{}.tix", self.core))
+    }
+}
+
+/// Everything deterministic about one variant: batches and shard contents.
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    pub variant: usize,
+    pub batches: Vec<Batch>,
+    pub shards: Vec<ShardPlan>,
+}
+
+impl Plan {
+    /// Reads and validates a plan file.
+    pub fn load(path: &Path) -> Result<Plan, PlanError> {
+        let read_error = |message: String| PlanError::Read {
+            path: path.to_path_buf(),
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| read_error(e.to_string()))?;
+        if meta.len() > PLAN_FILE_BYTES_MAX {
+            return Err(read_error(format!(
+                "{} bytes is larger than the {} byte limit for a plan",
+                meta.len(),
+                PLAN_FILE_BYTES_MAX
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| read_error(e.to_string()))?;
+        Plan::from_toml(&text)
+    }
+
+    /// Parses and validates plan text, collecting every problem rather than stopping at one.
+    pub fn from_toml(text: &str) -> Result<Plan, PlanError> {
+        let file: PlanFile = toml::from_str(text).map_err(|e| PlanError::Syntax(e.to_string()))?;
+        validate(file, text)
+    }
+
+    /// Replaces the implied single variant with `count` variants named A, B, C, ... (then
+    /// V27, V28, ...), all spreading merchants as the plan says: `gen --variants N` (R3).
+    /// Each gets its own random split and order because its shard ordinals differ.
+    pub fn expand_variants(&mut self, count: u32) -> Result<(), PlanError> {
+        let problem = |message: String| {
+            PlanError::Invalid(vec![Problem {
+                field: "--variants".into(),
+                message,
+            }])
+        };
+        if self.lists_variants {
+            return Err(problem(
+                "the plan lists its own [[variant]] tables; drop --variants or the tables".into(),
+            ));
+        }
+        if count == 0 || count as usize > VARIANTS_MAX {
+            return Err(problem(format!("{count} variants; must be 1..={VARIANTS_MAX}")));
+        }
+        let weights = self.variants[0].weights.clone();
+        self.variants = (0..count)
+            .map(|i| Variant {
+                name: variant_name(i),
+                weights: weights.clone(),
+            })
+            .collect();
+        self.allocate()?;
+        Ok(())
+    }
+
+    pub fn fingerprint_hex(&self) -> String {
+        hex(&self.fingerprint)
+    }
+
+    pub fn total_envelopes(&self) -> u64 {
+        self.merchants.iter().map(|m| m.count).sum()
+    }
+
+    pub fn total_cents(&self) -> u64 {
+        self.merchants.iter().map(|m| m.budget_cents).sum()
+    }
+
+    /// Number of shard files per variant.
+    pub fn shards_per_variant(&self) -> usize {
+        self.slots.len() * self.hosts.iter().map(|h| h.cores as usize).sum::<usize>()
+    }
+
+    /// Computes the batches and shard contents of every variant and reserves key ids.
+    ///
+    /// Deterministic: the same plan always yields the same allocation, which is what lets
+    /// `verify` check per-shard, per-batch counts and sums against the plan itself.
+    pub fn allocate(&self) -> Result<Vec<Allocation>, PlanError> {
+        let mut allocations = Vec::with_capacity(self.variants.len());
+        let mut key_next: u64 = 1;
+        for (variant_index, variant) in self.variants.iter().enumerate() {
+            let mut allocation = self.allocate_variant(variant_index, variant)?;
+            for shard in &mut allocation.shards {
+                let reserved = keys_upper_bound(
+                    shard.amount_cents,
+                    self.key_cap_cents,
+                    shard.parts.iter().map(|p| p.max_cents).max().unwrap_or(0),
+                );
+                if key_next + reserved > KEYS_MAX + 1 {
+                    return Err(PlanError::Invalid(vec![Problem {
+                        field: "event.key_cap_cents".into(),
+                        message: format!(
+                            "the event needs more than {KEYS_MAX} keys at a cap of {} cents per key \
+                             (key ids are 16-bit); raise key_cap_cents or split the event",
+                            self.key_cap_cents
+                        ),
+                    }]));
+                }
+                // The bounds check above keeps both values within u16.
+                shard.key_first = key_next as u16;
+                shard.key_reserved = reserved as u16;
+                key_next += reserved;
+            }
+            allocations.push(allocation);
+        }
+        Ok(allocations)
+    }
+
+    fn allocate_variant(
+        &self,
+        variant_index: usize,
+        variant: &Variant,
+    ) -> Result<Allocation, PlanError> {
+        let shard_hosts: Vec<(usize, u32)> = self
+            .hosts
+            .iter()
+            .enumerate()
+            .flat_map(|(h, host)| (0..host.cores).map(move |c| (h, c)))
+            .collect();
+        let mut shards: Vec<ShardPlan> = Vec::with_capacity(self.shards_per_variant());
+        for slot in 0..self.slots.len() {
+            for &(host, core) in &shard_hosts {
+                let file_index = shards.len() as u32;
+                shards.push(ShardPlan {
+                    ordinal: ((variant_index as u32) << 24) | file_index,
+                    variant: variant_index,
+                    slot,
+                    host,
+                    core,
+                    parts: Vec::new(),
+                    count: 0,
+                    amount_cents: 0,
+                    key_first: 0,
+                    key_reserved: 0,
+                });
+            }
+        }
+        let per_slot = shard_hosts.len();
+        let mut batches = Vec::new();
+        for (m, merchant) in self.merchants.iter().enumerate() {
+            let slot_counts = apportion(merchant.count, &variant.weights[m]);
+            let slot_money = apportion_money(
+                merchant.budget_cents,
+                &slot_counts,
+                merchant.min_cents,
+                merchant.max_cents,
+            );
+            for (slot, (&count, &money)) in slot_counts.iter().zip(&slot_money).enumerate() {
+                if count == 0 {
+                    continue;
+                }
+                if batches.len() >= BATCHES_MAX {
+                    return Err(PlanError::Invalid(vec![Problem {
+                        field: "merchant".into(),
+                        message: format!(
+                            "more than {BATCHES_MAX} (merchant, slot) batches; batch ids are 16-bit"
+                        ),
+                    }]));
+                }
+                let batch_id = (batches.len() + 1) as u16;
+                batches.push(Batch {
+                    id: batch_id,
+                    merchant: m,
+                    slot,
+                    count,
+                    amount_cents: money,
+                });
+                let shard_counts = apportion(count, &vec![1; per_slot]);
+                let shard_money = apportion_money(
+                    money,
+                    &shard_counts,
+                    merchant.min_cents,
+                    merchant.max_cents,
+                );
+                for (k, (&c, &a)) in shard_counts.iter().zip(&shard_money).enumerate() {
+                    if c == 0 {
+                        continue;
+                    }
+                    let shard = &mut shards[slot * per_slot + k];
+                    shard.parts.push(Part {
+                        batch_id,
+                        count: c,
+                        amount_cents: a,
+                        min_cents: merchant.min_cents,
+                        max_cents: merchant.max_cents,
+                    });
+                    shard.count += c;
+                    shard.amount_cents += a;
+                }
+            }
+        }
+        for shard in &shards {
+            if shard.count > ENVELOPES_PER_SHARD_MAX {
+                return Err(PlanError::Invalid(vec![Problem {
+                    field: format!(
+                        "slot {} host {} core {}",
+                        self.slots[shard.slot].name, self.hosts[shard.host].name, shard.core
+                    ),
+                    message: format!(
+                        "{} envelopes in one shard file; at most {ENVELOPES_PER_SHARD_MAX} fit \
+                         (add cores, hosts or slots)",
+                        shard.count
+                    ),
+                }]));
+            }
+        }
+        Ok(Allocation {
+            variant: variant_index,
+            batches,
+            shards,
+        })
+    }
+}
+
+/// Upper bound on keys used by greedy packing of `money` into keys of `cap`, when no single
+/// amount exceeds `amount_max`.
+///
+/// A key is closed only when the next amount `a` would push it over the cap, so a closed key
+/// holds more than `cap - a >= cap - amount_max` cents. With K keys used, K - 1 are closed:
+/// `(K - 1) * (cap - amount_max + 1) <= money`.
+pub fn keys_upper_bound(money: u64, cap: u64, amount_max: u64) -> u64 {
+    if money == 0 {
+        return 0;
+    }
+    assert!(amount_max <= cap, "an envelope larger than the key cap");
+    money / (cap - amount_max + 1) + 1
+}
+
+/// Splits `total` into parts proportional to `weights`, exactly, by largest remainder
+/// (ties go to the lower index). Deterministic.
+pub fn apportion(total: u64, weights: &[u64]) -> Vec<u64> {
+    let weight_sum: u128 = weights.iter().map(|&w| w as u128).sum();
+    assert!(weight_sum > 0, "apportion over zero weight");
+    let mut parts: Vec<u64> = Vec::with_capacity(weights.len());
+    let mut remainders: Vec<(u128, usize)> = Vec::with_capacity(weights.len());
+    for (i, &w) in weights.iter().enumerate() {
+        let exact = total as u128 * w as u128;
+        parts.push((exact / weight_sum) as u64);
+        remainders.push((exact % weight_sum, i));
+    }
+    let assigned: u64 = parts.iter().sum();
+    let leftover = (total - assigned) as usize;
+    assert!(leftover < weights.len().max(1));
+    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, i) in remainders.iter().take(leftover) {
+        parts[i] += 1;
+    }
+    debug_assert_eq!(parts.iter().sum::<u64>(), total);
+    parts
+}
+
+/// Splits `money` over parts holding `counts` envelopes each, so that every part stays
+/// satisfiable: `count * min <= money_part <= count * max`. Each part first gets its minimum;
+/// the rest is shared in proportion to each part's headroom `count * (max - min)`.
+///
+/// Requires `sum(counts) * min <= money <= sum(counts) * max`; panics otherwise (validation
+/// guarantees it, and a violation here would be a money bug).
+pub fn apportion_money(money: u64, counts: &[u64], min: u64, max: u64) -> Vec<u64> {
+    let count: u128 = counts.iter().map(|&c| c as u128).sum();
+    let (money, min, max) = (money as u128, min as u128, max as u128);
+    assert!(
+        count * min <= money && money <= count * max,
+        "unsatisfiable money split"
+    );
+    let rest = money - count * min;
+    let headroom_total = count * (max - min);
+    let mut parts: Vec<u128> = counts.iter().map(|&c| c as u128 * min).collect();
+    if rest > 0 {
+        let mut given: u128 = 0;
+        for (part, &c) in parts.iter_mut().zip(counts) {
+            let share = rest * (c as u128 * (max - min)) / headroom_total;
+            *part += share;
+            given += share;
+        }
+        let mut leftover = rest - given;
+        for (part, &c) in parts.iter_mut().zip(counts) {
+            if leftover == 0 {
+                break;
+            }
+            let room = c as u128 * max - *part;
+            let add = room.min(leftover);
+            *part += add;
+            leftover -= add;
+        }
+        assert_eq!(leftover, 0, "money split left cents over");
+    }
+    let result: Vec<u64> = parts.iter().map(|&p| p as u64).collect();
+    for (&p, &c) in result.iter().zip(counts) {
+        assert!(c as u128 * min <= p as u128 && p as u128 <= c as u128 * max);
+    }
+    assert_eq!(result.iter().map(|&p| p as u128).sum::<u128>(), money);
+    result
+}
+
+/// Name of the i-th generated variant: A..Z, then V27, V28, ...
+pub fn variant_name(index: u32) -> String {
+    if index < 26 {
+        char::from(b'A' + index as u8).to_string()
+    } else {
+        format!("V{}", index + 1)
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_LEN_MAX
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn name_rule() -> String {
+    format!("must be 1-{NAME_LEN_MAX} characters of A-Z a-z 0-9 . _ - (it becomes a file name)")
+}
+
+fn parse_instant(text: &str) -> Option<i64> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+/// Checks every rule and builds the plan. Problems are collected, not returned one at a time,
+/// so an operator fixes a plan in one round.
+fn validate(file: PlanFile, text: &str) -> Result<Plan, PlanError> {
+    let mut problems = Vec::new();
+    let mut problem = |field: String, message: String| problems.push(Problem { field, message });
+
+    let event = &file.event;
+    if !valid_name(&event.name) {
+        problem("event.name".into(), name_rule());
+    }
+    if event.unit != "cent" {
+        problem(
+            "event.unit".into(),
+            format!(
+                "is {:?}; only \"cent\" is supported (amounts are integer cents)",
+                event.unit
+            ),
+        );
+    }
+    if event.currency.len() != 3 || !event.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        problem(
+            "event.currency".into(),
+            format!(
+                "is {:?}; expected a 3-letter ISO 4217 code such as \"CNY\"",
+                event.currency
+            ),
+        );
+    }
+    if event.key_cap_cents == 0 {
+        problem("event.key_cap_cents".into(), "must be at least 1".into());
+    }
+
+    // Topology.
+    let hosts_in = &file.topology.hosts;
+    if hosts_in.is_empty() {
+        problem(
+            "topology.host".into(),
+            "no hosts; add [[topology.host]] tables".into(),
+        );
+    }
+    let mut host_names = HashSet::new();
+    for (i, h) in hosts_in.iter().enumerate() {
+        let field = format!("topology.host[{i}]");
+        if !valid_name(&h.name) {
+            problem(format!("{field}.name"), name_rule());
+        } else if !host_names.insert(h.name.clone()) {
+            problem(
+                format!("{field}.name"),
+                format!("host {:?} is listed twice", h.name),
+            );
+        }
+        if !valid_name(&h.park) {
+            problem(format!("{field}.park"), name_rule());
+        }
+        if h.cores == 0 || h.cores > CORES_PER_HOST_MAX {
+            problem(
+                format!("{field}.cores"),
+                format!("is {}; must be 1..={CORES_PER_HOST_MAX}", h.cores),
+            );
+        }
+    }
+    let parks: Vec<&str> = {
+        let mut p: Vec<&str> = hosts_in.iter().map(|h| h.park.as_str()).collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+    if !hosts_in.is_empty() && parks.len() < 2 {
+        problem(
+            "topology.host[].park".into(),
+            format!(
+                "every host is in park {:?}; each file needs a backup host in another park (R6), \
+                 so add a host in a second park",
+                parks.first().copied().unwrap_or("")
+            ),
+        );
+    }
+    // Backup: the next host (cyclically, in file order) that sits in a different park.
+    let hosts: Vec<Host> = hosts_in
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let n = hosts_in.len();
+            let backup = (1..n)
+                .map(|d| (i + d) % n)
+                .find(|&j| hosts_in[j].park != h.park)
+                .unwrap_or(i);
+            Host {
+                name: h.name.clone(),
+                park: h.park.clone(),
+                cores: h.cores,
+                backup,
+            }
+        })
+        .collect();
+
+    // Slots.
+    if file.slots.is_empty() {
+        problem("slot".into(), "no time slots; add [[slot]] tables".into());
+    }
+    let mut slots = Vec::with_capacity(file.slots.len());
+    let mut slot_names = HashSet::new();
+    for (i, s) in file.slots.iter().enumerate() {
+        let field = format!("slot[{i}]");
+        if !valid_name(&s.name) {
+            problem(format!("{field}.name"), name_rule());
+        } else if !slot_names.insert(s.name.clone()) {
+            problem(
+                format!("{field}.name"),
+                format!("slot {:?} is listed twice", s.name),
+            );
+        }
+        let start = parse_instant(&s.start);
+        let end = parse_instant(&s.end);
+        if start.is_none() {
+            problem(
+                format!("{field}.start"),
+                format!(
+                    "{:?} is not an RFC 3339 instant like \"2027-02-06T20:00:00+08:00\"",
+                    s.start
+                ),
+            );
+        }
+        if end.is_none() {
+            problem(
+                format!("{field}.end"),
+                format!(
+                    "{:?} is not an RFC 3339 instant like \"2027-02-06T20:10:00+08:00\"",
+                    s.end
+                ),
+            );
+        }
+        if let (Some(a), Some(b)) = (start, end) {
+            if a >= b {
+                problem(
+                    format!("{field}"),
+                    format!("ends ({}) before or when it starts ({})", s.end, s.start),
+                );
+            }
+            if let Some(prev) = slots.last() {
+                let prev: &Slot = prev;
+                if a < prev.end_unix {
+                    problem(
+                        format!("{field}.start"),
+                        format!(
+                            "starts before slot {:?} ends; slots must be in time order and \
+                             must not overlap",
+                            prev.name
+                        ),
+                    );
+                }
+            }
+            slots.push(Slot {
+                name: s.name.clone(),
+                start: s.start.clone(),
+                end: s.end.clone(),
+                start_unix: a,
+                end_unix: b,
+            });
+        }
+    }
+    let slot_index: BTreeMap<&str, usize> = file
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+
+    // Merchants.
+    if file.merchants.is_empty() {
+        problem(
+            "merchant".into(),
+            "no merchants; add [[merchant]] tables".into(),
+        );
+    }
+    let mut merchants = Vec::with_capacity(file.merchants.len());
+    let mut base_weights = Vec::with_capacity(file.merchants.len());
+    let mut merchant_ids = HashSet::new();
+    let cap = event.key_cap_cents;
+    for (i, m) in file.merchants.iter().enumerate() {
+        let field = format!("merchant[{i}] (id {})", m.id);
+        if !merchant_ids.insert(m.id) {
+            problem(format!("{field}.id"), format!("id {} is used twice", m.id));
+        }
+        if m.name.trim().is_empty() || m.name.len() > 256 {
+            problem(
+                format!("{field}.name"),
+                "must be 1-256 characters and not blank".into(),
+            );
+        }
+        if m.budget_cents == 0 {
+            problem(format!("{field}.budget_cents"), "must be at least 1".into());
+        }
+        let min = m.min_cents.unwrap_or(1);
+        let max_default = m.budget_cents.min(cap).min(u32::MAX as u64);
+        let max = m.max_cents.unwrap_or(max_default);
+        let mut bounds_ok = true;
+        if min == 0 {
+            problem(
+                format!("{field}.min_cents"),
+                "must be at least 1 (an envelope holds money)".into(),
+            );
+            bounds_ok = false;
+        }
+        if min > max {
+            problem(
+                format!("{field}.min_cents"),
+                format!("{min} is above max_cents {max}"),
+            );
+            bounds_ok = false;
+        }
+        if max > u32::MAX as u64 {
+            problem(
+                format!("{field}.max_cents"),
+                format!("{max} does not fit the ticket's 32-bit amount"),
+            );
+            bounds_ok = false;
+        }
+        if max > cap {
+            problem(
+                format!("{field}.max_cents"),
+                format!("{max} is above event.key_cap_cents {cap}: one envelope must fit under one key"),
+            );
+            bounds_ok = false;
+        }
+        let budget = m.budget_cents as u128;
+        let count = match m.count {
+            Some(0) => {
+                problem(format!("{field}.count"), "must be at least 1".into());
+                0
+            }
+            Some(c) => {
+                if bounds_ok && (c as u128 * min as u128 > budget) {
+                    problem(
+                        format!("{field}"),
+                        format!(
+                            "{c} envelopes of at least {min} cents need {} cents but the budget is \
+                             {budget}",
+                            c as u128 * min as u128
+                        ),
+                    );
+                }
+                if bounds_ok && (c as u128 * max as u128) < budget {
+                    problem(
+                        format!("{field}"),
+                        format!(
+                            "{c} envelopes of at most {max} cents hold only {} cents but the budget \
+                             is {budget}",
+                            c as u128 * max as u128
+                        ),
+                    );
+                }
+                c
+            }
+            None if bounds_ok && m.budget_cents > 0 => {
+                // The count whose mean amount is the middle of the bounds, moved into the range
+                // of counts that can hold the budget exactly.
+                let fewest = m.budget_cents.div_ceil(max);
+                let most = m.budget_cents / min;
+                if fewest > most {
+                    problem(
+                        format!("{field}"),
+                        format!(
+                            "no envelope count fits: the budget {budget} needs at least {fewest} \
+                             envelopes of at most {max} but allows at most {most} of at least {min}; \
+                             widen min_cents/max_cents or set count"
+                        ),
+                    );
+                    0
+                } else {
+                    let middle = (2 * budget / (min as u128 + max as u128)) as u64;
+                    middle.clamp(fewest, most)
+                }
+            }
+            None => 0,
+        };
+        let weights = resolve_weights(
+            m.slots.as_ref(),
+            &slot_index,
+            file.slots.len(),
+            &format!("{field}.slots"),
+            &mut problem,
+        );
+        base_weights.push(weights);
+        merchants.push(Merchant {
+            id: m.id,
+            name: m.name.clone(),
+            kind: m.kind,
+            budget_cents: m.budget_cents,
+            count,
+            min_cents: min,
+            max_cents: max,
+            payment_order: m
+                .payment_order
+                .clone()
+                .unwrap_or_else(|| format!("PO-{}-{}", event.name, m.id)),
+            account: m
+                .account
+                .clone()
+                .unwrap_or_else(|| format!("sponsor-{}", m.id)),
+        });
+    }
+
+    // Variants (R3): by default a single variant "A" using each merchant's own slot weights.
+    let mut variants = Vec::new();
+    if file.variants.is_empty() {
+        variants.push(Variant {
+            name: "A".into(),
+            weights: base_weights.clone(),
+        });
+    }
+    if file.variants.len() > VARIANTS_MAX {
+        problem(
+            "variant".into(),
+            format!("{} variants; at most {VARIANTS_MAX}", file.variants.len()),
+        );
+    }
+    let mut variant_names = HashSet::new();
+    for (i, v) in file.variants.iter().enumerate() {
+        let field = format!("variant[{i}]");
+        if !valid_name(&v.name) {
+            problem(format!("{field}.name"), name_rule());
+        } else if !variant_names.insert(v.name.clone()) {
+            problem(
+                format!("{field}.name"),
+                format!("variant {:?} is listed twice", v.name),
+            );
+        }
+        let mut weights = base_weights.clone();
+        for (merchant_key, spread) in &v.spread {
+            let position = merchant_key
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| file.merchants.iter().position(|m| m.id == id));
+            match position {
+                Some(m) => {
+                    weights[m] = resolve_weights(
+                        Some(spread),
+                        &slot_index,
+                        file.slots.len(),
+                        &format!("{field}.spread.{merchant_key}"),
+                        &mut problem,
+                    );
+                }
+                None => problem(
+                    format!("{field}.spread.{merchant_key}"),
+                    format!("no merchant has id {merchant_key:?}"),
+                ),
+            }
+        }
+        variants.push(Variant {
+            name: v.name.clone(),
+            weights,
+        });
+    }
+    if hosts.len() * slots.len() > 0 {
+        let shards = slots.len() * hosts.iter().map(|h| h.cores as usize).sum::<usize>();
+        if shards > SHARDS_PER_VARIANT_MAX {
+            problem(
+                "topology".into(),
+                format!("{shards} shard files per variant; at most {SHARDS_PER_VARIANT_MAX}"),
+            );
+        }
+    }
+    let money_total: u128 = merchants.iter().map(|m| m.budget_cents as u128).sum();
+    if cap > 0 && money_total.div_ceil(cap as u128) * variants.len() as u128 > KEYS_MAX as u128 {
+        problem(
+            "event.key_cap_cents".into(),
+            format!(
+                "{money_total} cents at {cap} cents per key need more than {KEYS_MAX} keys \
+                 (key ids are 16-bit); raise the cap"
+            ),
+        );
+    }
+
+    if !problems.is_empty() {
+        return Err(PlanError::Invalid(problems));
+    }
+    let fingerprint: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+    let plan = Plan {
+        source: text.to_string(),
+        fingerprint,
+        event_name: event.name.clone(),
+        currency: event.currency.clone(),
+        key_cap_cents: cap,
+        hosts,
+        slots,
+        merchants,
+        variants,
+        lists_variants: !file.variants.is_empty(),
+    };
+    // Every allocation rule is checked by computing it once; this also reserves key ids.
+    plan.allocate()?;
+    Ok(plan)
+}
+
+fn resolve_weights(
+    given: Option<&BTreeMap<String, u64>>,
+    slot_index: &BTreeMap<&str, usize>,
+    slots: usize,
+    field: &str,
+    problem: &mut impl FnMut(String, String),
+) -> Vec<u64> {
+    let Some(given) = given else {
+        return vec![1; slots.max(1)];
+    };
+    let mut weights = vec![0; slots.max(1)];
+    for (name, &w) in given {
+        match slot_index.get(name.as_str()) {
+            Some(&s) => weights[s] = w,
+            None => problem(
+                format!("{field}.{name}"),
+                format!("no slot is named {name:?}"),
+            ),
+        }
+    }
+    if weights.iter().all(|&w| w == 0) {
+        problem(
+            field.to_string(),
+            "all slot weights are zero; the merchant's money has nowhere to go".into(),
+        );
+        return vec![1; slots.max(1)];
+    }
+    if weights.iter().any(|&w| w > u32::MAX as u64) {
+        problem(
+            field.to_string(),
+            format!("slot weights must be at most {}", u32::MAX),
+        );
+        return vec![1; slots.max(1)];
+    }
+    weights
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const SMALL: &str = r#"
+[event]
+name = "test"
+
+[[topology.host]]
+name = "h0"
+park = "A"
+cores = 2
+
+[[topology.host]]
+name = "h1"
+park = "B"
+cores = 1
+
+[[slot]]
+name = "s0"
+start = "2027-02-06T20:00:00+08:00"
+end = "2027-02-06T20:10:00+08:00"
+
+[[slot]]
+name = "s1"
+start = "2027-02-06T21:00:00+08:00"
+end = "2027-02-06T21:10:00+08:00"
+
+[[merchant]]
+id = 1
+name = "One"
+kind = "image"
+budget_cents = 100000
+count = 1000
+min_cents = 1
+max_cents = 500
+slots = { s0 = 3, s1 = 1 }
+
+[[merchant]]
+id = 2
+name = "Two"
+kind = "logo"
+budget_cents = 55555
+min_cents = 10
+max_cents = 100
+"#;
+
+    fn problems_of(text: &str) -> Vec<Problem> {
+        match Plan::from_toml(text) {
+            Err(PlanError::Invalid(p)) => p,
+            other => panic!("expected invalid plan, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn small_plan_allocates_exactly() {
+        let plan = Plan::from_toml(SMALL).unwrap();
+        assert_eq!(plan.merchants[1].count, 55555 * 2 / 110);
+        assert_eq!(plan.hosts[0].backup, 1);
+        assert_eq!(plan.hosts[1].backup, 0);
+        let alloc = &plan.allocate().unwrap()[0];
+        assert_eq!(alloc.shards.len(), 6);
+        for (m, merchant) in plan.merchants.iter().enumerate() {
+            let count: u64 = alloc
+                .batches
+                .iter()
+                .filter(|b| b.merchant == m)
+                .map(|b| b.count)
+                .sum();
+            let money: u64 = alloc
+                .batches
+                .iter()
+                .filter(|b| b.merchant == m)
+                .map(|b| b.amount_cents)
+                .sum();
+            assert_eq!((count, money), (merchant.count, merchant.budget_cents));
+        }
+        // Merchant 1 puts three quarters of its envelopes in slot s0.
+        assert_eq!(alloc.batches[0].count, 750);
+        let shard_total: u64 = alloc.shards.iter().map(|s| s.amount_cents).sum();
+        assert_eq!(shard_total, plan.total_cents());
+        // Key ranges never overlap.
+        let mut next = 1;
+        for s in &alloc.shards {
+            assert_eq!(s.key_first, next);
+            next += s.key_reserved;
+        }
+    }
+
+    #[test]
+    fn rejects_unsatisfiable_merchant_with_field_name() {
+        let text = SMALL.replace("count = 1000", "count = 100");
+        let p = problems_of(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].field.contains("merchant[0] (id 1)"));
+        assert!(p[0].message.contains("at most 500 cents"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn collects_several_problems() {
+        let text = SMALL
+            .replace("park = \"B\"", "park = \"A\"")
+            .replace("id = 2", "id = 1")
+            .replace("21:10:00", "20:05:00")
+            .replace("max_cents = 100\n", "max_cents = 5\n");
+        let p = problems_of(&text);
+        let joined: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        let joined = joined.join("\n");
+        assert!(joined.contains("backup host in another park"), "{joined}");
+        assert!(joined.contains("is used twice"), "{joined}");
+        assert!(joined.contains("ends (") || joined.contains("before"), "{joined}");
+        assert!(joined.contains("above max_cents"), "{joined}");
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_slot_weights() {
+        let err = Plan::from_toml(&SMALL.replace("[event]\n", "[event]\nbudget = 3\n"));
+        assert!(matches!(err, Err(PlanError::Syntax(ref m)) if m.contains("budget")));
+        let p = problems_of(&SMALL.replace("s1 = 1 }", "s9 = 1 }"));
+        assert!(p[0].message.contains("no slot is named \"s9\""));
+        let p = problems_of(&SMALL.replace("{ s0 = 3, s1 = 1 }", "{ s0 = 0 }"));
+        assert!(p[0].message.contains("all slot weights are zero"));
+    }
+
+    #[test]
+    fn rejects_bad_names_and_times() {
+        let p = problems_of(&SMALL.replace("name = \"s0\"", "name = \"../x\""));
+        assert!(p[0].field.contains("slot[0].name"));
+        let p = problems_of(&SMALL.replace("2027-02-06T20:00:00+08:00", "tomorrow"));
+        assert!(p[0].message.contains("RFC 3339"));
+    }
+
+    #[test]
+    fn rejects_envelope_above_key_cap() {
+        let text = SMALL.replace("name = \"test\"", "name = \"test\"\nkey_cap_cents = 400");
+        let p = problems_of(&text);
+        assert!(p.iter().any(|p| p.message.contains("one envelope must fit under one key")));
+    }
+
+    #[test]
+    fn variants_override_spread() {
+        let text = format!(
+            "{SMALL}\n[[variant]]\nname = \"A\"\n\n[[variant]]\nname = \"B\"\nspread = {{ \"1\" = {{ s1 = 1 }} }}\n"
+        );
+        let plan = Plan::from_toml(&text).unwrap();
+        let allocs = plan.allocate().unwrap();
+        assert_eq!(allocs.len(), 2);
+        assert_eq!(allocs[1].batches[0].slot, 1);
+        assert_eq!(allocs[1].batches[0].count, 1000);
+        assert_eq!(allocs[1].shards[0].ordinal, 1 << 24);
+        assert!(allocs[1].shards[0].key_first > allocs[0].shards.last().unwrap().key_first);
+    }
+
+    #[test]
+    fn apportion_is_exact() {
+        assert_eq!(apportion(10, &[1, 1, 1]), vec![4, 3, 3]);
+        assert_eq!(apportion(7, &[0, 1]), vec![0, 7]);
+        assert_eq!(apportion_money(100, &[2, 3], 10, 30), vec![40, 60]);
+        assert_eq!(apportion_money(50, &[2, 3], 10, 30), vec![20, 30]);
+    }
+}

@@ -1,0 +1,245 @@
+//! Ticket shard files (`tickets/<slot>/<host>/<core>.tix`, R6): a 128-byte header followed by
+//! 26-byte records. Writing (one generator thread per file) and opening read-only through mmap
+//! (`verify` now; later each server core maps only its own files).
+//!
+//! docs/formats/tickets.md is the byte-level reference, including crash windows.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use zerocopy::little_endian::{I64, U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::record::{TicketRecord, RECORD_BYTES};
+
+pub const SHARD_MAGIC: [u8; 8] = *b"HBTICKET";
+pub const SHARD_VERSION: u16 = 1;
+pub const HEADER_BYTES: usize = 128;
+/// Buffered writer size for one shard file.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// The on-disk header. `header_crc32c` covers the 124 bytes before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct ShardHeader {
+    pub magic: [u8; 8],
+    pub version: U16,
+    pub header_bytes: U16,
+    pub record_bytes: U16,
+    pub variant: u8,
+    pub reserved0: u8,
+    pub shard_ordinal: U32,
+    pub slot_index: U16,
+    pub host_index: U16,
+    pub core: U16,
+    pub backup_host_index: U16,
+    pub record_count: U64,
+    pub amount_cents: U64,
+    /// First 16 bytes of the plan's SHA-256.
+    pub plan_fingerprint: [u8; 16],
+    pub slot_start_unix: I64,
+    pub slot_end_unix: I64,
+    /// CRC32C of all record bytes.
+    pub body_crc32c: U32,
+    pub reserved1: [u8; 44],
+    pub header_crc32c: U32,
+}
+
+const _: () = assert!(std::mem::size_of::<ShardHeader>() == HEADER_BYTES);
+
+impl ShardHeader {
+    pub fn compute_crc(&self) -> u32 {
+        crc32c::crc32c(&self.as_bytes()[..HEADER_BYTES - 4])
+    }
+
+    pub fn seal_crc(&mut self) {
+        self.header_crc32c = U32::new(self.compute_crc());
+    }
+}
+
+/// Why a shard file cannot be used. The path and, where it applies, the byte offset are named.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Header damaged, foreign file, or a version this build does not read.
+    #[error("{path}: bad header: {message}")]
+    Header { path: PathBuf, message: String },
+    /// The file length does not match the record count in the header.
+    #[error("{path}: {actual} bytes but the header promises {records} records = {expected} bytes ({})", if actual < expected { "truncated" } else { "trailing bytes" })]
+    Length {
+        path: PathBuf,
+        records: u64,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+/// Streams records into `<path>.tmp`; [`ShardWriter::finish`] writes the header, fsyncs and
+/// renames, so a crash never leaves a half-written file under the final name.
+pub struct ShardWriter {
+    path: PathBuf,
+    tmp_path: PathBuf,
+    out: BufWriter<File>,
+    crc: u32,
+    count: u64,
+}
+
+impl ShardWriter {
+    pub fn create(path: &Path) -> Result<ShardWriter, ShardError> {
+        let io = |source| ShardError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io)?;
+        }
+        let tmp_path = path.with_extension("tix.tmp");
+        let file = File::create(&tmp_path).map_err(io)?;
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+        out.write_all(&[0u8; HEADER_BYTES]).map_err(io)?;
+        Ok(ShardWriter {
+            path: path.to_path_buf(),
+            tmp_path,
+            out,
+            crc: 0,
+            count: 0,
+        })
+    }
+
+    pub fn write(&mut self, records: &[TicketRecord]) -> Result<(), ShardError> {
+        let bytes = records.as_bytes();
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.count += records.len() as u64;
+        self.out.write_all(bytes).map_err(|source| ShardError::Io {
+            path: self.tmp_path.clone(),
+            source,
+        })
+    }
+
+    /// Completes the file. `header` must carry everything but the counts and checksums, which
+    /// the writer fills in from what it wrote.
+    pub fn finish(mut self, mut header: ShardHeader) -> Result<ShardHeader, ShardError> {
+        let io = |source| ShardError::Io {
+            path: self.tmp_path.clone(),
+            source,
+        };
+        header.record_count = U64::new(self.count);
+        header.body_crc32c = U32::new(self.crc);
+        header.seal_crc();
+        self.out.flush().map_err(io)?;
+        let mut file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.write_all(header.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        fs::rename(&self.tmp_path, &self.path).map_err(io)?;
+        Ok(header)
+    }
+
+    /// Removes the temporary file after a failure.
+    pub fn abandon(self) {
+        let _ = fs::remove_file(&self.tmp_path);
+    }
+}
+
+/// A shard file opened read-only through mmap, with its header and length checked.
+/// Record bodies are not trusted until opened with the keyring.
+pub struct ShardFile {
+    pub path: PathBuf,
+    map: Mmap,
+    header: ShardHeader,
+}
+
+impl ShardFile {
+    pub fn open(path: &Path) -> Result<ShardFile, ShardError> {
+        let io = |source| ShardError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let header_error = |message: String| ShardError::Header {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = File::open(path).map_err(io)?;
+        let actual = file.metadata().map_err(io)?.len();
+        if actual < HEADER_BYTES as u64 {
+            return Err(header_error(format!(
+                "{actual} bytes is shorter than the {HEADER_BYTES}-byte header"
+            )));
+        }
+        // SAFETY: the file is opened read-only and ticket files are never modified in place
+        // after `gen` renames them into place; a concurrent truncation by another process
+        // would be an operator error that the length check below cannot fully rule out, which
+        // is why readers copy records out rather than keep references across long periods.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let header = ShardHeader::read_from_bytes(&map[..HEADER_BYTES]).expect("128 bytes");
+        if header.magic != SHARD_MAGIC {
+            return Err(header_error("not a hongbao ticket file (bad magic)".into()));
+        }
+        if header.version.get() != SHARD_VERSION {
+            return Err(header_error(format!(
+                "version {} is not supported (this build reads {SHARD_VERSION})",
+                header.version.get()
+            )));
+        }
+        let computed = header.compute_crc();
+        if computed != header.header_crc32c.get() {
+            return Err(header_error(format!(
+                "header checksum mismatch (stored {:08x}, computed {computed:08x}): the header is damaged",
+                header.header_crc32c.get()
+            )));
+        }
+        if header.header_bytes.get() as usize != HEADER_BYTES
+            || header.record_bytes.get() as usize != RECORD_BYTES
+        {
+            return Err(header_error(format!(
+                "header/record sizes {}/{} are not {HEADER_BYTES}/{RECORD_BYTES}",
+                header.header_bytes.get(),
+                header.record_bytes.get()
+            )));
+        }
+        let records = header.record_count.get();
+        let expected = records
+            .checked_mul(RECORD_BYTES as u64)
+            .and_then(|b| b.checked_add(HEADER_BYTES as u64))
+            .ok_or_else(|| header_error(format!("record count {records} is impossible")))?;
+        if actual != expected {
+            return Err(ShardError::Length {
+                path: path.to_path_buf(),
+                records,
+                expected,
+                actual,
+            });
+        }
+        Ok(ShardFile {
+            path: path.to_path_buf(),
+            map,
+            header,
+        })
+    }
+
+    pub fn header(&self) -> &ShardHeader {
+        &self.header
+    }
+
+    pub fn records(&self) -> &[TicketRecord] {
+        <[TicketRecord]>::ref_from_bytes(&self.map[HEADER_BYTES..])
+            .expect("length checked at open")
+    }
+
+    /// CRC32C of the record bytes, to compare with `header().body_crc32c`.
+    pub fn body_crc(&self) -> u32 {
+        crc32c::crc32c(&self.map[HEADER_BYTES..])
+    }
+}
+
+/// Byte offset of record `index` in a shard file.
+pub fn record_offset(index: u64) -> u64 {
+    HEADER_BYTES as u64 + index * RECORD_BYTES as u64
+}
