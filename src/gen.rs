@@ -147,7 +147,9 @@ pub fn generate(plan: &Plan, opts: &GenOptions) -> Result<GenSummary, GenError> 
                 if result.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
-                *outputs[order[n]].lock().expect("no thread panics holding it") = Some(result);
+                *outputs[order[n]]
+                    .lock()
+                    .expect("no thread panics holding it") = Some(result);
             });
         }
     });
@@ -344,7 +346,11 @@ fn fill_shard(
             }
             let key_id = shard.key_first as u32 + keys.len() as u32;
             // Money invariant: the reservation is a proven upper bound (keys_upper_bound).
-            assert!(key_id < key_end, "shard {} ran out of reserved keys", shard.ordinal);
+            assert!(
+                key_id < key_end,
+                "shard {} ran out of reserved keys",
+                shard.ordinal
+            );
             let mut key = [0u8; 16];
             getrandom::fill(&mut key).map_err(|e| GenError::Random(e.to_string()))?;
             cipher = Some(Aes128::new(&key.into()));
@@ -380,7 +386,12 @@ fn fill_shard(
         written_cents += amount;
         index += 1;
         if records.len() == CHUNK_RECORDS {
-            seal_and_write(cipher.as_ref().expect("open key"), &mut blocks, &mut records, writer)?;
+            seal_and_write(
+                cipher.as_ref().expect("open key"),
+                &mut blocks,
+                &mut records,
+                writer,
+            )?;
             progress.add(CHUNK_RECORDS as u64);
             if failed.load(Ordering::Relaxed) {
                 return Err(GenError::Output {

@@ -192,7 +192,9 @@ pub enum VerifyError {
     #[error("plan copy: {0}")]
     Plan(#[from] PlanError),
     /// Neither the directory nor any subdirectory holds a manifest.
-    #[error("{0}: no {MANIFEST_FILE} here or in any subdirectory; pass the directory `gen --out` wrote")]
+    #[error(
+        "{0}: no {MANIFEST_FILE} here or in any subdirectory; pass the directory `gen --out` wrote"
+    )]
     NoManifest(PathBuf),
     #[error("{path}: {source}")]
     Io {
@@ -364,11 +366,8 @@ fn verify_variant(
     let mut order: Vec<usize> = (0..allocation.shards.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(allocation.shards[i].count));
     let next = AtomicUsize::new(0);
-    let tallies: Vec<Mutex<Option<FileTally>>> = allocation
-        .shards
-        .iter()
-        .map(|_| Mutex::new(None))
-        .collect();
+    let tallies: Vec<Mutex<Option<FileTally>>> =
+        allocation.shards.iter().map(|_| Mutex::new(None)).collect();
     let manifest_shards: HashMap<u32, &ShardEntry> =
         manifest.shards.iter().map(|s| (s.ordinal, s)).collect();
     let context = FileContext {
@@ -385,7 +384,11 @@ fn verify_variant(
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&i) = order.get(n) else { break };
                 let shard = &allocation.shards[i];
-                let tally = verify_file(&context, shard, manifest_shards.get(&shard.ordinal).copied());
+                let tally = verify_file(
+                    &context,
+                    shard,
+                    manifest_shards.get(&shard.ordinal).copied(),
+                );
                 *tallies[i].lock().expect("no panic while held") = Some(tally);
             });
         }
@@ -654,12 +657,20 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
     let host = &plan.hosts[shard.host];
     let slot = &plan.slots[shard.slot];
     let header_fields = [
-        ("shard ordinal", h.shard_ordinal.get() as i64, shard.ordinal as i64),
+        (
+            "shard ordinal",
+            h.shard_ordinal.get() as i64,
+            shard.ordinal as i64,
+        ),
         ("variant", h.variant as i64, shard.variant as i64),
         ("slot", h.slot_index.get() as i64, shard.slot as i64),
         ("host", h.host_index.get() as i64, shard.host as i64),
         ("core", h.core.get() as i64, shard.core as i64),
-        ("backup host", h.backup_host_index.get() as i64, host.backup as i64),
+        (
+            "backup host",
+            h.backup_host_index.get() as i64,
+            host.backup as i64,
+        ),
         ("slot start", h.slot_start_unix.get(), slot.start_unix),
         ("slot end", h.slot_end_unix.get(), slot.end_unix),
     ];

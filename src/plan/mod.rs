@@ -220,7 +220,9 @@ impl Plan {
             ));
         }
         if count == 0 || count as usize > VARIANTS_MAX {
-            return Err(problem(format!("{count} variants; must be 1..={VARIANTS_MAX}")));
+            return Err(problem(format!(
+                "{count} variants; must be 1..={VARIANTS_MAX}"
+            )));
         }
         let weights = self.variants[0].weights.clone();
         self.variants = (0..count)
@@ -345,12 +347,8 @@ impl Plan {
                     amount_cents: money,
                 });
                 let shard_counts = apportion(count, &vec![1; per_slot]);
-                let shard_money = apportion_money(
-                    money,
-                    &shard_counts,
-                    merchant.min_cents,
-                    merchant.max_cents,
-                );
+                let shard_money =
+                    apportion_money(money, &shard_counts, merchant.min_cents, merchant.max_cents);
                 for (k, (&c, &a)) in shard_counts.iter().zip(&shard_money).enumerate() {
                     if c == 0 {
                         continue;
@@ -640,7 +638,7 @@ fn validate(file: PlanFile, text: &str) -> Result<Plan, PlanError> {
         if let (Some(a), Some(b)) = (start, end) {
             if a >= b {
                 problem(
-                    format!("{field}"),
+                    field.to_string(),
                     format!("ends ({}) before or when it starts ({})", s.end, s.start),
                 );
             }
@@ -726,7 +724,9 @@ fn validate(file: PlanFile, text: &str) -> Result<Plan, PlanError> {
         if max > cap {
             problem(
                 format!("{field}.max_cents"),
-                format!("{max} is above event.key_cap_cents {cap}: one envelope must fit under one key"),
+                format!(
+                    "{max} is above event.key_cap_cents {cap}: one envelope must fit under one key"
+                ),
             );
             bounds_ok = false;
         }
@@ -739,7 +739,7 @@ fn validate(file: PlanFile, text: &str) -> Result<Plan, PlanError> {
             Some(c) => {
                 if bounds_ok && (c as u128 * min as u128 > budget) {
                     problem(
-                        format!("{field}"),
+                        field.to_string(),
                         format!(
                             "{c} envelopes of at least {min} cents need {} cents but the budget is \
                              {budget}",
@@ -749,7 +749,7 @@ fn validate(file: PlanFile, text: &str) -> Result<Plan, PlanError> {
                 }
                 if bounds_ok && (c as u128 * max as u128) < budget {
                     problem(
-                        format!("{field}"),
+                        field.to_string(),
                         format!(
                             "{c} envelopes of at most {max} cents hold only {} cents but the budget \
                              is {budget}",
@@ -766,7 +766,7 @@ fn validate(file: PlanFile, text: &str) -> Result<Plan, PlanError> {
                 let most = m.budget_cents / min;
                 if fewest > most {
                     problem(
-                        format!("{field}"),
+                        field.to_string(),
                         format!(
                             "no envelope count fits: the budget {budget} needs at least {fewest} \
                              envelopes of at most {max} but allows at most {most} of at least {min}; \
@@ -1033,7 +1033,11 @@ max_cents = 100
         let p = problems_of(&text);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].field.contains("merchant[0] (id 1)"));
-        assert!(p[0].message.contains("at most 500 cents"), "{}", p[0].message);
+        assert!(
+            p[0].message.contains("at most 500 cents"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]
@@ -1048,7 +1052,10 @@ max_cents = 100
         let joined = joined.join("\n");
         assert!(joined.contains("backup host in another park"), "{joined}");
         assert!(joined.contains("is used twice"), "{joined}");
-        assert!(joined.contains("ends (") || joined.contains("before"), "{joined}");
+        assert!(
+            joined.contains("ends (") || joined.contains("before"),
+            "{joined}"
+        );
         assert!(joined.contains("above max_cents"), "{joined}");
     }
 
@@ -1074,7 +1081,9 @@ max_cents = 100
     fn rejects_envelope_above_key_cap() {
         let text = SMALL.replace("name = \"test\"", "name = \"test\"\nkey_cap_cents = 400");
         let p = problems_of(&text);
-        assert!(p.iter().any(|p| p.message.contains("one envelope must fit under one key")));
+        assert!(p
+            .iter()
+            .any(|p| p.message.contains("one envelope must fit under one key")));
     }
 
     #[test]

@@ -88,7 +88,10 @@ impl Splitter {
         self.remaining_cents = left - amount;
         self.remaining_count = n - 1;
         if self.remaining_count == 0 {
-            assert_eq!(self.remaining_cents, 0, "split finished with cents left over");
+            assert_eq!(
+                self.remaining_cents, 0,
+                "split finished with cents left over"
+            );
         }
         Some(amount)
     }

@@ -84,7 +84,9 @@ pub enum KeyringError {
     #[error("keyring: {0}")]
     Entries(String),
     /// Refusing to replace an existing keyring: its keys may be the only way to open tickets.
-    #[error("keyring {0} already exists; refusing to overwrite keys (use --force, or another path)")]
+    #[error(
+        "keyring {0} already exists; refusing to overwrite keys (use --force, or another path)"
+    )]
     Exists(PathBuf),
 }
 
@@ -125,10 +127,7 @@ impl Keyring {
             }
             slot_of[e.key_id as usize] = i as u32 + 1;
         }
-        let ciphers = entries
-            .iter()
-            .map(|e| Aes128::new(&e.key.into()))
-            .collect();
+        let ciphers = entries.iter().map(|e| Aes128::new(&e.key.into())).collect();
         Ok(Keyring {
             plan_fingerprint,
             seed,
@@ -193,7 +192,7 @@ impl Keyring {
         };
         let (header, rest) = KeyringHeader::read_from_prefix(bytes).map_err(|_| {
             format(format!(
-                "{} bytes is too short for a keyring header",
+                "not a hongbao keyring: {} bytes is shorter than the {HEADER_BYTES}-byte header",
                 bytes.len()
             ))
         })?;
@@ -267,7 +266,12 @@ impl Keyring {
     /// Writes the keyring with mode 0600 through a temporary file, fsync and rename, so a crash
     /// leaves either no keyring or a whole one. Refuses to replace an existing file unless
     /// `overwrite`.
-    pub fn save(&self, path: &Path, created_unix: i64, overwrite: bool) -> Result<(), KeyringError> {
+    pub fn save(
+        &self,
+        path: &Path,
+        created_unix: i64,
+        overwrite: bool,
+    ) -> Result<(), KeyringError> {
         let io = |source| KeyringError::Io {
             path: path.to_path_buf(),
             source,

@@ -39,7 +39,9 @@ impl std::fmt::Display for EnvelopeId {
 
 /// One ticket as stored: a clear part the server reads without decrypting, then the sealed
 /// block. Little-endian, unaligned, no padding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct TicketRecord {
     /// Which key sealed the block; 0 is never a valid key id.
@@ -55,7 +57,9 @@ const _: () = assert!(std::mem::size_of::<TicketRecord>() == RECORD_BYTES);
 /// The plaintext of the sealed block. `envelope_id` and `key_id` repeat the clear part: that is
 /// the redundancy that makes a tampered or forged block fail to open (80 bits must match after
 /// a decrypt that scrambles every bit of a changed block).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct SecretBlock {
     pub envelope_id: U64,
@@ -232,10 +236,7 @@ mod tests {
         };
         let mut record = TicketRecord::seal(&ticket, ring.cipher(1).unwrap());
         record.key_id = U16::new(9);
-        assert_eq!(
-            record.open(&ring),
-            Err(OpenError::UnknownKey { key_id: 9 })
-        );
+        assert_eq!(record.open(&ring), Err(OpenError::UnknownKey { key_id: 9 }));
         record.key_id = U16::new(2);
         assert!(matches!(
             record.open(&ring),

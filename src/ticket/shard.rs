@@ -21,7 +21,9 @@ pub const HEADER_BYTES: usize = 128;
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
 /// The on-disk header. `header_crc32c` covers the 124 bytes before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct ShardHeader {
     pub magic: [u8; 8],
@@ -229,8 +231,7 @@ impl ShardFile {
     }
 
     pub fn records(&self) -> &[TicketRecord] {
-        <[TicketRecord]>::ref_from_bytes(&self.map[HEADER_BYTES..])
-            .expect("length checked at open")
+        <[TicketRecord]>::ref_from_bytes(&self.map[HEADER_BYTES..]).expect("length checked at open")
     }
 
     /// CRC32C of the record bytes, to compare with `header().body_crc32c`.

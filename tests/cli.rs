@@ -1,0 +1,169 @@
+//! The `hongbao` binary as a user runs it: exit codes and messages for good and bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn hongbao(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hongbao"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn demo_generates_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = hongbao(&["demo", "--dir", "d", "--seed", "1"], tmp.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("verify OK"), "{}", text(&out));
+    // Running it again replaces the earlier demo.
+    let again = hongbao(&["demo", "--dir", "d"], tmp.path());
+    assert!(again.status.success(), "{}", text(&again));
+}
+
+#[test]
+fn gen_then_verify_then_detect_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = hongbao(&["plan-example"], tmp.path());
+    std::fs::write(tmp.path().join("plan.toml"), &example.stdout).unwrap();
+    let check = hongbao(&["check-plan", "--plan", "plan.toml"], tmp.path());
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(text(&check).contains("is valid"));
+    let gen = hongbao(
+        &[
+            "gen",
+            "--plan",
+            "plan.toml",
+            "--out",
+            "ev",
+            "--variants",
+            "2",
+            "--quiet",
+        ],
+        tmp.path(),
+    );
+    assert!(gen.status.success(), "{}", text(&gen));
+    assert!(
+        tmp.path().join("ev.keyring").is_file(),
+        "default keyring beside ev"
+    );
+    let ok = hongbao(
+        &[
+            "verify",
+            "--dir",
+            "ev",
+            "--keyring",
+            "ev.keyring",
+            "--plan",
+            "plan.toml",
+        ],
+        tmp.path(),
+    );
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(text(&ok).contains("variants A, B"));
+
+    let file = tmp.path().join("ev/B/tickets/2100/sh-b-01/1.tix");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[128 + 26 * 1000 + 20] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let bad = hongbao(
+        &["verify", "--dir", "ev", "--keyring", "ev.keyring"],
+        tmp.path(),
+    );
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    let t = text(&bad);
+    assert!(t.contains("verify FAILED"), "{t}");
+    assert!(t.contains("sh-b-01/1.tix record 1000 (byte 26128)"), "{t}");
+}
+
+#[test]
+fn bad_plans_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("this is not toml = = =", "plan is not valid"),
+        ("[event]\nname = \"x\"\n[topology]\n", "no hosts"),
+        (
+            &hongbao::DEMO_PLAN.replace("count = 400_000", "count = 10"),
+            "merchant[2] (id 1003)",
+        ),
+        (
+            &hongbao::DEMO_PLAN.replace("park = \"shanghai-b\"", "park = \"beijing-a\""),
+            "backup host in another park",
+        ),
+        (
+            &hongbao::DEMO_PLAN.replace("min_cents = 88", "min_cents = 900"),
+            "above max_cents",
+        ),
+    ];
+    for (i, (plan, expected)) in cases.iter().enumerate() {
+        let name = format!("bad{i}.toml");
+        std::fs::write(tmp.path().join(&name), plan).unwrap();
+        let out = hongbao(
+            &["gen", "--plan", &name, "--out", "o", "--quiet"],
+            tmp.path(),
+        );
+        assert_eq!(out.status.code(), Some(2), "case {i}: {}", text(&out));
+        assert!(text(&out).contains(expected), "case {i}: {}", text(&out));
+        // Nothing was generated for a bad plan.
+        assert!(!tmp.path().join("o").exists(), "case {i}");
+    }
+    let missing = hongbao(&["gen", "--plan", "nope.toml", "--out", "o"], tmp.path());
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing).contains("cannot read plan nope.toml"));
+}
+
+#[test]
+fn garbage_keyring_and_directories_are_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = hongbao(&["demo", "--dir", "d"], tmp.path());
+    assert!(demo.status.success(), "{}", text(&demo));
+    std::fs::write(tmp.path().join("junk.keyring"), b"definitely not keys").unwrap();
+    let out = hongbao(
+        &["verify", "--dir", "d/event", "--keyring", "junk.keyring"],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("not a hongbao keyring"),
+        "{}",
+        text(&out)
+    );
+    let out = hongbao(
+        &[
+            "verify",
+            "--dir",
+            "d/keys",
+            "--keyring",
+            "d/keys/demo.keyring",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("no manifest.json"), "{}", text(&out));
+    std::fs::write(tmp.path().join("d/event/A/manifest.json"), b"{ nope").unwrap();
+    let out = hongbao(
+        &[
+            "verify",
+            "--dir",
+            "d/event",
+            "--keyring",
+            "d/keys/demo.keyring",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("not a valid manifest"),
+        "{}",
+        text(&out)
+    );
+}
