@@ -21,8 +21,8 @@ use crate::manifest::{
 };
 use crate::plan::{hex, Allocation, Plan, PlanError, ShardPlan};
 use crate::progress::Progress;
-use crate::ticket::shard::{record_offset, ShardError};
-use crate::ticket::{EnvelopeId, Keyring, KeyringError, SecretBlock, ShardFile, TicketRecord};
+use crate::ticket::shard::{record_offset, ShardError, ShardReader};
+use crate::ticket::{EnvelopeId, Keyring, KeyringError, SecretBlock, TicketRecord};
 
 /// Records decrypted per AES call.
 const CHUNK_RECORDS: usize = 4096;
@@ -370,10 +370,14 @@ fn verify_variant(
         allocation.shards.iter().map(|_| Mutex::new(None)).collect();
     let manifest_shards: HashMap<u32, &ShardEntry> =
         manifest.shards.iter().map(|s| (s.ordinal, s)).collect();
+    let batch_slots: Vec<usize> = std::iter::once(usize::MAX)
+        .chain(allocation.batches.iter().map(|b| b.slot))
+        .collect();
     let context = FileContext {
         plan: &plan,
         keyring,
         batches: &batch_entries,
+        batch_slots: &batch_slots,
         dir,
         findings_max: opts.findings_max,
         progress: &progress,
@@ -621,6 +625,8 @@ struct FileContext<'a> {
     plan: &'a Plan,
     keyring: &'a Keyring,
     batches: &'a [crate::manifest::BatchEntry],
+    /// Slot index of each batch id (index 0 unused), so records compare integers, not names.
+    batch_slots: &'a [usize],
     dir: &'a Path,
     findings_max: usize,
     progress: &'a Progress,
@@ -635,7 +641,7 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
         findings: Findings::new(ctx.findings_max),
         ..FileTally::default()
     };
-    let file = match ShardFile::open(&path) {
+    let mut file = match ShardReader::open(&path) {
         Ok(f) => f,
         Err(e) => {
             let kind = match &e {
@@ -653,7 +659,7 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
             return tally;
         }
     };
-    let h = file.header();
+    let h = *file.header();
     let host = &plan.hosts[shard.host];
     let slot = &plan.slots[shard.slot];
     let header_fields = [
@@ -703,41 +709,21 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
             ),
         );
     }
-    let body_crc = file.body_crc();
-    if body_crc != h.body_crc32c.get() {
-        tally.findings.add(
-            FindingKind::BodyChecksum,
-            place.clone(),
-            format!(
-                "records checksum {body_crc:08x}, header says {:08x}: records were changed \
-                 after generation (see record findings for where)",
-                h.body_crc32c.get()
-            ),
-        );
-    }
-    match entry {
-        Some(e) if e.body_crc32c != format!("{body_crc:08x}") => tally.findings.add(
-            FindingKind::BodyChecksum,
-            place.clone(),
-            format!(
-                "records checksum {body_crc:08x}, manifest says {}",
-                e.body_crc32c
-            ),
-        ),
-        Some(_) => {}
-        None => tally.findings.add(
-            FindingKind::ManifestMismatch,
-            place.clone(),
-            "the manifest has no entry for this file",
-        ),
-    }
-
-    let records = file.records();
+    let mut records: Vec<TicketRecord> = Vec::with_capacity(CHUNK_RECORDS);
     let mut blocks: Vec<Block> = Vec::with_capacity(CHUNK_RECORDS);
     let mut start = 0usize;
-    while start < records.len() {
-        let end = (start + CHUNK_RECORDS).min(records.len());
-        let chunk = &records[start..end];
+    loop {
+        match file.next_chunk(&mut records, CHUNK_RECORDS) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                tally
+                    .findings
+                    .add(FindingKind::FileUnreadable, place.clone(), e.to_string());
+                return tally;
+            }
+        }
+        let chunk = &records[..];
         // Runs of one key id: one AES call per run.
         let mut run_start = 0;
         while run_start < chunk.len() {
@@ -771,7 +757,35 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
             run_start = run_end;
         }
         ctx.progress.add(chunk.len() as u64);
-        start = end;
+        start += chunk.len();
+    }
+    let body_crc = file.body_crc();
+    if body_crc != h.body_crc32c.get() {
+        tally.findings.add(
+            FindingKind::BodyChecksum,
+            place.clone(),
+            format!(
+                "records checksum {body_crc:08x}, header says {:08x}: records were changed \
+                 after generation (see record findings for where)",
+                h.body_crc32c.get()
+            ),
+        );
+    }
+    match entry {
+        Some(e) if e.body_crc32c != format!("{body_crc:08x}") => tally.findings.add(
+            FindingKind::BodyChecksum,
+            place.clone(),
+            format!(
+                "records checksum {body_crc:08x}, manifest says {}",
+                e.body_crc32c
+            ),
+        ),
+        Some(_) => {}
+        None => tally.findings.add(
+            FindingKind::ManifestMismatch,
+            place.clone(),
+            "the manifest has no entry for this file",
+        ),
     }
 
     // This file's share of every batch must be exactly what the plan allocates.
@@ -844,7 +858,7 @@ fn check_record(
         );
         return;
     };
-    if batch.slot != ctx.plan.slots[shard.slot].name {
+    if ctx.batch_slots[batch.id as usize] != shard.slot {
         tally.findings.add(
             FindingKind::WrongSlot,
             record_place(place, index),

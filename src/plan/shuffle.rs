@@ -75,13 +75,9 @@ impl Interleaver {
                 self.find(rng.random_range(0..total))
             }
         } else if last_count > 0 {
-            // Draw among everything but the batch just placed by skipping over its range.
+            // Draw among everything but the batch just placed, as if its count were zero.
             let last = self.last.unwrap_or(0);
-            let mut target = rng.random_range(0..total - last_count);
-            if target >= self.prefix_before(last) {
-                target += last_count;
-            }
-            self.find(target)
+            self.find_excluding(rng.random_range(0..total - last_count), last, last_count)
         } else {
             self.find(rng.random_range(0..total))
         };
@@ -106,18 +102,29 @@ impl Interleaver {
         node - self.leaves
     }
 
-    /// Sum of the counts of all leaves before `index`.
+    /// Like [`Interleaver::find`] with leaf `excluded` (holding `excluded_count`) counted as
+    /// empty: one descent, subtracting the excluded count from every subtree that holds it.
     #[inline]
-    fn prefix_before(&self, index: usize) -> u64 {
-        let mut node = self.leaves + index;
-        let mut prefix = 0;
-        while node > 1 {
-            if node % 2 == 1 {
-                prefix += self.sum[node - 1];
+    fn find_excluding(&self, mut target: u64, excluded: usize, excluded_count: u64) -> usize {
+        let excluded_leaf = self.leaves + excluded;
+        let mut node = 1;
+        let mut level = self.leaves.trailing_zeros();
+        while node < self.leaves {
+            level -= 1;
+            let left_child = 2 * node;
+            let mut left = self.sum[left_child];
+            // The excluded leaf sits below the left child when its path goes left here.
+            if excluded_leaf >> level == left_child {
+                left -= excluded_count;
             }
-            node /= 2;
+            if target < left {
+                node = left_child;
+            } else {
+                target -= left;
+                node = left_child + 1;
+            }
         }
-        prefix
+        node - self.leaves
     }
 
     fn index_of_max(&self) -> usize {

@@ -5,12 +5,12 @@
 //! docs/formats/tickets.md is the byte-level reference, including crash windows.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use zerocopy::little_endian::{I64, U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::record::{TicketRecord, RECORD_BYTES};
 
@@ -158,67 +158,83 @@ pub struct ShardFile {
     header: ShardHeader,
 }
 
+/// Checks a header read from a file of `file_bytes` bytes: magic, version, checksum, sizes, and
+/// that the length matches the record count exactly.
+fn check_header(path: &Path, bytes: &[u8], file_bytes: u64) -> Result<ShardHeader, ShardError> {
+    let header_error = |message: String| ShardError::Header {
+        path: path.to_path_buf(),
+        message,
+    };
+    let header = ShardHeader::read_from_bytes(&bytes[..HEADER_BYTES]).expect("128 bytes");
+    if header.magic != SHARD_MAGIC {
+        return Err(header_error("not a hongbao ticket file (bad magic)".into()));
+    }
+    if header.version.get() != SHARD_VERSION {
+        return Err(header_error(format!(
+            "version {} is not supported (this build reads {SHARD_VERSION})",
+            header.version.get()
+        )));
+    }
+    let computed = header.compute_crc();
+    if computed != header.header_crc32c.get() {
+        return Err(header_error(format!(
+            "header checksum mismatch (stored {:08x}, computed {computed:08x}): the header is damaged",
+            header.header_crc32c.get()
+        )));
+    }
+    if header.header_bytes.get() as usize != HEADER_BYTES
+        || header.record_bytes.get() as usize != RECORD_BYTES
+    {
+        return Err(header_error(format!(
+            "header/record sizes {}/{} are not {HEADER_BYTES}/{RECORD_BYTES}",
+            header.header_bytes.get(),
+            header.record_bytes.get()
+        )));
+    }
+    let records = header.record_count.get();
+    let expected = records
+        .checked_mul(RECORD_BYTES as u64)
+        .and_then(|b| b.checked_add(HEADER_BYTES as u64))
+        .ok_or_else(|| header_error(format!("record count {records} is impossible")))?;
+    if file_bytes != expected {
+        return Err(ShardError::Length {
+            path: path.to_path_buf(),
+            records,
+            expected,
+            actual: file_bytes,
+        });
+    }
+    Ok(header)
+}
+
+fn open_checked(path: &Path) -> Result<(File, u64), ShardError> {
+    let io = |source| ShardError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    let file_bytes = file.metadata().map_err(io)?.len();
+    if file_bytes < HEADER_BYTES as u64 {
+        return Err(ShardError::Header {
+            path: path.to_path_buf(),
+            message: format!("{file_bytes} bytes is shorter than the {HEADER_BYTES}-byte header"),
+        });
+    }
+    Ok((file, file_bytes))
+}
+
 impl ShardFile {
     pub fn open(path: &Path) -> Result<ShardFile, ShardError> {
-        let io = |source| ShardError::Io {
+        let (file, file_bytes) = open_checked(path)?;
+        // SAFETY: the mapping is read-only and ticket files are never modified in place once
+        // `gen` has renamed them into place. Truncation by another process while mapped would
+        // raise SIGBUS on access; tools that must survive hostile files (verify) use
+        // `ShardReader` instead, which reads with plain read(2).
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| ShardError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let header_error = |message: String| ShardError::Header {
-            path: path.to_path_buf(),
-            message,
-        };
-        let file = File::open(path).map_err(io)?;
-        let actual = file.metadata().map_err(io)?.len();
-        if actual < HEADER_BYTES as u64 {
-            return Err(header_error(format!(
-                "{actual} bytes is shorter than the {HEADER_BYTES}-byte header"
-            )));
-        }
-        // SAFETY: the file is opened read-only and ticket files are never modified in place
-        // after `gen` renames them into place; a concurrent truncation by another process
-        // would be an operator error that the length check below cannot fully rule out, which
-        // is why readers copy records out rather than keep references across long periods.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let header = ShardHeader::read_from_bytes(&map[..HEADER_BYTES]).expect("128 bytes");
-        if header.magic != SHARD_MAGIC {
-            return Err(header_error("not a hongbao ticket file (bad magic)".into()));
-        }
-        if header.version.get() != SHARD_VERSION {
-            return Err(header_error(format!(
-                "version {} is not supported (this build reads {SHARD_VERSION})",
-                header.version.get()
-            )));
-        }
-        let computed = header.compute_crc();
-        if computed != header.header_crc32c.get() {
-            return Err(header_error(format!(
-                "header checksum mismatch (stored {:08x}, computed {computed:08x}): the header is damaged",
-                header.header_crc32c.get()
-            )));
-        }
-        if header.header_bytes.get() as usize != HEADER_BYTES
-            || header.record_bytes.get() as usize != RECORD_BYTES
-        {
-            return Err(header_error(format!(
-                "header/record sizes {}/{} are not {HEADER_BYTES}/{RECORD_BYTES}",
-                header.header_bytes.get(),
-                header.record_bytes.get()
-            )));
-        }
-        let records = header.record_count.get();
-        let expected = records
-            .checked_mul(RECORD_BYTES as u64)
-            .and_then(|b| b.checked_add(HEADER_BYTES as u64))
-            .ok_or_else(|| header_error(format!("record count {records} is impossible")))?;
-        if actual != expected {
-            return Err(ShardError::Length {
-                path: path.to_path_buf(),
-                records,
-                expected,
-                actual,
-            });
-        }
+        })?;
+        let header = check_header(path, &map, file_bytes)?;
         Ok(ShardFile {
             path: path.to_path_buf(),
             map,
@@ -243,4 +259,69 @@ impl ShardFile {
 /// Byte offset of record `index` in a shard file.
 pub fn record_offset(index: u64) -> u64 {
     HEADER_BYTES as u64 + index * RECORD_BYTES as u64
+}
+
+/// Reads a shard file sequentially with read(2), in chunks, computing the body CRC on the way:
+/// bounded memory whatever the file size, and a file changed underneath cannot crash the reader
+/// (it shows up as a short read or a checksum mismatch).
+pub struct ShardReader {
+    pub path: PathBuf,
+    file: File,
+    header: ShardHeader,
+    remaining: u64,
+    crc: u32,
+}
+
+impl ShardReader {
+    pub fn open(path: &Path) -> Result<ShardReader, ShardError> {
+        let (mut file, file_bytes) = open_checked(path)?;
+        let mut bytes = [0u8; HEADER_BYTES];
+        file.read_exact(&mut bytes)
+            .map_err(|source| ShardError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let header = check_header(path, &bytes, file_bytes)?;
+        Ok(ShardReader {
+            path: path.to_path_buf(),
+            file,
+            remaining: header.record_count.get(),
+            header,
+            crc: 0,
+        })
+    }
+
+    pub fn header(&self) -> &ShardHeader {
+        &self.header
+    }
+
+    /// Replaces the content of `buffer` with up to `max` next records; returns false at the end.
+    pub fn next_chunk(
+        &mut self,
+        buffer: &mut Vec<TicketRecord>,
+        max: usize,
+    ) -> Result<bool, ShardError> {
+        let n = (self.remaining.min(max as u64)) as usize;
+        // Reuse the buffer as it is: only records beyond its current length get zeroed.
+        buffer.truncate(n);
+        if n == 0 {
+            return Ok(false);
+        }
+        buffer.resize(n, TicketRecord::new_zeroed());
+        let bytes = buffer.as_mut_slice().as_mut_bytes();
+        self.file
+            .read_exact(bytes)
+            .map_err(|source| ShardError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.remaining -= n as u64;
+        Ok(true)
+    }
+
+    /// CRC32C of every record read so far (all of them once `next_chunk` returned false).
+    pub fn body_crc(&self) -> u32 {
+        self.crc
+    }
 }
