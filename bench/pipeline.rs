@@ -2,7 +2,8 @@
 //! floor peer (raw AES-128 + CRC32C over the same bytes with the same crates), measured in the
 //! same run on tmpfs so the disk is out of the picture.
 //!
-//! Run: `cargo bench --bench pipeline -- --tickets 20000000`
+//! Run: `cargo bench --bench pipeline -- --tickets 20000000`. Under `cargo test --all-targets`
+//! it does a small smoke run, so the benchmark code itself stays tested.
 //! Phases for callgrind (see bench/callgrind.sh): `--phase gen|verify|floor --dir D --tickets N`.
 
 use std::path::{Path, PathBuf};
@@ -18,9 +19,10 @@ use hongbao::verify::{verify, VerifyOptions};
 
 #[derive(Parser)]
 struct Args {
-    /// Tickets in the benchmark event.
-    #[arg(long, default_value_t = 20_000_000)]
-    tickets: u64,
+    /// Tickets in the benchmark event (default 20,000,000; 200,000 for the smoke run that
+    /// `cargo test --all-targets` does, which passes no --bench flag).
+    #[arg(long)]
+    tickets: Option<u64>,
     /// Working directory; defaults to a fresh directory under /dev/shm (tmpfs).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -163,19 +165,28 @@ fn machine() -> String {
 
 fn main() {
     let args = Args::parse();
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/dev/shm/hongbao-bench-{}", std::process::id())));
+    let smoke = !args.bench && args.phase.is_none();
+    let tickets = args
+        .tickets
+        .unwrap_or(if smoke { 200_000 } else { 20_000_000 });
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        base.join(format!("hongbao-bench-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&dir).expect("bench dir");
-    let plan = Plan::from_toml(&bench_plan(args.tickets)).expect("bench plan");
+    let plan = Plan::from_toml(&bench_plan(tickets)).expect("bench plan");
 
     if let Some(phase) = args.phase.as_deref() {
         match phase {
             "gen" => run_gen(&plan, &dir, 1),
             "verify" => run_verify(&dir, 1),
             "floor" => {
-                std::hint::black_box(run_floor(args.tickets));
+                std::hint::black_box(run_floor(tickets));
             }
             other => panic!("unknown phase {other}; use gen, verify or floor"),
         }
@@ -183,7 +194,10 @@ fn main() {
     }
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let n = args.tickets;
+    let n = tickets;
+    if smoke {
+        println!("smoke run ({n} tickets); `cargo bench --bench pipeline` measures for real");
+    }
     let mut rows = Vec::new();
     rows.push(measure("floor: AES-128 + CRC32C", 1, n, || {
         std::hint::black_box(run_floor(n));
