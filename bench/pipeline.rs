@@ -26,9 +26,13 @@ struct Args {
     /// Working directory; defaults to a fresh directory under /dev/shm (tmpfs).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Run only one phase, single-threaded, for instruction counting: gen, verify or floor.
+    /// Run only one phase, single-threaded, for instruction counting: gen, verify or floor;
+    /// or `plan` to write the benchmark plan to DIR/plan.toml (used by bench/rss.sh).
     #[arg(long)]
     phase: Option<String>,
+    /// Runs of each row; the median (by CPU time) is reported with the min-max spread.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -77,17 +81,35 @@ struct Measure {
     tickets: u64,
     wall: f64,
     cpu: f64,
+    cpu_min: f64,
+    cpu_max: f64,
 }
 
-fn measure(name: &'static str, threads: usize, tickets: u64, f: impl FnOnce()) -> Measure {
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    f();
+/// Runs `f` `repeat` times and keeps the run with the median CPU time.
+fn measure(
+    name: &'static str,
+    threads: usize,
+    tickets: u64,
+    repeat: usize,
+    mut f: impl FnMut(),
+) -> Measure {
+    let mut runs: Vec<(f64, f64)> = (0..repeat.max(1))
+        .map(|_| {
+            let (cpu0, t0) = (cpu_seconds(), Instant::now());
+            f();
+            (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64())
+        })
+        .collect();
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (cpu, wall) = runs[runs.len() / 2];
     Measure {
         name,
         threads,
         tickets,
-        wall: t0.elapsed().as_secs_f64(),
-        cpu: cpu_seconds() - cpu0,
+        wall,
+        cpu,
+        cpu_min: runs[0].0,
+        cpu_max: runs[runs.len() - 1].0,
     }
 }
 
@@ -185,10 +207,15 @@ fn main() {
         match phase {
             "gen" => run_gen(&plan, &dir, 1),
             "verify" => run_verify(&dir, 1),
+            "plan" => {
+                let path = dir.join("plan.toml");
+                std::fs::write(&path, bench_plan(tickets)).expect("write plan");
+                println!("{}", path.display());
+            }
             "floor" => {
                 std::hint::black_box(run_floor(tickets));
             }
-            other => panic!("unknown phase {other}; use gen, verify or floor"),
+            other => panic!("unknown phase {other}; use gen, verify, floor or plan"),
         }
         return;
     }
@@ -199,19 +226,24 @@ fn main() {
         println!("smoke run ({n} tickets); `cargo bench --bench pipeline` measures for real");
     }
     let mut rows = Vec::new();
-    rows.push(measure("floor: AES-128 + CRC32C", 1, n, || {
+    let r = args.repeat;
+    rows.push(measure("floor: AES-128 + CRC32C", 1, n, r, || {
         std::hint::black_box(run_floor(n));
     }));
-    rows.push(measure("gen", 1, n, || run_gen(&plan, &dir, 1)));
-    rows.push(measure("verify", 1, n, || run_verify(&dir, 1)));
-    rows.push(measure("gen", threads, n, || run_gen(&plan, &dir, threads)));
-    rows.push(measure("verify", threads, n, || run_verify(&dir, threads)));
+    rows.push(measure("gen", 1, n, r, || run_gen(&plan, &dir, 1)));
+    rows.push(measure("verify", 1, n, r, || run_verify(&dir, 1)));
+    rows.push(measure("gen", threads, n, r, || {
+        run_gen(&plan, &dir, threads)
+    }));
+    rows.push(measure("verify", threads, n, r, || {
+        run_verify(&dir, threads)
+    }));
     let _ = std::fs::remove_dir_all(&dir);
 
     let floor_cpu = rows[0].cpu;
     println!("## Ticket pipeline benchmark\n");
     println!(
-        "- command: `cargo bench --bench pipeline -- --tickets {n}` (files on tmpfs {})",
+        "- command: `cargo bench --bench pipeline -- --tickets {n} --repeat {r}` (files on {})",
         dir.display()
     );
     println!("- machine: {}", machine());
@@ -223,16 +255,19 @@ fn main() {
         time::OffsetDateTime::now_utc().unix_timestamp()
     );
     println!();
-    println!("| phase | threads | tickets | wall s | CPU s | M tickets/s (wall) | M tickets/s per CPU-second | CPU vs floor |");
+    println!("Median of {r} runs per row (by CPU time); CPU s shows min-max.\n");
+    println!("| phase | threads | tickets | wall s | CPU s (min-max) | M tickets/s (wall) | M tickets/s per CPU-second | CPU vs floor |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2}x |",
+            "| {} | {} | {} | {:.2} | {:.2} ({:.2}-{:.2}) | {:.1} | {:.1} | {:.2}x |",
             r.name,
             r.threads,
             r.tickets,
             r.wall,
             r.cpu,
+            r.cpu_min,
+            r.cpu_max,
             r.tickets as f64 / r.wall / 1e6,
             r.tickets as f64 / r.cpu.max(1e-9) / 1e6,
             r.cpu / floor_cpu.max(1e-9)

@@ -870,6 +870,19 @@ fn validate(file: PlanFile, text: &str) -> Result<Plan, PlanError> {
         }
     }
     let money_total: u128 = merchants.iter().map(|m| m.budget_cents as u128).sum();
+    let count_total: u128 = merchants.iter().map(|m| m.count as u128).sum();
+    if money_total > u64::MAX as u128 {
+        problem(
+            "merchant[].budget_cents".into(),
+            format!("budgets add up to {money_total} cents, which exceeds the 64-bit totals of the manifest"),
+        );
+    }
+    if count_total > u64::MAX as u128 {
+        problem(
+            "merchant[].count".into(),
+            format!("envelope counts add up to {count_total}, which exceeds 64 bits"),
+        );
+    }
     if cap > 0 && money_total.div_ceil(cap as u128) * variants.len() as u128 > KEYS_MAX as u128 {
         problem(
             "event.key_cap_cents".into(),
@@ -941,6 +954,7 @@ fn resolve_weights(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     pub(crate) const SMALL: &str = r#"
 [event]
@@ -1098,6 +1112,97 @@ max_cents = 100
         assert_eq!(allocs[1].batches[0].count, 1000);
         assert_eq!(allocs[1].shards[0].ordinal, 1 << 24);
         assert!(allocs[1].shards[0].key_first > allocs[0].shards.last().unwrap().key_first);
+    }
+
+    fn plan_with(merchants: &[(u64, Option<u64>, Option<u64>, Option<u64>)], cap: u64) -> String {
+        let mut text = SMALL[..SMALL.find("[[merchant]]").unwrap()].replace(
+            "name = \"test\"",
+            &format!("name = \"test\"\nkey_cap_cents = {cap}"),
+        );
+        for (i, (budget, count, min, max)) in merchants.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[merchant]]\nid = {i}\nname = \"m{i}\"\nkind = \"image\"\nbudget_cents = {budget}\n"
+            ));
+            if let Some(c) = count {
+                text.push_str(&format!("count = {c}\n"));
+            }
+            if let Some(m) = min {
+                text.push_str(&format!("min_cents = {m}\n"));
+            }
+            if let Some(m) = max {
+                text.push_str(&format!("max_cents = {m}\n"));
+            }
+        }
+        text
+    }
+
+    fn extreme() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0u64..5,
+            1u64..100_000,
+            Just(u32::MAX as u64),
+            Just(i64::MAX as u64 / 2),
+            Just(i64::MAX as u64),
+            any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// Any numbers at all: validation answers Ok or a list of problems, never panics, and an
+        /// accepted plan allocates every cent and every envelope exactly.
+        #[test]
+        fn any_numbers_validate_or_allocate_exactly(
+            merchants in proptest::collection::vec(
+                (extreme(), proptest::option::of(extreme()), proptest::option::of(extreme()), proptest::option::of(extreme())),
+                1..4,
+            ),
+            cap in extreme(),
+        ) {
+            let text = plan_with(&merchants, cap);
+            if let Ok(plan) = Plan::from_toml(&text) {
+                let alloc = &plan.allocate().unwrap()[0];
+                // u128 sums: a wrapped u64 on both sides must not pass for equal.
+                let count: u128 = alloc.shards.iter().map(|s| s.count as u128).sum();
+                let money: u128 = alloc.shards.iter().map(|s| s.amount_cents as u128).sum();
+                let budget: u128 = merchants.iter().map(|m| m.0 as u128).sum();
+                prop_assert_eq!(money, budget);
+                prop_assert_eq!(count, plan.merchants.iter().map(|m| m.count as u128).sum::<u128>());
+                prop_assert_eq!(count, plan.total_envelopes() as u128);
+                prop_assert_eq!(money, plan.total_cents() as u128);
+                for shard in &alloc.shards {
+                    for p in &shard.parts {
+                        prop_assert!(p.count as u128 * p.min_cents as u128 <= p.amount_cents as u128);
+                        prop_assert!(p.amount_cents as u128 <= p.count as u128 * p.max_cents as u128);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn apportion_money_is_exact_and_satisfiable(
+            counts in proptest::collection::vec(0u64..1_000_000, 1..10),
+            min in 1u64..1000,
+            width in 0u64..1000,
+            fill in 0.0f64..=1.0,
+        ) {
+            let total: u64 = counts.iter().sum();
+            prop_assume!(total > 0);
+            let max = min + width;
+            let money = total * min + ((total * width) as f64 * fill) as u64;
+            let parts = apportion_money(money, &counts, min, max);
+            prop_assert_eq!(parts.iter().sum::<u64>(), money);
+        }
+    }
+
+    #[test]
+    fn totals_that_overflow_u64_are_refused() {
+        // TOML integers are i64, so three merchants are needed to overflow a u64 sum.
+        let big = i64::MAX as u64;
+        let m = (big, None, None, None);
+        let text = plan_with(&[m, m, m], big);
+        let p = problems_of(&text);
+        assert!(p.iter().any(|p| p.message.contains("exceeds")), "{p:?}");
     }
 
     #[test]
