@@ -1114,7 +1114,10 @@ max_cents = 100
         assert!(allocs[1].shards[0].key_first > allocs[0].shards.last().unwrap().key_first);
     }
 
-    fn plan_with(merchants: &[(u64, Option<u64>, Option<u64>, Option<u64>)], cap: u64) -> String {
+    /// (budget, count, min, max) of one generated merchant.
+    type MerchantNumbers = (u64, Option<u64>, Option<u64>, Option<u64>);
+
+    fn plan_with(merchants: &[MerchantNumbers], cap: u64) -> String {
         let mut text = SMALL[..SMALL.find("[[merchant]]").unwrap()].replace(
             "name = \"test\"",
             &format!("name = \"test\"\nkey_cap_cents = {cap}"),
