@@ -354,8 +354,9 @@ fn demo(dir: &Path, scale: u64, seed: Option<u64>, threads: usize) -> Result<Exi
     })
     .map_err(|e| e.to_string())?;
     print_verify(&report);
+    let me = std::env::args().next().unwrap_or_else(|| "hongbao".into());
     println!(
-        "next: hongbao verify --dir {} --keyring {}",
+        "next: {me} verify --dir {} --keyring {}   (try damaging a file first)",
         out.display(),
         keyring.display()
     );

@@ -440,12 +440,13 @@ pub fn apportion_money(money: u64, counts: &[u64], min: u64, max: u64) -> Vec<u6
         "unsatisfiable money split"
     );
     let rest = money - count * min;
-    let headroom_total = count * (max - min);
     let mut parts: Vec<u128> = counts.iter().map(|&c| c as u128 * min).collect();
     if rest > 0 {
+        // Headroom shares c·(max-min) / (count·(max-min)) reduce to c / count (rest > 0 implies
+        // max > min). Both rest and c fit in u64, so rest·c < 2^128 cannot overflow.
         let mut given: u128 = 0;
         for (part, &c) in parts.iter_mut().zip(counts) {
-            let share = rest * (c as u128 * (max - min)) / headroom_total;
+            let share = rest * c as u128 / count;
             *part += share;
             given += share;
         }
@@ -1206,6 +1207,25 @@ max_cents = 100
         let text = plan_with(&[m, m, m], big);
         let p = problems_of(&text);
         assert!(p.iter().any(|p| p.message.contains("exceeds")), "{p:?}");
+    }
+
+    #[test]
+    fn apportion_money_does_not_overflow_at_the_limits() {
+        // Found by the property test: rest * headroom overflowed u128.
+        let parts = apportion_money(u64::MAX, &[1 << 62, 1 << 62], 1, 4);
+        assert_eq!(
+            parts.iter().map(|&p| p as u128).sum::<u128>(),
+            u64::MAX as u128
+        );
+        // The shrunk case the property test found, through validation and allocation.
+        let text = plan_with(
+            &[(i64::MAX as u64, Some(17_179_869_225), None, None)],
+            (1 << 62) - 1,
+        );
+        let plan = Plan::from_toml(&text).unwrap();
+        let alloc = &plan.allocate().unwrap()[0];
+        let money: u128 = alloc.shards.iter().map(|s| s.amount_cents as u128).sum();
+        assert_eq!(money, i64::MAX as u128);
     }
 
     #[test]

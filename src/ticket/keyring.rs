@@ -347,6 +347,20 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = Keyring::from_bytes(Path::new("k"), &bytes);
+        }
+
+        #[test]
+        fn any_single_byte_change_is_refused(position in 0usize..(64 + 2 * 24 + 4), bit in 0u8..8) {
+            let mut bytes = ring().to_bytes(7);
+            bytes[position] ^= 1 << bit;
+            proptest::prop_assert!(Keyring::from_bytes(Path::new("k"), &bytes).is_err());
+        }
+    }
+
     #[test]
     fn rejects_duplicate_ids() {
         let e = KeyEntry {
