@@ -10,11 +10,13 @@
 //! - [`gen`]: `hongbao gen`, the parallel streaming generator.
 //! - [`manifest`]: the manifest and batch config written beside the tickets.
 //! - [`verify`]: `hongbao verify`, the independent re-check (R14).
+//! - [`inspect`]: `hongbao inspect`, one file decoded: amounts and sponsor order.
 //!
 //! docs/ARCHITECTURE.md explains the design and its reasons; docs/formats/ every file format.
 
 pub mod fsutil;
 pub mod gen;
+pub mod inspect;
 pub mod manifest;
 pub mod plan;
 pub mod progress;

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use hongbao::gen::{format_cents, generate, GenOptions, GenSummary};
+use hongbao::inspect::{inspect, Inspection};
 use hongbao::plan::{Plan, PlanFile};
+use hongbao::ticket::Keyring;
 use hongbao::verify::{verify, VerifyOptions, VerifyReport, FINDINGS_SHOWN_DEFAULT};
 use hongbao::DEMO_PLAN;
 
@@ -67,6 +69,18 @@ enum Command {
         show: usize,
         #[arg(long)]
         quiet: bool,
+    },
+    /// Decode one ticket file: header, first records, amount percentiles per batch, and how
+    /// often neighbours share a sponsor.
+    Inspect {
+        /// A .tix file.
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        keyring: PathBuf,
+        /// How many leading records to print.
+        #[arg(long, default_value_t = 8)]
+        records: usize,
     },
     /// Validate a plan and print what it would generate, without generating anything.
     CheckPlan {
@@ -161,6 +175,19 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 ExitCode::from(1)
             })
         }
+        Command::Inspect {
+            file,
+            keyring,
+            records,
+        } => {
+            let (keyring, too_open) = Keyring::load(&keyring).map_err(|e| e.to_string())?;
+            if too_open {
+                eprintln!("warning: the keyring is readable by group or others; chmod 600 it");
+            }
+            let report = inspect(&file, &keyring, records).map_err(|e| e.to_string())?;
+            print_inspection(&file, &report);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckPlan { plan } => {
             let plan = Plan::load(&plan).map_err(|e| e.to_string())?;
             print_plan(&plan)?;
@@ -233,6 +260,72 @@ fn print_plan(plan: &Plan) -> Result<(), String> {
         plan.currency
     );
     Ok(())
+}
+
+fn print_inspection(file: &Path, r: &Inspection) {
+    let h = &r.header;
+    println!(
+        "{}: shard {:08x} (variant {}, slot {}, host {}, core {}, backup host {}), {} envelopes, \
+         {}, body checksum {}",
+        file.display(),
+        h.shard_ordinal.get(),
+        h.variant,
+        h.slot_index.get(),
+        h.host_index.get(),
+        h.core.get(),
+        h.backup_host_index.get(),
+        h.record_count.get(),
+        format_cents(h.amount_cents.get()),
+        if r.body_crc_ok { "ok" } else { "MISMATCH" }
+    );
+    println!("  first records:");
+    for (index, ticket) in &r.first {
+        match ticket {
+            Ok(t) => println!(
+                "    #{index:<6} envelope {}  key {:>5}  batch {:>5}  {:>10}",
+                t.envelope_id,
+                t.key_id,
+                t.batch_id,
+                format_cents(t.amount_cents as u64)
+            ),
+            Err(e) => println!("    #{index:<6} does not open: {e}"),
+        }
+    }
+    println!("  amounts per batch (cents):");
+    println!(
+        "    {:>5} {:>12} {:>16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "batch", "envelopes", "total", "min", "p1", "p10", "p50", "p90", "p99", "max"
+    );
+    for b in &r.batches {
+        let p: Vec<String> = b
+            .percentiles
+            .iter()
+            .map(|(_, v)| format!("{v:>8}"))
+            .collect();
+        println!(
+            "    {:>5} {:>12} {:>16} {:>8} {} {:>8}",
+            b.batch_id,
+            b.envelopes,
+            format_cents(b.amount_cents),
+            b.min_cents,
+            p.join(" "),
+            b.max_cents
+        );
+    }
+    let total = h.record_count.get().max(1);
+    println!(
+        "  neighbours from the same batch: {} of {} ({:.4}%), longest same-batch run {}",
+        r.same_batch_neighbours,
+        total.saturating_sub(1),
+        100.0 * r.same_batch_neighbours as f64 / total as f64,
+        r.longest_same_batch_run
+    );
+    if r.records_not_opened > 0 {
+        println!(
+            "  {} records do not open with this keyring (run verify for details)",
+            r.records_not_opened
+        );
+    }
 }
 
 fn print_gen(plan: &Plan, summary: &GenSummary) {

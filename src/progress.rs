@@ -15,11 +15,17 @@ impl Progress {
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(4));
         let template = format!(
-            "{{elapsed_precise}} [{{bar:40}}] {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, eta {{eta}})"
+            "{{elapsed_precise}} [{{bar:40}}] {{human_pos}}/{{human_len}} {unit} ({{rate}}, eta {{eta}})"
         );
         bar.set_style(
             ProgressStyle::with_template(&template)
                 .expect("static template")
+                .with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.1} M/s", state.per_sec() / 1e6);
+                    },
+                )
                 .progress_chars("=> "),
         );
         Progress { bar: Some(bar) }

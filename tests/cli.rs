@@ -72,6 +72,21 @@ fn gen_then_verify_then_detect_damage() {
     assert!(text(&ok).contains("variants A, B"));
 
     let file = tmp.path().join("ev/B/tickets/2100/sh-b-01/1.tix");
+    let inspected = hongbao(
+        &[
+            "inspect",
+            "--file",
+            file.to_str().unwrap(),
+            "--keyring",
+            "ev.keyring",
+        ],
+        tmp.path(),
+    );
+    assert!(inspected.status.success(), "{}", text(&inspected));
+    let t = text(&inspected);
+    assert!(t.contains("body checksum ok"), "{t}");
+    // Slot 2100 has no dominant sponsor, so no two neighbours share a batch.
+    assert!(t.contains("neighbours from the same batch: 0 of"), "{t}");
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[128 + 26 * 1000 + 20] ^= 1;
     std::fs::write(&file, bytes).unwrap();

@@ -9,12 +9,16 @@
 //! is batch `j` with probability proportional to `c_j`, except that
 //! 1. the batch just placed is left out of the draw (no two neighbours from one batch), and
 //! 2. a batch holding a strict majority of what is left (`2·c_j > total`) is placed at once when
-//!    it was not just placed: otherwise it could only be finished with neighbours of its own.
+//!    it was not just placed: otherwise it could only be finished with neighbours of its own;
+//! 3. when the batch just placed holds a strict majority, its envelopes are laid out in runs of
+//!    nearly equal length (the ceiling of what it has left over the runs left), each run ended
+//!    by exactly one envelope of another batch.
 //!
 //! When no batch starts with more than half plus one of the file, this never places two
 //! envelopes of one batch side by side (rule 2 fires before a majority can become unavoidable,
-//! and a batch just placed can never hold a majority). When one batch does dominate,
-//! repeats are unavoidable; the draw then falls back to plain proportional sampling.
+//! and a batch just placed can never hold a majority). When one batch `j` does dominate,
+//! repeats are unavoidable; rule 3 makes their number the minimum, `c_j - (others + 1)`, and
+//! keeps every run at most `ceil(c_j / (others + 1))` long.
 //! Without rule 1 this is exactly a uniformly random interleave; with it, it is a uniformly
 //! random choice among the other sponsors weighted by what they have left.
 
@@ -30,6 +34,8 @@ pub struct Interleaver {
     /// Segment tree of the largest remaining count below each node.
     max: Vec<u64>,
     last: Option<usize>,
+    /// Length of the current run of `last`.
+    run: u64,
 }
 
 impl Interleaver {
@@ -50,6 +56,7 @@ impl Interleaver {
             sum,
             max,
             last: None,
+            run: 0,
         }
     }
 
@@ -69,10 +76,15 @@ impl Interleaver {
         let last_count = self.last.map_or(0, |l| self.sum[self.leaves + l]);
         let chosen = if largest * 2 > total {
             let majority = self.index_of_max();
+            let others = total - largest;
             if Some(majority) != self.last {
                 majority
+            } else if others > 0 && self.run >= (largest + self.run).div_ceil(others + 1) {
+                // The dominant batch's current run has its fair share of what is left for the
+                // remaining `others + 1` runs: end it with one envelope from another batch.
+                self.find_excluding(rng.random_range(0..others), majority, largest)
             } else {
-                self.find(rng.random_range(0..total))
+                majority
             }
         } else if last_count > 0 {
             // Draw among everything but the batch just placed, as if its count were zero.
@@ -82,6 +94,11 @@ impl Interleaver {
             self.find(rng.random_range(0..total))
         };
         self.take_one(chosen);
+        self.run = if self.last == Some(chosen) {
+            self.run + 1
+        } else {
+            1
+        };
         self.last = Some(chosen);
         Some(chosen)
     }
@@ -195,11 +212,46 @@ mod tests {
         }
     }
 
+    /// (same-batch neighbours, longest run of one batch) of an order.
+    fn repeats(order: &[usize]) -> (u64, u64) {
+        let (mut same, mut run, mut longest) = (0, 0, 0);
+        for (i, &j) in order.iter().enumerate() {
+            if i > 0 && order[i - 1] == j {
+                same += 1;
+                run += 1;
+            } else {
+                run = 1;
+            }
+            longest = longest.max(run);
+        }
+        (same, longest)
+    }
+
+    proptest! {
+        #[test]
+        fn dominant_batch_gets_fewest_and_shortest_runs(
+            counts in proptest::collection::vec(0u64..60, 1..6),
+            dominant in 1u64..2000,
+            seed: u64,
+        ) {
+            let mut counts = counts;
+            counts.push(dominant);
+            let total: u64 = counts.iter().sum();
+            let others = total - dominant;
+            prop_assume!(dominant > others + 1);
+            let order = run(&counts, seed);
+            let (same, longest) = repeats(&order);
+            prop_assert_eq!(same, dominant - (others + 1), "fewest possible repeats");
+            prop_assert!(longest <= dominant.div_ceil(others + 1), "longest run {}", longest);
+        }
+    }
+
     #[test]
-    fn dominant_batch_still_finishes() {
+    fn dominant_batch_is_spread_evenly() {
         let order = run(&[100, 3], 1);
         assert_eq!(order.len(), 103);
         assert_eq!(order.iter().filter(|&&j| j == 1).count(), 3);
+        assert_eq!(repeats(&order), (96, 25));
     }
 
     #[test]
