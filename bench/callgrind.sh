@@ -12,12 +12,7 @@ if ! command -v valgrind >/dev/null; then
   echo "installing valgrind (needs root and Debian packages)" >&2
   apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
 fi
-bin=$(cargo bench --bench pipeline --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "pipeline":
-        print(m["executable"])')
+bin=$(bash bench/bench-bin.sh)
 work=$(mktemp -d /dev/shm/hongbao-callgrind.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 

@@ -14,12 +14,7 @@ mkdir -p "$work"
 trap 'rm -rf "$work/event" "$work/event.keyring"' EXIT
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 cargo build --release --quiet
-bench=$(cargo bench --bench pipeline --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "pipeline":
-        print(m["executable"])')
+bench=$(bash bench/bench-bin.sh)
 plan=$("$bench" --phase plan --tickets "$tickets" --dir "$work")
 threads=$(nproc)
 measure() { # label command...
