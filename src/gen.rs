@@ -23,7 +23,7 @@ use crate::manifest::{
 };
 use crate::plan::shuffle::Interleaver;
 use crate::plan::split::Splitter;
-use crate::plan::{Allocation, Plan, PlanError, ShardPlan};
+use crate::plan::{hex, Allocation, Plan, PlanError, ShardPlan};
 use crate::progress::Progress;
 use crate::ticket::shard::{ShardHeader, HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION};
 use crate::ticket::{
@@ -118,6 +118,8 @@ pub fn generate(plan: &Plan, opts: &GenOptions) -> Result<GenSummary, GenError> 
         }
     };
     let created = now_unix();
+    let mut generation = [0u8; 16];
+    getrandom::fill(&mut generation).map_err(|e| GenError::Random(e.to_string()))?;
     let jobs: Vec<(&Allocation, &ShardPlan)> = allocations
         .iter()
         .flat_map(|a| a.shards.iter().map(move |s| (a, s)))
@@ -143,7 +145,8 @@ pub fn generate(plan: &Plan, opts: &GenOptions) -> Result<GenSummary, GenError> 
                 let (allocation, shard) = jobs[order[n]];
                 let dir = opts.out.join(&plan.variants[allocation.variant].name);
                 let path = dir.join(shard.relative_path(plan));
-                let result = generate_shard(plan, shard, &path, seed, &progress, &failed);
+                let result =
+                    generate_shard(plan, shard, &path, seed, generation, &progress, &failed);
                 if result.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -175,13 +178,13 @@ pub fn generate(plan: &Plan, opts: &GenOptions) -> Result<GenSummary, GenError> 
     for allocation in &allocations {
         let outs = &results[first..first + allocation.shards.len()];
         first += allocation.shards.len();
-        let summary = write_variant_metadata(plan, allocation, outs, opts, created)?;
+        let summary = write_variant_metadata(plan, allocation, outs, opts, created, generation)?;
         variants.push(summary);
         for out in outs {
             keys.extend(out.keys.iter().cloned());
         }
     }
-    let keyring = Keyring::new(plan.fingerprint, seed, keys)?;
+    let keyring = Keyring::new(plan.fingerprint, seed, keys)?.with_generation(generation);
     keyring.save(&opts.keyring, created, opts.force)?;
     Ok(GenSummary {
         variants,
@@ -262,6 +265,7 @@ fn generate_shard(
     shard: &ShardPlan,
     path: &Path,
     master_seed: u64,
+    generation: [u8; 16],
     progress: &Progress,
     failed: &AtomicBool,
 ) -> Result<ShardOutput, GenError> {
@@ -290,7 +294,8 @@ fn generate_shard(
                 slot_start_unix: I64::new(slot.start_unix),
                 slot_end_unix: I64::new(slot.end_unix),
                 body_crc32c: U32::new(0),
-                reserved1: [0; 44],
+                generation,
+                reserved1: [0; 28],
                 header_crc32c: U32::new(0),
             };
             let header = writer.finish(header)?;
@@ -497,6 +502,7 @@ fn write_variant_metadata(
     outputs: &[ShardOutput],
     opts: &GenOptions,
     created: i64,
+    generation: [u8; 16],
 ) -> Result<VariantSummary, GenError> {
     let variant = &plan.variants[allocation.variant];
     let dir = opts.out.join(&variant.name);
@@ -548,6 +554,7 @@ fn write_variant_metadata(
             plan.variants.len() as u32
         },
         plan_fingerprint: plan.fingerprint_hex(),
+        generation: hex(&generation),
         key_cap_cents: plan.key_cap_cents,
         created_unix: created,
         envelopes,
@@ -561,6 +568,7 @@ fn write_variant_metadata(
         event: plan.event_name.clone(),
         variant: variant.name.clone(),
         plan_fingerprint: plan.fingerprint_hex(),
+        generation: hex(&generation),
         batches: batch_entries(plan, allocation),
     };
     write(PLAN_COPY_FILE, plan.source.as_bytes())?;

@@ -33,6 +33,8 @@ pub struct Manifest {
     pub generated_variants: u32,
     /// SHA-256 of `plan.toml` in this directory, lower-case hex.
     pub plan_fingerprint: String,
+    /// Random id of the `gen` run (32 hex digits), also in its keyring and file headers.
+    pub generation: String,
     pub key_cap_cents: u64,
     pub created_unix: i64,
     pub envelopes: u64,
@@ -98,6 +100,7 @@ pub struct BatchConfig {
     pub event: String,
     pub variant: String,
     pub plan_fingerprint: String,
+    pub generation: String,
     #[serde(rename = "batch")]
     pub batches: Vec<BatchEntry>,
 }

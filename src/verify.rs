@@ -289,6 +289,19 @@ fn verify_variant(
             ),
         );
     }
+    if manifest.generation != hex(&keyring.generation) {
+        findings.add(
+            FindingKind::Fingerprint,
+            manifest_path.display().to_string(),
+            format!(
+                "these tickets are from gen run {} but the keyring is from run {}: pass the \
+                 keyring that was written together with these tickets (two runs of one plan \
+                 have different keys)",
+                manifest.generation,
+                hex(&keyring.generation)
+            ),
+        );
+    }
     if manifest.plan_fingerprint != plan.fingerprint_hex() {
         findings.add(
             FindingKind::Fingerprint,
@@ -341,7 +354,7 @@ fn verify_variant(
         );
     }
 
-    check_batch_config(&plan, allocation, dir, &mut findings)?;
+    check_batch_config(&plan, allocation, dir, &manifest.generation, &mut findings)?;
     check_manifest_against_plan(&plan, allocation, &manifest, &manifest_path, &mut findings);
     check_files_present(&plan, allocation, dir, &mut findings)?;
 
@@ -379,6 +392,7 @@ fn verify_variant(
         batches: &batch_entries,
         batch_slots: &batch_slots,
         dir,
+        generation: &manifest.generation,
         findings_max: opts.findings_max,
         progress: &progress,
     };
@@ -448,6 +462,7 @@ fn check_batch_config(
     plan: &Plan,
     allocation: &Allocation,
     dir: &Path,
+    manifest_generation: &str,
     findings: &mut Findings,
 ) -> Result<(), VerifyError> {
     let path = dir.join(BATCHES_FILE);
@@ -459,6 +474,16 @@ fn check_batch_config(
             return Ok(());
         }
     };
+    if config.generation != manifest_generation {
+        findings.add(
+            FindingKind::Fingerprint,
+            place.clone(),
+            format!(
+                "batch config is from gen run {}, the manifest from run {manifest_generation}",
+                config.generation
+            ),
+        );
+    }
     if config.plan_fingerprint != plan.fingerprint_hex() {
         findings.add(
             FindingKind::Fingerprint,
@@ -628,6 +653,8 @@ struct FileContext<'a> {
     /// Slot index of each batch id (index 0 unused), so records compare integers, not names.
     batch_slots: &'a [usize],
     dir: &'a Path,
+    /// The manifest's generation id, hex.
+    generation: &'a str,
     findings_max: usize,
     progress: &'a Progress,
 }
@@ -688,6 +715,17 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
                 format!("header {name} is {got}, the plan puts {want} here"),
             );
         }
+    }
+    if hex(&h.generation) != ctx.generation {
+        tally.findings.add(
+            FindingKind::Fingerprint,
+            place.clone(),
+            format!(
+                "header is from gen run {}, the manifest from run {}",
+                hex(&h.generation),
+                ctx.generation
+            ),
+        );
     }
     if h.plan_fingerprint[..] != plan.fingerprint[..16] {
         tally.findings.add(

@@ -419,6 +419,29 @@ fn wrong_keyring_is_found() {
 }
 
 #[test]
+fn keyring_of_another_run_of_the_same_plan_is_named() {
+    let first = make_event();
+    let second = make_event();
+    let report = verify(&VerifyOptions {
+        dir: first.out.clone(),
+        keyring: second.keyring.clone(),
+        plan: None,
+        threads: 2,
+        progress: false,
+        findings_max: 5,
+    })
+    .unwrap();
+    // The first finding says what happened, before the flood of records that do not open.
+    let first_finding = &report.findings.shown[0];
+    assert_eq!(first_finding.kind, FindingKind::Fingerprint);
+    assert!(
+        first_finding.detail.contains("keyring is from run"),
+        "{first_finding}"
+    );
+    assert_eq!(count(&report, FindingKind::ForgedRecord), 38_000);
+}
+
+#[test]
 fn missing_extra_and_leftover_files_are_found() {
     let event = make_event();
     fs::remove_file(event.file("s1", "h1", 0)).unwrap();

@@ -29,6 +29,7 @@ struct KeyringHeader {
     plan_fingerprint: [u8; 32],
     seed: U64,
     created_unix: I64,
+    generation: [u8; 16],
 }
 
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -42,7 +43,7 @@ struct KeyringEntry {
 
 const HEADER_BYTES: usize = std::mem::size_of::<KeyringHeader>();
 const ENTRY_BYTES: usize = std::mem::size_of::<KeyringEntry>();
-const _: () = assert!(HEADER_BYTES == 64 && ENTRY_BYTES == 24);
+const _: () = assert!(HEADER_BYTES == 80 && ENTRY_BYTES == 24);
 
 /// One key and the shard file it was made for.
 #[derive(Clone, PartialEq, Eq)]
@@ -95,6 +96,9 @@ pub struct Keyring {
     pub plan_fingerprint: [u8; 32],
     /// The master seed of the generation, so an audit can regenerate the amounts.
     pub seed: u64,
+    /// Random id of the `gen` run that made these keys; the same id is in every file header,
+    /// manifest and batch config of that run.
+    pub generation: [u8; 16],
     entries: Vec<KeyEntry>,
     ciphers: Vec<Aes128>,
     /// `slot_of[key_id]` is 1 + the index of the key in `entries`, or 0 when absent.
@@ -131,10 +135,17 @@ impl Keyring {
         Ok(Keyring {
             plan_fingerprint,
             seed,
+            generation: [0; 16],
             entries,
             ciphers,
             slot_of,
         })
+    }
+
+    /// Sets the generation id (see [`Keyring::generation`]).
+    pub fn with_generation(mut self, generation: [u8; 16]) -> Keyring {
+        self.generation = generation;
+        self
     }
 
     /// The cipher of key `key_id`, or `None` when the keyring has no such key.
@@ -167,6 +178,7 @@ impl Keyring {
             plan_fingerprint: self.plan_fingerprint,
             seed: U64::new(self.seed),
             created_unix: I64::new(created_unix),
+            generation: self.generation,
         };
         let mut bytes = Vec::with_capacity(HEADER_BYTES + self.entries.len() * ENTRY_BYTES + 4);
         bytes.extend_from_slice(header.as_bytes());
@@ -240,7 +252,10 @@ impl Keyring {
                 key: e.key,
             })
             .collect();
-        Keyring::new(header.plan_fingerprint, header.seed.get(), entries)
+        Ok(
+            Keyring::new(header.plan_fingerprint, header.seed.get(), entries)?
+                .with_generation(header.generation),
+        )
     }
 
     /// Loads a keyring file. The second value is true when the file is readable by group or
@@ -332,7 +347,7 @@ mod tests {
         assert_eq!(back.seed, 42);
         assert!(back.cipher(5).is_some() && back.cipher(3).is_none());
         let mut bad = bytes.clone();
-        bad[70] ^= 1;
+        bad[90] ^= 1;
         assert!(matches!(
             Keyring::from_bytes(path, &bad),
             Err(KeyringError::Checksum { .. })
@@ -354,7 +369,7 @@ mod tests {
         }
 
         #[test]
-        fn any_single_byte_change_is_refused(position in 0usize..(64 + 2 * 24 + 4), bit in 0u8..8) {
+        fn any_single_byte_change_is_refused(position in 0usize..(HEADER_BYTES + 2 * 24 + 4), bit in 0u8..8) {
             let mut bytes = ring().to_bytes(7);
             bytes[position] ^= 1 << bit;
             proptest::prop_assert!(Keyring::from_bytes(Path::new("k"), &bytes).is_err());

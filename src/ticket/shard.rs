@@ -45,7 +45,9 @@ pub struct ShardHeader {
     pub slot_end_unix: I64,
     /// CRC32C of all record bytes.
     pub body_crc32c: U32,
-    pub reserved1: [u8; 44],
+    /// Random id of the `gen` run, also in its keyring and manifest.
+    pub generation: [u8; 16],
+    pub reserved1: [u8; 28],
     pub header_crc32c: U32,
 }
 
@@ -351,7 +353,8 @@ mod tests {
             slot_start_unix: I64::new(10),
             slot_end_unix: I64::new(20),
             body_crc32c: U32::new(0),
-            reserved1: [0; 44],
+            generation: [4; 16],
+            reserved1: [0; 28],
             header_crc32c: U32::new(0),
         }
     }
