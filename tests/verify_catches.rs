@@ -66,6 +66,28 @@ min_cents = 50
 max_cents = 300
 "#;
 
+fn gen_options(out: &Path, keyring: &Path, seed: Option<u64>) -> GenOptions {
+    GenOptions {
+        out: out.to_path_buf(),
+        keyring: keyring.to_path_buf(),
+        seed,
+        threads: 2,
+        force: false,
+        progress: false,
+    }
+}
+
+fn verify_options(dir: &Path, keyring: &Path, findings_max: usize) -> VerifyOptions {
+    VerifyOptions {
+        dir: dir.to_path_buf(),
+        keyring: keyring.to_path_buf(),
+        plan: None,
+        threads: 2,
+        progress: false,
+        findings_max,
+    }
+}
+
 struct Event {
     _tmp: tempfile::TempDir,
     out: PathBuf,
@@ -84,15 +106,7 @@ impl Event {
             .join(format!("{core}.tix"))
     }
     fn check(&self) -> VerifyReport {
-        verify(&VerifyOptions {
-            dir: self.out.clone(),
-            keyring: self.keyring.clone(),
-            plan: None,
-            threads: 2,
-            progress: false,
-            findings_max: 1000,
-        })
-        .expect("verify runs")
+        verify(&verify_options(&self.out, &self.keyring, 1000)).expect("verify runs")
     }
     fn keyring(&self) -> Keyring {
         Keyring::load(&self.keyring).unwrap().0
@@ -104,18 +118,7 @@ fn make_event_with(plan_text: &str, seed: u64) -> Event {
     let out = tmp.path().join("event");
     let keyring = tmp.path().join("keys").join("event.keyring");
     let plan = Plan::from_toml(plan_text).unwrap();
-    generate(
-        &plan,
-        &GenOptions {
-            out: out.clone(),
-            keyring: keyring.clone(),
-            seed: Some(seed),
-            threads: 2,
-            force: false,
-            progress: false,
-        },
-    )
-    .unwrap();
+    generate(&plan, &gen_options(&out, &keyring, Some(seed))).unwrap();
     Event {
         _tmp: tmp,
         out,
@@ -405,15 +408,7 @@ fn ticket_under_a_wrong_key_is_found() {
 fn wrong_keyring_is_found() {
     let first = make_event();
     let second = make_event_with(&PLAN.replace("corrupt-me", "other-event"), 1);
-    let report = verify(&VerifyOptions {
-        dir: first.out.clone(),
-        keyring: second.keyring.clone(),
-        plan: None,
-        threads: 2,
-        progress: false,
-        findings_max: 10,
-    })
-    .unwrap();
+    let report = verify(&verify_options(&first.out, &second.keyring, 10)).unwrap();
     assert!(count(&report, FindingKind::Fingerprint) >= 1);
     assert!(report.findings.total > 1000);
 }
@@ -422,15 +417,7 @@ fn wrong_keyring_is_found() {
 fn keyring_of_another_run_of_the_same_plan_is_named() {
     let first = make_event();
     let second = make_event();
-    let report = verify(&VerifyOptions {
-        dir: first.out.clone(),
-        keyring: second.keyring.clone(),
-        plan: None,
-        threads: 2,
-        progress: false,
-        findings_max: 5,
-    })
-    .unwrap();
+    let report = verify(&verify_options(&first.out, &second.keyring, 5)).unwrap();
     // The first finding says what happened, before the flood of records that do not open.
     let first_finding = &report.findings.shown[0];
     assert_eq!(first_finding.kind, FindingKind::Fingerprint);
@@ -547,28 +534,9 @@ fn variants_are_written_side_by_side_with_distinct_ids() {
     plan.expand_variants(3).unwrap();
     let out = tmp.path().join("event");
     let keyring = tmp.path().join("event.keyring");
-    let summary = generate(
-        &plan,
-        &GenOptions {
-            out: out.clone(),
-            keyring: keyring.clone(),
-            seed: Some(3),
-            threads: 2,
-            force: false,
-            progress: false,
-        },
-    )
-    .unwrap();
+    let summary = generate(&plan, &gen_options(&out, &keyring, Some(3))).unwrap();
     assert_eq!(summary.variants.len(), 3);
-    let report = verify(&VerifyOptions {
-        dir: out.clone(),
-        keyring: keyring.clone(),
-        plan: None,
-        threads: 2,
-        progress: false,
-        findings_max: 10,
-    })
-    .unwrap();
+    let report = verify(&verify_options(&out, &keyring, 10)).unwrap();
     assert!(report.ok(), "{:#?}", report.findings.shown);
     assert_eq!(report.variants, vec!["A", "B", "C"]);
     assert_eq!(report.envelopes, 3 * 38_000);
@@ -592,14 +560,7 @@ fn refuses_to_overwrite_or_to_put_keys_with_tickets() {
     let plan = Plan::from_toml(PLAN).unwrap();
     let again = generate(
         &plan,
-        &GenOptions {
-            out: event.out.clone(),
-            keyring: event.out.with_file_name("other.keyring"),
-            seed: None,
-            threads: 1,
-            force: false,
-            progress: false,
-        },
+        &gen_options(&event.out, &event.out.with_file_name("other.keyring"), None),
     );
     assert!(again
         .unwrap_err()
@@ -607,14 +568,11 @@ fn refuses_to_overwrite_or_to_put_keys_with_tickets() {
         .contains("already holds files"));
     let inside = generate(
         &plan,
-        &GenOptions {
-            out: event.out.with_file_name("fresh"),
-            keyring: event.out.with_file_name("fresh").join("k.keyring"),
-            seed: None,
-            threads: 1,
-            force: false,
-            progress: false,
-        },
+        &gen_options(
+            &event.out.with_file_name("fresh"),
+            &event.out.with_file_name("fresh").join("k.keyring"),
+            None,
+        ),
     );
     assert!(inside
         .unwrap_err()
@@ -622,14 +580,7 @@ fn refuses_to_overwrite_or_to_put_keys_with_tickets() {
         .contains("apart from ticket files"));
     let existing_keyring = generate(
         &plan,
-        &GenOptions {
-            out: event.out.with_file_name("fresh2"),
-            keyring: event.keyring.clone(),
-            seed: None,
-            threads: 1,
-            force: false,
-            progress: false,
-        },
+        &gen_options(&event.out.with_file_name("fresh2"), &event.keyring, None),
     );
     assert!(existing_keyring
         .unwrap_err()
