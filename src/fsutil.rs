@@ -27,3 +27,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::rename(&tmp, path)?;
     sync_parent(path)
 }
+
+/// Creates `path` and any missing parents with mode 0700, for directories that hold keys.
+/// Directories that already exist keep their mode.
+pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}

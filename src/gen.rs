@@ -209,7 +209,8 @@ fn prepare_output(plan: &Plan, opts: &GenOptions) -> Result<(), GenError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fs::create_dir_all(keyring_dir).map_err(|e| output(keyring_dir, e.to_string()))?;
+    crate::fsutil::create_private_dir_all(keyring_dir)
+        .map_err(|e| output(keyring_dir, e.to_string()))?;
     let keyring_dir =
         fs::canonicalize(keyring_dir).map_err(|e| output(keyring_dir, e.to_string()))?;
     if keyring_dir.starts_with(&out) {

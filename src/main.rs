@@ -32,7 +32,9 @@ enum Command {
         /// Output directory; each variant is written to OUT/<variant>/.
         #[arg(long)]
         out: PathBuf,
-        /// Keyring path (mode 0600). Default: OUT.keyring beside, never inside, OUT.
+        /// Keyring path (mode 0600). Default: a per-user key store apart from every ticket
+        /// directory, $XDG_DATA_HOME/hongbao/keys/<event>-<unix time>.keyring (or under
+        /// ~/.local/share); the path is printed.
         #[arg(long)]
         keyring: Option<PathBuf>,
         /// Master seed: the same plan and seed give the same amounts and order (not the same
@@ -137,7 +139,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
             let keyring = match keyring {
                 Some(k) => k,
-                None => default_keyring(&out)?,
+                None => default_keyring(&plan.event_name)?,
             };
             let opts = GenOptions {
                 out,
@@ -206,17 +208,23 @@ fn run(command: Command) -> Result<ExitCode, String> {
     }
 }
 
-/// `OUT.keyring` next to the output directory.
-fn default_keyring(out: &Path) -> Result<PathBuf, String> {
-    let name = out.file_name().ok_or_else(|| {
-        format!(
-            "cannot derive a keyring path from --out {}; pass --keyring",
-            out.display()
-        )
-    })?;
-    let mut file = name.to_os_string();
-    file.push(".keyring");
-    Ok(out.with_file_name(file))
+/// The per-user key store, like ssh keeps keys: apart from every ticket directory.
+fn default_keyring(event: &str) -> Result<PathBuf, String> {
+    let base = match (std::env::var_os("XDG_DATA_HOME"), std::env::var_os("HOME")) {
+        (Some(data), _) if !data.is_empty() => PathBuf::from(data),
+        (_, Some(home)) if !home.is_empty() => PathBuf::from(home).join(".local/share"),
+        _ => {
+            return Err(
+                "no HOME or XDG_DATA_HOME to hold the keyring; pass --keyring PATH (outside \
+                 the ticket directory)"
+                    .into(),
+            )
+        }
+    };
+    Ok(base
+        .join("hongbao")
+        .join("keys")
+        .join(format!("{event}-{}.keyring", hongbao::gen::now_unix())))
 }
 
 fn print_plan(plan: &Plan) -> Result<(), String> {

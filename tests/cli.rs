@@ -38,8 +38,9 @@ fn gen_then_verify_then_detect_damage() {
     let check = hongbao(&["check-plan", "--plan", "plan.toml"], tmp.path());
     assert!(check.status.success(), "{}", text(&check));
     assert!(text(&check).contains("is valid"));
-    let gen = hongbao(
-        &[
+    // Without --keyring the keys go to the per-user key store, never beside the tickets.
+    let gen = Command::new(env!("CARGO_BIN_EXE_hongbao"))
+        .args([
             "gen",
             "--plan",
             "plan.toml",
@@ -48,14 +49,31 @@ fn gen_then_verify_then_detect_damage() {
             "--variants",
             "2",
             "--quiet",
-        ],
-        tmp.path(),
-    );
+        ])
+        .current_dir(tmp.path())
+        .env("XDG_DATA_HOME", tmp.path().join("data"))
+        .output()
+        .unwrap();
     assert!(gen.status.success(), "{}", text(&gen));
+    let store = tmp.path().join("data/hongbao/keys");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&store).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "key store directory is private");
+    let keyrings: Vec<_> = std::fs::read_dir(&store).unwrap().collect();
+    assert_eq!(keyrings.len(), 1);
+    let made = keyrings[0].as_ref().unwrap().path();
+    assert!(made
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("demo-new-year-"));
     assert!(
-        tmp.path().join("ev.keyring").is_file(),
-        "default keyring beside ev"
+        text(&gen).contains(made.to_str().unwrap()),
+        "{}",
+        text(&gen)
     );
+    std::fs::rename(&made, tmp.path().join("ev.keyring")).unwrap();
     let ok = hongbao(
         &[
             "verify",

@@ -295,7 +295,7 @@ impl Keyring {
             return Err(KeyringError::Exists(path.to_path_buf()));
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(io)?;
+            crate::fsutil::create_private_dir_all(parent).map_err(io)?;
         }
         let tmp = path.with_extension("keyring-tmp");
         let _ = fs::remove_file(&tmp);
