@@ -20,6 +20,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod plan;
 pub mod progress;
+pub mod store;
 pub mod ticket;
 pub mod verify;
 

@@ -1,0 +1,442 @@
+//! Blocking driver of one core's log directory: recovery at open, then appends and group
+//! commits with pwrite + fdatasync. Used by tools (the claims reader, tests, crash tests) and
+//! at server start-up; runs on whichever thread calls it, never shared between threads.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::record::RecordView;
+use super::segment::{scan, SegmentHeader, Tail, SEGMENT_HEADER_BYTES};
+use super::writer::{AppendError, Appended, Durable, LogWriter, WriteBatch};
+use super::LogPosition;
+
+/// Default size at which a segment is closed and the next one started.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 256 << 20;
+/// Default bound on appended-but-not-durable bytes before appends are refused.
+pub const PENDING_BYTES_DEFAULT: usize = 64 << 20;
+
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    pub segment_bytes_max: u64,
+    pub pending_bytes_max: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            pending_bytes_max: PENDING_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// Why the store cannot open or write. Refusals name the file and the byte offset.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A damaged record with valid records after it: not a torn tail. Starting would silently
+    /// drop records that may have been acknowledged.
+    #[error("{path}: corrupt record at byte {offset} ({reason}), yet a valid record follows at byte {next_valid}; refusing to start because records after this point may have been acknowledged. See docs/formats/log.md, \"When the store refuses to start\"")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: &'static str,
+        next_valid: u64,
+    },
+    /// A segment that is not the newest does not end exactly after its last record.
+    #[error("{path}: segment is not the newest but its data ends early at byte {offset} ({reason}); refusing to start. See docs/formats/log.md, \"When the store refuses to start\"")]
+    DamagedSealedSegment {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A segment header is damaged or belongs elsewhere (another core, another id).
+    #[error("{path}: {message}")]
+    BadSegment { path: PathBuf, message: String },
+    /// Segment numbers are not consecutive: a segment file is missing.
+    #[error(
+        "{dir}: segment {missing:016x}.log is missing between existing segments; refusing to start"
+    )]
+    Gap { dir: PathBuf, missing: u64 },
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments: usize,
+    pub records: u64,
+    /// Where appending resumes.
+    pub end: LogPosition,
+    /// A torn tail that was cut off: file, offset cut at, bytes discarded, why.
+    pub truncated: Option<(PathBuf, u64, u64, &'static str)>,
+}
+
+pub struct FileLog {
+    dir: PathBuf,
+    writer: LogWriter,
+    current: Option<(u64, File)>,
+}
+
+/// `<dir>/<segment id as 16 hex digits>.log`
+pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:016x}.log"))
+}
+
+/// Segment ids present in `dir`, sorted. Files that are not segments are ignored.
+pub fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let name = entry.map_err(io)?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(hex) = name.strip_suffix(".log") {
+            if hex.len() == 16 {
+                if let Ok(id) = u64::from_str_radix(hex, 16) {
+                    ids.push(id);
+                }
+            }
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+impl FileLog {
+    /// Opens (creating if needed) the log of `core` in `dir`: checks every segment, calls
+    /// `visit` for every durable record in log order, truncates a torn tail of the newest
+    /// segment, and refuses to open on any other damage.
+    pub fn open(
+        dir: &Path,
+        core: u16,
+        options: StoreOptions,
+        mut visit: impl FnMut(LogPosition, RecordView<'_>),
+    ) -> Result<(FileLog, Recovery), StoreError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let ids = list_segments(dir)?;
+        for pair in ids.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(StoreError::Gap {
+                    dir: dir.to_path_buf(),
+                    missing: pair[0] + 1,
+                });
+            }
+        }
+        let mut recovery = Recovery {
+            segments: ids.len(),
+            records: 0,
+            end: LogPosition {
+                segment: 0,
+                offset: 0,
+            },
+            truncated: None,
+        };
+        let mut resume: Option<(u64, u64)> = None;
+        for (i, &id) in ids.iter().enumerate() {
+            let newest = i + 1 == ids.len();
+            let path = segment_path(dir, id);
+            let bytes = fs::read(&path).map_err(io(&path))?;
+            match SegmentHeader::parse(&bytes) {
+                Ok(h) if h.segment_id.get() != id || h.core.get() != core => {
+                    return Err(StoreError::BadSegment {
+                        path,
+                        message: format!(
+                            "header says segment {} of core {}, expected segment {id} of core {core}",
+                            h.segment_id.get(),
+                            h.core.get()
+                        ),
+                    })
+                }
+                Ok(_) => {}
+                Err(message) => {
+                    // A newest segment whose creation was cut short holds nothing durable: its
+                    // first batch (header included) never completed, so no record in it was
+                    // acknowledged. Anything else with a bad header is damage.
+                    let empty = scan(id, &bytes, |_, _| {}).map(|s| s.records == 0);
+                    if newest && matches!(empty, Ok(true)) {
+                        fs::remove_file(&path).map_err(io(&path))?;
+                        recovery.truncated = Some((path, 0, bytes.len() as u64, "segment creation cut short"));
+                        recovery.segments -= 1;
+                        resume = Some((id, 0));
+                        break;
+                    }
+                    return Err(StoreError::BadSegment { path, message });
+                }
+            }
+            let scanned = scan(id, &bytes, &mut visit).map_err(|c| StoreError::Corrupt {
+                path: path.clone(),
+                offset: c.offset,
+                reason: c.reason,
+                next_valid: c.next_valid,
+            })?;
+            recovery.records += scanned.records;
+            if !newest && scanned.tail != Tail::Clean {
+                return Err(StoreError::DamagedSealedSegment {
+                    path,
+                    offset: scanned.valid_end,
+                    reason: format!("{:?}", scanned.tail),
+                });
+            }
+            if newest {
+                let cut = match scanned.tail {
+                    Tail::Clean => None,
+                    Tail::Zeros => Some("zeroed space after the last record"),
+                    Tail::Torn { reason } => Some(reason),
+                };
+                if let Some(reason) = cut {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io(&path))?;
+                    file.set_len(scanned.valid_end).map_err(io(&path))?;
+                    file.sync_all().map_err(io(&path))?;
+                    recovery.truncated = Some((
+                        path.clone(),
+                        scanned.valid_end,
+                        bytes.len() as u64 - scanned.valid_end,
+                        reason,
+                    ));
+                }
+                resume = Some((id, scanned.valid_end));
+            }
+        }
+        let (segment, end) = resume.unwrap_or((0, 0));
+        let current = if end > 0 {
+            let path = segment_path(dir, segment);
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            Some((segment, file))
+        } else {
+            None
+        };
+        recovery.end = LogPosition {
+            segment,
+            offset: end.max(SEGMENT_HEADER_BYTES as u64),
+        };
+        let writer = LogWriter::new(
+            core,
+            segment,
+            end,
+            options.segment_bytes_max,
+            options.pending_bytes_max,
+            crate::gen::now_unix(),
+        );
+        Ok((
+            FileLog {
+                dir: dir.to_path_buf(),
+                writer,
+                current,
+            },
+            recovery,
+        ))
+    }
+
+    pub fn append(
+        &mut self,
+        kind: u8,
+        stream: u64,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<Appended, StoreError> {
+        Ok(self.writer.append(kind, stream, seq, payload)?)
+    }
+
+    /// Writes and syncs every pending batch (group commit); returns the durable position.
+    pub fn commit(&mut self) -> Result<LogPosition, StoreError> {
+        while let Some(batch) = self.writer.take_batch() {
+            self.write_batch(&batch)?;
+            self.writer.complete(batch.end);
+        }
+        Ok(self.writer.durable_position())
+    }
+
+    fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let path = segment_path(&self.dir, batch.segment);
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        if batch.create {
+            // The previous segment's last batch completed before this one was handed out, so
+            // it is durable; from now on only the new segment is written.
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(io)?;
+            self.current = Some((batch.segment, file));
+        }
+        let file = match &self.current {
+            Some((id, file)) if *id == batch.segment => file,
+            _ => panic!("batch for segment {} without its file", batch.segment),
+        };
+        file.write_all_at(&batch.bytes, batch.offset).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        if batch.create {
+            crate::fsutil::sync_parent(&path).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    pub fn durable<T>(&self, appended: &Appended, value: T) -> Option<Durable<T>> {
+        self.writer.durable(appended, value)
+    }
+
+    pub fn durable_position(&self) -> LogPosition {
+        self.writer.durable_position()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> StoreOptions {
+        StoreOptions {
+            segment_bytes_max: (SEGMENT_HEADER_BYTES
+                + super::super::record::encoded_len(super::super::record::RECORD_PAYLOAD_MAX))
+                as u64
+                + 4096,
+            pending_bytes_max: 8 << 20,
+        }
+    }
+
+    fn reopen(dir: &Path) -> Result<(Vec<(u64, u64)>, Recovery), StoreError> {
+        let mut seen = Vec::new();
+        let (_, r) = FileLog::open(dir, 0, small(), |_, v| seen.push((v.stream, v.seq)))?;
+        Ok((seen, r))
+    }
+
+    #[test]
+    fn append_commit_reopen_roll() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, r) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        assert_eq!(r.records, 0);
+        for seq in 0..100u64 {
+            let a = log
+                .append(1, seq % 3, seq, &vec![seq as u8; 50_000])
+                .unwrap();
+            if seq % 10 == 9 {
+                log.commit().unwrap();
+                assert!(log.durable(&a, seq).is_some());
+            }
+        }
+        drop(log);
+        let (seen, r) = reopen(dir.path()).unwrap();
+        assert_eq!(seen.len(), 100);
+        assert!(seen.iter().enumerate().all(|(i, &(_, s))| s == i as u64));
+        assert!(r.segments > 1, "rolled into {} segments", r.segments);
+        assert_eq!(r.truncated, None);
+        // Appending continues after reopening.
+        let (mut log, _) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        log.append(1, 0, 100, b"more").unwrap();
+        log.commit().unwrap();
+        assert_eq!(reopen(dir.path()).unwrap().0.len(), 101);
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        for seq in 0..5 {
+            log.append(1, 0, seq, b"durable claim").unwrap();
+        }
+        log.commit().unwrap();
+        drop(log);
+        let path = segment_path(dir.path(), 0);
+        let good = fs::metadata(&path).unwrap().len();
+        // A crash mid-write: half of a record's bytes reached the disk.
+        let mut half = Vec::new();
+        super::super::record::encode(0, 1, 0, 5, b"never acknowledged", &mut half);
+        let f = OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut &f, &half[..20]).unwrap();
+        let (seen, r) = reopen(dir.path()).unwrap();
+        assert_eq!(seen.len(), 5);
+        let (p, at, discarded, _) = r.truncated.unwrap();
+        assert_eq!((p, at, discarded), (path.clone(), good, 20));
+        assert_eq!(fs::metadata(&path).unwrap().len(), good);
+        // Reopening again finds a clean log.
+        assert_eq!(reopen(dir.path()).unwrap().1.truncated, None);
+    }
+
+    #[test]
+    fn damage_in_the_middle_refuses_with_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        let mut second = None;
+        for seq in 0..5 {
+            let a = log.append(1, 0, seq, b"claim").unwrap();
+            if seq == 1 {
+                second = Some(a.start.offset);
+            }
+        }
+        log.commit().unwrap();
+        drop(log);
+        let path = segment_path(dir.path(), 0);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[second.unwrap() as usize + 33] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        let err = reopen(dir.path()).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("corrupt record at byte {}", second.unwrap())),
+            "{message}"
+        );
+        assert!(message.contains("0000000000000000.log"), "{message}");
+        assert!(message.contains("refusing to start"), "{message}");
+    }
+
+    #[test]
+    fn missing_segment_and_foreign_segment_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        let big = vec![1u8; super::super::record::RECORD_PAYLOAD_MAX];
+        for seq in 0..3 {
+            log.append(1, 0, seq, &big).unwrap();
+            log.commit().unwrap();
+        }
+        drop(log);
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![0, 1, 2]);
+        let other = tempfile::tempdir().unwrap();
+        fs::copy(segment_path(dir.path(), 0), segment_path(other.path(), 0)).unwrap();
+        assert!(matches!(
+            FileLog::open(other.path(), 1, small(), |_, _| {}),
+            Err(StoreError::BadSegment { .. })
+        ));
+        fs::remove_file(segment_path(dir.path(), 1)).unwrap();
+        assert!(matches!(
+            reopen(dir.path()),
+            Err(StoreError::Gap { missing: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn cut_short_segment_creation_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        log.append(1, 0, 0, b"claim").unwrap();
+        log.commit().unwrap();
+        drop(log);
+        // The next segment's file was created but its header write was cut short.
+        fs::write(segment_path(dir.path(), 1), b"HBLOG").unwrap();
+        let (seen, r) = reopen(dir.path()).unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(r.truncated.is_some());
+        assert!(!segment_path(dir.path(), 1).exists());
+    }
+}

@@ -1,0 +1,312 @@
+//! Group commit as a state machine (sans-IO). Appends go to an in-memory buffer; the runtime
+//! takes one batch at a time (all appends since the last batch, one contiguous write into one
+//! segment), writes it, makes it durable (fdatasync or O_DSYNC), and reports completion. Only
+//! then do the batch's records count as durable, and only then can a [`Durable`] be made for
+//! them: acknowledging a claim requires one.
+//!
+//! Owned by one core; never shared. No clock, no files: drivers (the blocking
+//! [`crate::store::file::FileLog`], later the glommio one) do the I/O.
+
+use std::collections::VecDeque;
+
+use zerocopy::IntoBytes;
+
+use super::record::{encode, encoded_len, RECORD_PAYLOAD_MAX};
+use super::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
+use super::LogPosition;
+
+/// Where a record landed: `start` is its first byte, `end` the byte after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub start: LogPosition,
+    pub end: LogPosition,
+}
+
+/// Proof that `value` refers to records that are durable. Only [`LogWriter::durable`] makes
+/// one, after the batch holding them completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable<T>(T);
+
+impl<T> Durable<T> {
+    pub fn get(&self) -> &T {
+        &self.0
+    }
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+/// One write for the runtime: put `bytes` at `offset` of segment `segment` (creating the file
+/// first when `create`), then make it durable, then call [`LogWriter::complete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteBatch {
+    pub segment: u64,
+    pub offset: u64,
+    pub create: bool,
+    pub bytes: Vec<u8>,
+    /// Position just after the batch; everything before it is durable once it completes.
+    pub end: LogPosition,
+}
+
+/// Why an append was refused. The log is unchanged after a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The payload exceeds the record limit.
+    #[error("record payload of {0} bytes exceeds the {RECORD_PAYLOAD_MAX}-byte limit")]
+    TooLarge(usize),
+    /// Appended-but-not-durable bytes reached the bound: the disk is not keeping up; shed load.
+    #[error("{0} bytes are waiting for the disk; refusing more until a batch completes")]
+    Backlog(usize),
+}
+
+pub struct LogWriter {
+    core: u16,
+    segment_bytes_max: u64,
+    pending_bytes_max: usize,
+    /// Segment receiving appends, and the end of what was appended to it.
+    segment: u64,
+    end: u64,
+    /// Appended bytes not yet handed out, starting at `pending_offset` of `segment`.
+    pending: Vec<u8>,
+    pending_offset: u64,
+    pending_create: bool,
+    /// Batches cut at a segment roll, waiting their turn.
+    queued: VecDeque<WriteBatch>,
+    in_flight: Option<LogPosition>,
+    durable: LogPosition,
+    created_unix: i64,
+}
+
+impl LogWriter {
+    /// A writer continuing segment `segment` at `end` (after recovery), or starting it when
+    /// `end` is 0 (the header is then written with the first batch).
+    pub fn new(
+        core: u16,
+        segment: u64,
+        end: u64,
+        segment_bytes_max: u64,
+        pending_bytes_max: usize,
+        created_unix: i64,
+    ) -> LogWriter {
+        assert!(
+            segment_bytes_max > (SEGMENT_HEADER_BYTES + encoded_len(RECORD_PAYLOAD_MAX)) as u64
+        );
+        let mut writer = LogWriter {
+            core,
+            segment_bytes_max,
+            pending_bytes_max,
+            segment,
+            end,
+            pending: Vec::new(),
+            pending_offset: end,
+            pending_create: false,
+            queued: VecDeque::new(),
+            in_flight: None,
+            durable: LogPosition {
+                segment,
+                offset: end,
+            },
+            created_unix,
+        };
+        if end == 0 {
+            writer.start_segment(segment);
+        }
+        writer
+    }
+
+    fn start_segment(&mut self, segment: u64) {
+        self.segment = segment;
+        self.pending_offset = 0;
+        self.pending_create = true;
+        self.pending.extend_from_slice(
+            SegmentHeader::new(self.core, segment, self.created_unix).as_bytes(),
+        );
+        self.end = SEGMENT_HEADER_BYTES as u64;
+    }
+
+    /// Bytes appended but not yet durable.
+    pub fn backlog_bytes(&self) -> usize {
+        self.pending.len() + self.queued.iter().map(|b| b.bytes.len()).sum::<usize>()
+    }
+
+    /// Appends a record; it becomes durable with the batch that carries it.
+    pub fn append(
+        &mut self,
+        kind: u8,
+        stream: u64,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<Appended, AppendError> {
+        if payload.len() > RECORD_PAYLOAD_MAX {
+            return Err(AppendError::TooLarge(payload.len()));
+        }
+        let backlog = self.backlog_bytes();
+        if backlog >= self.pending_bytes_max {
+            return Err(AppendError::Backlog(backlog));
+        }
+        let len = encoded_len(payload.len()) as u64;
+        if self.end + len > self.segment_bytes_max {
+            self.roll();
+        }
+        let start = LogPosition {
+            segment: self.segment,
+            offset: self.end,
+        };
+        encode(self.segment, kind, stream, seq, payload, &mut self.pending);
+        self.end += len;
+        Ok(Appended {
+            start,
+            end: LogPosition {
+                segment: self.segment,
+                offset: self.end,
+            },
+        })
+    }
+
+    /// Closes the current segment: its pending bytes become a batch of their own, and appends
+    /// continue in the next segment.
+    fn roll(&mut self) {
+        self.cut_pending();
+        self.start_segment(self.segment + 1);
+    }
+
+    fn cut_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.pending);
+        let end = LogPosition {
+            segment: self.segment,
+            offset: self.pending_offset + bytes.len() as u64,
+        };
+        self.queued.push_back(WriteBatch {
+            segment: self.segment,
+            offset: self.pending_offset,
+            create: self.pending_create,
+            bytes,
+            end,
+        });
+        self.pending_offset = end.offset;
+        self.pending_create = false;
+    }
+
+    /// The next batch to write, if none is in flight and there is anything to write. Everything
+    /// appended so far goes into it (or into the queued batches before it, after a roll).
+    pub fn take_batch(&mut self) -> Option<WriteBatch> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        if self.queued.is_empty() {
+            self.cut_pending();
+        }
+        let batch = self.queued.pop_front()?;
+        self.in_flight = Some(batch.end);
+        Some(batch)
+    }
+
+    /// The runtime reports that the batch ending at `end` is written and durable.
+    pub fn complete(&mut self, end: LogPosition) {
+        assert_eq!(
+            self.in_flight,
+            Some(end),
+            "completed a batch that was not in flight"
+        );
+        assert!(
+            end > self.durable,
+            "durable position must only move forward"
+        );
+        self.in_flight = None;
+        self.durable = end;
+    }
+
+    /// Everything before this position is durable.
+    pub fn durable_position(&self) -> LogPosition {
+        self.durable
+    }
+
+    /// Proof of durability for `value` about the record appended as `appended`, if the record
+    /// is durable yet.
+    pub fn durable<T>(&self, appended: &Appended, value: T) -> Option<Durable<T>> {
+        (appended.end <= self.durable).then_some(Durable(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::segment::{scan, Tail};
+
+    /// Applies batches to in-memory "files".
+    fn apply(files: &mut Vec<Vec<u8>>, batch: &WriteBatch) {
+        if batch.create {
+            assert_eq!(batch.segment as usize, files.len());
+            files.push(Vec::new());
+        }
+        let file = &mut files[batch.segment as usize];
+        assert_eq!(file.len() as u64, batch.offset, "batches are contiguous");
+        file.extend_from_slice(&batch.bytes);
+    }
+
+    #[test]
+    fn group_commit_and_durable_proofs() {
+        let mut w = LogWriter::new(0, 0, 0, 4 << 20, 1 << 20, 0);
+        let a = w.append(1, 10, 0, b"first").unwrap();
+        let b = w.append(1, 10, 1, b"second").unwrap();
+        assert!(w.durable(&a, "claim a").is_none());
+        let batch = w.take_batch().unwrap();
+        assert!(batch.create);
+        // Appends during the write go to the next batch; no second batch while one is in flight.
+        let c = w.append(1, 11, 0, b"third").unwrap();
+        assert!(w.take_batch().is_none());
+        let mut files = Vec::new();
+        apply(&mut files, &batch);
+        w.complete(batch.end);
+        assert_eq!(w.durable(&a, "claim a").unwrap().into_inner(), "claim a");
+        assert!(w.durable(&b, ()).is_some());
+        assert!(w.durable(&c, ()).is_none());
+        let batch = w.take_batch().unwrap();
+        assert!(!batch.create);
+        apply(&mut files, &batch);
+        w.complete(batch.end);
+        assert!(w.durable(&c, ()).is_some());
+        let mut seen = Vec::new();
+        let s = scan(0, &files[0], |_, v| {
+            seen.push((v.stream, v.seq, v.payload.to_vec()))
+        })
+        .unwrap();
+        assert_eq!(s.tail, Tail::Clean);
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[2], (11, 0, b"third".to_vec()));
+    }
+
+    #[test]
+    fn rolls_segments_and_bounds_the_backlog() {
+        let max = (SEGMENT_HEADER_BYTES + encoded_len(RECORD_PAYLOAD_MAX)) as u64 + 1000;
+        let mut w = LogWriter::new(0, 0, 0, max, 3 << 20, 0);
+        let big = vec![5u8; RECORD_PAYLOAD_MAX];
+        let first = w.append(2, 1, 0, &big).unwrap();
+        let second = w.append(2, 1, 1, &big).unwrap();
+        assert_eq!((first.start.segment, second.start.segment), (0, 1));
+        assert!(matches!(
+            w.append(2, 1, 2, &vec![0u8; RECORD_PAYLOAD_MAX + 1]),
+            Err(AppendError::TooLarge(_))
+        ));
+        let _third = w.append(2, 1, 2, &big).unwrap();
+        assert!(matches!(
+            w.append(2, 1, 3, &big),
+            Err(AppendError::Backlog(_))
+        ));
+        let mut files = Vec::new();
+        while let Some(batch) = w.take_batch() {
+            apply(&mut files, &batch);
+            w.complete(batch.end);
+        }
+        assert_eq!(files.len(), 3);
+        for (id, file) in files.iter().enumerate() {
+            let s = scan(id as u64, file, |_, _| {}).unwrap();
+            assert_eq!((s.records, s.tail), (1, Tail::Clean));
+        }
+        assert!(w.durable(&second, ()).is_some());
+        assert!(w.append(2, 1, 3, &big).is_ok(), "backlog drained");
+    }
+}
