@@ -11,6 +11,8 @@
 //! - [`manifest`]: the manifest and batch config written beside the tickets.
 //! - [`verify`]: `hongbao verify`, the independent re-check (R14).
 //! - [`inspect`]: `hongbao inspect`, one file decoded: amounts and sponsor order.
+//! - [`store`]: the per-core log-structured store (records, segments, recovery, group commit).
+//! - [`token`]: auth tokens and shake tokens (CMAC-AES-128), for the server.
 //!
 //! docs/ARCHITECTURE.md explains the design and its reasons; docs/formats/ every file format.
 
@@ -22,6 +24,7 @@ pub mod plan;
 pub mod progress;
 pub mod store;
 pub mod ticket;
+pub mod token;
 pub mod verify;
 
 /// The plan used by `hongbao demo`, also printed by `hongbao plan-example`.

@@ -481,7 +481,7 @@ pub fn variant_name(index: u32) -> String {
 
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }
 
 fn valid_name(name: &str) -> bool {
