@@ -11,6 +11,8 @@
 //! - [`manifest`]: the manifest and batch config written beside the tickets.
 //! - [`verify`]: `hongbao verify`, the independent re-check (R14).
 //! - [`inspect`]: `hongbao inspect`, one file decoded: amounts and sponsor order.
+//! - [`ledger`]: one shard's money state: issuing cursor under durable reservations, claim
+//!   bitmap; rebuilt from the log.
 //! - [`store`]: the per-core log-structured store (records, segments, recovery, group commit).
 //! - [`token`]: auth tokens and shake tokens (CMAC-AES-128), for the server.
 //!
@@ -19,6 +21,7 @@
 pub mod fsutil;
 pub mod gen;
 pub mod inspect;
+pub mod ledger;
 pub mod manifest;
 pub mod plan;
 pub mod progress;
