@@ -15,9 +15,11 @@
 //!   bitmap; rebuilt from the log.
 //! - [`store`]: the per-core log-structured store (records, segments, recovery, group commit).
 //! - [`token`]: auth tokens and shake tokens (CMAC-AES-128), for the server.
+//! - [`claims`]: `hongbao claims`, the durable claims of the per-core logs as JSON lines.
 //!
 //! docs/ARCHITECTURE.md explains the design and its reasons; docs/formats/ every file format.
 
+pub mod claims;
 pub mod fsutil;
 pub mod gen;
 pub mod inspect;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use hongbao::claims::{parse_position, stream_claims};
 use hongbao::gen::{format_cents, generate, GenOptions, GenSummary};
 use hongbao::inspect::{inspect, Inspection};
 use hongbao::plan::{Plan, PlanFile};
@@ -83,6 +84,17 @@ enum Command {
         /// How many leading records to print.
         #[arg(long, default_value_t = 8)]
         records: usize,
+    },
+    /// Stream the claims in a server data directory's per-core logs as JSON lines (the queue
+    /// to the payments side). Read-only; safe while the server runs.
+    Claims {
+        /// The server's data directory (holding core-0/, core-1/, ...).
+        #[arg(long)]
+        data: PathBuf,
+        /// Resume after a position printed as a claim's "next" (CORE:SEGMENT:OFFSET); once per
+        /// core.
+        #[arg(long)]
+        from: Vec<String>,
     },
     /// Validate a plan and print what it would generate, without generating anything.
     CheckPlan {
@@ -188,6 +200,24 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
             let report = inspect(&file, &keyring, records).map_err(|e| e.to_string())?;
             print_inspection(&file, &report);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Claims { data, from } => {
+            let mut starts = std::collections::BTreeMap::new();
+            for f in &from {
+                let (core, position) = parse_position(f).map_err(|e| e.to_string())?;
+                starts.insert(core, position);
+            }
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let (count, ends) =
+                stream_claims(&data, &starts, &mut out).map_err(|e| e.to_string())?;
+            std::io::Write::flush(&mut out).map_err(|e| e.to_string())?;
+            let resume: Vec<String> = ends
+                .iter()
+                .map(|(core, p)| format!("--from {core}:{}:{}", p.segment, p.offset))
+                .collect();
+            eprintln!("{count} claims; resume with: {}", resume.join(" "));
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckPlan { plan } => {

@@ -1,7 +1,9 @@
 //! The `hongbao` binary as a user runs it: exit codes and messages for good and bad input.
 
 use std::path::Path;
+
 use std::process::{Command, Output};
+use zerocopy::FromBytes;
 
 fn hongbao(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hongbao"))
@@ -199,4 +201,43 @@ fn garbage_keyring_and_directories_are_refused_clearly() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn claims_streams_json_lines_and_refuses_bad_input() {
+    use hongbao::ledger::{ClaimRecord, KIND_CLAIM};
+    use hongbao::store::{FileLog, StoreOptions};
+    use zerocopy::IntoBytes;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = FileLog::open(
+        &tmp.path().join("data/core-0"),
+        0,
+        StoreOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let record = ClaimRecord::read_from_bytes(&[0u8; 32]).unwrap();
+    let mut record = record;
+    record.uid = 77.into();
+    record.amount_cents = 1234.into();
+    log.append(KIND_CLAIM, 0, 0, record.as_bytes()).unwrap();
+    log.commit().unwrap();
+    drop(log);
+    let out = hongbao(&["claims", "--data", "data"], tmp.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["uid"], 77);
+    assert_eq!(line["amount_cents"], 1234);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 claims; resume with: --from 0:0:"));
+    let bad = hongbao(&["claims", "--data", "data", "--from", "x"], tmp.path());
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad).contains("is not CORE:SEGMENT:OFFSET"),
+        "{}",
+        text(&bad)
+    );
+    let missing = hongbao(&["claims", "--data", "nowhere"], tmp.path());
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing).contains("nowhere"), "{}", text(&missing));
 }

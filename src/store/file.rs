@@ -111,6 +111,86 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     Ok(ids)
 }
 
+/// Checks that `bytes` start with a valid header of segment `id` of `core`.
+fn check_header(path: &Path, bytes: &[u8], id: u64, core: u16) -> Result<(), StoreError> {
+    let h = SegmentHeader::parse(bytes).map_err(|message| StoreError::BadSegment {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    if h.segment_id.get() != id || h.core.get() != core {
+        return Err(StoreError::BadSegment {
+            path: path.to_path_buf(),
+            message: format!(
+                "header says segment {} of core {}, expected segment {id} of core {core}",
+                h.segment_id.get(),
+                h.core.get()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the log of `core` in `dir` without changing anything, calling `visit` for every
+/// record at or after `from`, and returns the position just after the last valid record.
+/// Safe while the owner is appending: an incomplete or torn end of the newest segment is where
+/// the reading stops (the writer may be in the middle of a batch). Damage anywhere else is
+/// refused exactly as at recovery.
+pub fn read_log(
+    dir: &Path,
+    core: u16,
+    from: LogPosition,
+    mut visit: impl FnMut(LogPosition, RecordView<'_>),
+) -> Result<LogPosition, StoreError> {
+    let ids = list_segments(dir)?;
+    for pair in ids.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(StoreError::Gap {
+                dir: dir.to_path_buf(),
+                missing: pair[0] + 1,
+            });
+        }
+    }
+    let mut end = from;
+    for (i, &id) in ids.iter().enumerate() {
+        if id < from.segment {
+            continue;
+        }
+        let newest = i + 1 == ids.len();
+        let path = segment_path(dir, id);
+        let bytes = fs::read(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if newest && bytes.len() < SEGMENT_HEADER_BYTES {
+            break; // being created
+        }
+        check_header(&path, &bytes, id, core)?;
+        let scanned = scan(id, &bytes, |position, view| {
+            if position >= from {
+                visit(position, view);
+            }
+        })
+        .map_err(|c| StoreError::Corrupt {
+            path: path.clone(),
+            offset: c.offset,
+            reason: c.reason,
+            next_valid: c.next_valid,
+        })?;
+        if !newest && scanned.tail != Tail::Clean {
+            return Err(StoreError::DamagedSealedSegment {
+                path,
+                offset: scanned.valid_end,
+                reason: format!("{:?}", scanned.tail),
+            });
+        }
+        end = end.max(LogPosition {
+            segment: id,
+            offset: scanned.valid_end,
+        });
+    }
+    Ok(end)
+}
+
 impl FileLog {
     /// Opens (creating if needed) the log of `core` in `dir`: checks every segment, calls
     /// `visit` for every durable record in log order, truncates a torn tail of the newest
@@ -149,32 +229,27 @@ impl FileLog {
             let newest = i + 1 == ids.len();
             let path = segment_path(dir, id);
             let bytes = fs::read(&path).map_err(io(&path))?;
-            match SegmentHeader::parse(&bytes) {
-                Ok(h) if h.segment_id.get() != id || h.core.get() != core => {
-                    return Err(StoreError::BadSegment {
-                        path,
-                        message: format!(
-                            "header says segment {} of core {}, expected segment {id} of core {core}",
-                            h.segment_id.get(),
-                            h.core.get()
-                        ),
-                    })
+            match check_header(&path, &bytes, id, core) {
+                Err(e @ StoreError::BadSegment { .. }) if SegmentHeader::parse(&bytes).is_ok() => {
+                    return Err(e)
                 }
-                Ok(_) => {}
-                Err(message) => {
+                Ok(()) => {}
+                Err(StoreError::BadSegment { message, .. }) => {
                     // A newest segment whose creation was cut short holds nothing durable: its
                     // first batch (header included) never completed, so no record in it was
                     // acknowledged. Anything else with a bad header is damage.
                     let empty = scan(id, &bytes, |_, _| {}).map(|s| s.records == 0);
                     if newest && matches!(empty, Ok(true)) {
                         fs::remove_file(&path).map_err(io(&path))?;
-                        recovery.truncated = Some((path, 0, bytes.len() as u64, "segment creation cut short"));
+                        recovery.truncated =
+                            Some((path, 0, bytes.len() as u64, "segment creation cut short"));
                         recovery.segments -= 1;
                         resume = Some((id, 0));
                         break;
                     }
                     return Err(StoreError::BadSegment { path, message });
                 }
+                Err(other) => return Err(other),
             }
             let scanned = scan(id, &bytes, &mut visit).map_err(|c| StoreError::Corrupt {
                 path: path.clone(),
