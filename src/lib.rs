@@ -16,6 +16,7 @@
 //! - [`store`]: the per-core log-structured store (records, segments, recovery, group commit).
 //! - [`token`]: auth tokens and shake tokens (CMAC-AES-128), for the server.
 //! - [`claims`]: `hongbao claims`, the durable claims of the per-core logs as JSON lines.
+//! - [`wire`]: binary protocol framing (sans-IO), for the server.
 //!
 //! docs/ARCHITECTURE.md explains the design and its reasons; docs/formats/ every file format.
 
@@ -31,6 +32,7 @@ pub mod store;
 pub mod ticket;
 pub mod token;
 pub mod verify;
+pub mod wire;
 
 /// The plan used by `hongbao demo`, also printed by `hongbao plan-example`.
 pub const DEMO_PLAN: &str = include_str!("plan/demo.toml");
