@@ -1,5 +1,6 @@
-//! Wire protocols of the appliance. Today: binary framing ([`frame`]). The op payloads, the
-//! HTTP/1.1 subset for wrk and curl, and docs/PROTOCOL.md come with the server (issue 3).
-//! Sans-IO codecs; each connection's codec runs on the core that owns the connection.
+//! Wire protocols of the appliance: binary framing ([`frame`]) and the HTTP/1.1 subset for wrk
+//! and curl ([`http`]). Op payloads, endpoints and docs/PROTOCOL.md come with the server
+//! (issue 3). Sans-IO codecs; each connection's codec runs on the core that owns it.
 
 pub mod frame;
+pub mod http;
