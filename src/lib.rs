@@ -11,6 +11,7 @@
 //! - [`manifest`]: the manifest and batch config written beside the tickets.
 //! - [`verify`]: `hongbao verify`, the independent re-check (R14).
 //! - [`inspect`]: `hongbao inspect`, one file decoded: amounts and sponsor order.
+//! - [`admission`]: pacing and quota of shakes (token buckets on a caller's clock).
 //! - [`ledger`]: one shard's money state: issuing cursor under durable reservations, claim
 //!   bitmap; rebuilt from the log.
 //! - [`store`]: the per-core log-structured store (records, segments, recovery, group commit).
@@ -20,6 +21,7 @@
 //!
 //! docs/ARCHITECTURE.md explains the design and its reasons; docs/formats/ every file format.
 
+pub mod admission;
 pub mod claims;
 pub mod fsutil;
 pub mod gen;

@@ -378,7 +378,7 @@ fn print_gen(plan: &Plan, summary: &GenSummary) {
     );
     for v in &summary.variants {
         println!(
-            "  variant {:<4} {:>12} envelopes {:>18} {} {:>6} files {:>6} keys  {}",
+            "  variant {:<10} {:>12} envelopes {:>18} {} {:>6} files {:>6} keys  {}",
             v.name,
             v.envelopes,
             format_cents(v.amount_cents),
