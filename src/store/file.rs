@@ -141,15 +141,7 @@ pub fn read_log(
     from: LogPosition,
     mut visit: impl FnMut(LogPosition, RecordView<'_>),
 ) -> Result<LogPosition, StoreError> {
-    let ids = list_segments(dir)?;
-    for pair in ids.windows(2) {
-        if pair[1] != pair[0] + 1 {
-            return Err(StoreError::Gap {
-                dir: dir.to_path_buf(),
-                missing: pair[0] + 1,
-            });
-        }
-    }
+    let ids = list_consecutive_segments(dir)?;
     let mut end = from;
     for (i, &id) in ids.iter().enumerate() {
         if id < from.segment {
@@ -191,6 +183,20 @@ pub fn read_log(
     Ok(end)
 }
 
+/// Segment ids present in `dir`, which must be consecutive: a gap means a missing segment.
+fn list_consecutive_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let ids = list_segments(dir)?;
+    for pair in ids.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(StoreError::Gap {
+                dir: dir.to_path_buf(),
+                missing: pair[0] + 1,
+            });
+        }
+    }
+    Ok(ids)
+}
+
 impl FileLog {
     /// Opens (creating if needed) the log of `core` in `dir`: checks every segment, calls
     /// `visit` for every durable record in log order, truncates a torn tail of the newest
@@ -206,15 +212,7 @@ impl FileLog {
             move |source| StoreError::Io { path, source }
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
-        let ids = list_segments(dir)?;
-        for pair in ids.windows(2) {
-            if pair[1] != pair[0] + 1 {
-                return Err(StoreError::Gap {
-                    dir: dir.to_path_buf(),
-                    missing: pair[0] + 1,
-                });
-            }
-        }
+        let ids = list_consecutive_segments(dir)?;
         let mut recovery = Recovery {
             segments: ids.len(),
             records: 0,
