@@ -17,19 +17,29 @@
 //! - [`store`]: the per-core log-structured store (records, segments, recovery, group commit).
 //! - [`token`]: auth tokens and shake tokens (CMAC-AES-128), for the server.
 //! - [`claims`]: `hongbao claims`, the durable claims of the per-core logs as JSON lines.
-//! - [`wire`]: binary protocol framing (sans-IO), for the server.
+//! - [`wire`]: the client protocols (binary frames, HTTP/1.1 subset, op payloads), sans-IO.
+//! - [`shake`]: one core's shake/open engine (sans-IO) and per-user caps.
+//! - [`serve`]: `hongbao serve` settings, key files, start-up and recovery.
+//! - [`runtime`]: the glommio executors, listeners, connections, commit loops, queues.
+//! - [`client`]: a blocking binary-protocol client (demo, tests, reference).
+//! - [`metrics`]: per-core counters and the Prometheus exposition.
 //!
 //! docs/ARCHITECTURE.md explains the design and its reasons; docs/formats/ every file format.
 
 pub mod admission;
 pub mod claims;
+pub mod client;
 pub mod fsutil;
 pub mod gen;
 pub mod inspect;
 pub mod ledger;
 pub mod manifest;
+pub mod metrics;
 pub mod plan;
 pub mod progress;
+pub mod runtime;
+pub mod serve;
+pub mod shake;
 pub mod store;
 pub mod ticket;
 pub mod token;

@@ -96,6 +96,27 @@ enum Command {
         #[arg(long)]
         from: Vec<String>,
     },
+    /// Serve a generated event: shakes and opens over the binary protocol and HTTP, one pinned
+    /// executor per core, claims made durable in per-core logs (docs/PROTOCOL.md).
+    Serve(Box<ServeArgs>),
+    /// Create an auth key file (mode 0600): the key the login side signs auth tokens with.
+    AuthKeys {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print auth tokens (hex, one per line) for uids FIRST, FIRST+1, ... signed with the
+    /// current key of an auth key file: for curl, wrk scripts and load tests.
+    AuthToken {
+        #[arg(long)]
+        auth_keys: PathBuf,
+        #[arg(long)]
+        uid: u64,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Lifetime of the tokens in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u32,
+    },
     /// Validate a plan and print what it would generate, without generating anything.
     CheckPlan {
         #[arg(long)]
@@ -103,9 +124,11 @@ enum Command {
     },
     /// Print the demo plan, a commented starting point for your own.
     PlanExample,
-    /// The main job on embedded defaults: write the demo plan, generate it, verify it.
+    /// The main job on embedded defaults: write the demo plan, generate it, verify it, then
+    /// serve it on loopback (a rehearsal of its first slot), show a shake and an open, and keep
+    /// serving until Ctrl-C.
     Demo {
-        /// Working directory for the demo (plan, tickets, keys).
+        /// Working directory for the demo (plan, tickets, keys, server data).
         #[arg(long, default_value = "hongbao-demo")]
         dir: PathBuf,
         /// Multiply every budget and count (1 = about 2.3 million envelopes).
@@ -115,7 +138,73 @@ enum Command {
         seed: Option<u64>,
         #[arg(long)]
         threads: Option<usize>,
+        /// Generate and verify only; do not serve.
+        #[arg(long)]
+        no_serve: bool,
+        /// Stop serving after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        serve_for: Option<u64>,
+        #[arg(long, default_value = hongbao::serve::config::LISTEN_DEFAULT)]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = hongbao::serve::config::HTTP_DEFAULT)]
+        http: std::net::SocketAddr,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Settings file (TOML, docs/formats/serve-config.md); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A variant directory written by `gen` (holding manifest.json).
+    #[arg(long)]
+    tickets: Option<PathBuf>,
+    #[arg(long)]
+    keyring: Option<PathBuf>,
+    /// Data directory: per-core logs (core-<k>/), event.json, token.keys.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Auth key file (see `hongbao auth-keys`).
+    #[arg(long)]
+    auth_keys: Option<PathBuf>,
+    /// Key allow/deny lists (TOML), re-read when it changes.
+    #[arg(long)]
+    key_lists: Option<PathBuf>,
+    /// Which host of the plan this server is (default: the first).
+    #[arg(long)]
+    host: Option<String>,
+    /// Binary protocol address (port 0: any free port, printed when ready).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// HTTP address.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
+    /// Executors (default: the plan's cores for this host, at most the CPUs available).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// CPUs to pin executors to, comma-separated, in core order.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// Shift the event's schedule so its first slot (or --rehearse-slot) starts now.
+    #[arg(long)]
+    rehearse: bool,
+    #[arg(long)]
+    rehearse_slot: Option<String>,
+    /// Every shake wins while tickets last (no slot pacing, no quota): drills and benchmarks.
+    #[arg(long)]
+    no_pacing: bool,
+    /// Most envelopes per second per core (0: no quota).
+    #[arg(long)]
+    quota: Option<u32>,
+    /// Most envelopes one user may win (0: no cap).
+    #[arg(long)]
+    envelopes_per_user: Option<u32>,
+    /// Shortest time between two shakes of one user, in ms (0: none).
+    #[arg(long)]
+    min_interval_ms: Option<u32>,
+    /// Stop by itself after this many seconds.
+    #[arg(long = "for")]
+    run_for: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -234,8 +323,255 @@ fn run(command: Command) -> Result<ExitCode, String> {
             scale,
             seed,
             threads,
-        } => demo(&dir, scale, seed, threads.unwrap_or_else(default_threads)),
+            no_serve,
+            serve_for,
+            listen,
+            http,
+        } => {
+            let code = demo(&dir, scale, seed, threads.unwrap_or_else(default_threads))?;
+            if no_serve || code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            demo_serve(&dir, listen, http, serve_for)
+        }
+        Command::Serve(args) => {
+            let config = serve_config(*args)?;
+            serve(config)
+        }
+        Command::AuthKeys { out } => {
+            hongbao::serve::keys::create_key_file(&out).map_err(|e| e.to_string())?;
+            println!("wrote {} (mode 0600)", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AuthToken {
+            auth_keys,
+            uid,
+            count,
+            ttl,
+        } => {
+            let (keys, _) =
+                hongbao::serve::keys::load_key_file(&auth_keys).map_err(|e| e.to_string())?;
+            let expires = (hongbao::gen::now_unix() as u64).saturating_add(ttl as u64);
+            let expires_unix = u32::try_from(expires).map_err(|_| "expiry beyond 2106")?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            use std::io::Write;
+            for u in uid..uid.saturating_add(count) {
+                let token = hongbao::token::Auth {
+                    uid: u,
+                    expires_unix,
+                }
+                .encode_hex(&keys);
+                writeln!(out, "{token}").map_err(|e| e.to_string())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn serve_config(a: ServeArgs) -> Result<hongbao::serve::config::ServeConfig, String> {
+    use hongbao::serve::config::ConfigFile;
+    let mut file = match &a.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let s = &mut file.server;
+    macro_rules! over {
+        ($field:expr, $flag:expr) => {
+            if let Some(v) = $flag {
+                $field = Some(v);
+            }
+        };
+    }
+    over!(s.tickets, a.tickets);
+    over!(s.keyring, a.keyring);
+    over!(s.data, a.data);
+    over!(s.auth_keys, a.auth_keys);
+    over!(s.key_lists, a.key_lists);
+    over!(s.host, a.host);
+    over!(s.listen, a.listen);
+    over!(s.http, a.http);
+    over!(s.cores, a.cores);
+    over!(s.cpus, a.cpus);
+    over!(s.rehearse_slot, a.rehearse_slot);
+    if a.rehearse {
+        s.rehearse = Some(true);
+    }
+    if a.no_pacing {
+        file.pacing.enabled = Some(false);
+    }
+    over!(file.pacing.quota_per_second, a.quota);
+    over!(file.caps.envelopes_per_user, a.envelopes_per_user);
+    over!(file.caps.min_interval_ms, a.min_interval_ms);
+    let mut config = file.resolve()?;
+    config.run_for = a.run_for.map(std::time::Duration::from_secs);
+    Ok(config)
+}
+
+fn serve(config: hongbao::serve::config::ServeConfig) -> Result<ExitCode, String> {
+    install_fail_stop_panic_hook();
+    let cpus = core_count();
+    let prepared = hongbao::serve::setup::prepare(&config, cpus)?;
+    for line in &prepared.report {
+        eprintln!("{line}");
+    }
+    let event = prepared.event.clone();
+    let host = prepared.host.clone();
+    let finished = hongbao::runtime::run(&config, prepared, |binary, http, cores| {
+        use std::io::Write;
+        // One line, parsed by scripts and tests: keep its shape.
+        println!("hongbao serve: ready binary {binary} http {http} cores {cores} event {event} host {host}");
+        let _ = std::io::stdout().flush();
+    })?;
+    println!(
+        "hongbao serve: stopped; {} shakes, {} envelopes issued, {} opened ({} in durable claims)",
+        finished.shakes,
+        finished.envelopes,
+        finished.opens,
+        format_cents(finished.claimed_cents),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the demo event generated in `dir` and shows one shake and one open through it.
+fn demo_serve(
+    dir: &Path,
+    listen: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+    serve_for: Option<u64>,
+) -> Result<ExitCode, String> {
+    use hongbao::serve::config::ConfigFile;
+    let tickets = std::fs::read_dir(dir.join("event"))
+        .map_err(|e| format!("{}: {e}", dir.join("event").display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(hongbao::manifest::MANIFEST_FILE).exists())
+        .min()
+        .ok_or("the demo generated no variant directory")?;
+    // The demo generated a new event, so yesterday's server data belongs to another one.
+    let data = dir.join("data");
+    if data.exists() {
+        std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+    }
+    let auth_path = dir.join("keys").join("auth.keys");
+    let auth_keys =
+        hongbao::serve::keys::load_or_create_key_file(&auth_path).map_err(|e| e.to_string())?;
+    let mut file = ConfigFile::default();
+    file.server.tickets = Some(tickets);
+    file.server.keyring = Some(dir.join("keys").join("demo.keyring"));
+    file.server.data = Some(data);
+    file.server.auth_keys = Some(auth_path.clone());
+    file.server.listen = Some(listen);
+    file.server.http = Some(http);
+    file.server.rehearse = Some(true);
+    let mut config = file.resolve()?;
+    config.run_for = serve_for.map(std::time::Duration::from_secs);
+    let uid = 1001;
+    let expires_unix = (hongbao::gen::now_unix() + 86_400) as u32;
+    let auth = hongbao::token::Auth { uid, expires_unix };
+    let auth_bytes = auth.encode(&auth_keys);
+    let auth_hex = auth.encode_hex(&auth_keys);
+    install_fail_stop_panic_hook();
+    let prepared = hongbao::serve::setup::prepare(&config, core_count())?;
+    for line in &prepared.report {
+        println!("{line}");
+    }
+    let me = std::env::args().next().unwrap_or_else(|| "hongbao".into());
+    let auth_display = auth_path.display().to_string();
+    let data_display = dir.join("data").display().to_string();
+    let finished = hongbao::runtime::run(&config, prepared, move |binary, http, cores| {
+        println!("hongbao serve: ready binary {binary} http {http} cores {cores}");
+        std::thread::spawn(move || {
+            match demo_round_trip(binary, &auth_bytes) {
+                Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+                Err(e) => println!("demo client: {e}"),
+            }
+            println!("try it yourself (user {uid}):");
+            println!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' http://{http}/shake");
+            println!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' --data <token> http://{http}/open");
+            println!("  curl -s http://{http}/metrics | grep hongbao_shakes_total");
+            println!("  tokens for other users: {me} auth-token --auth-keys {auth_display} --uid 2000 --count 10");
+            match serve_for {
+                Some(s) => {
+                    println!("serving for {s} s (claims: {me} claims --data {data_display})")
+                }
+                None => {
+                    println!("serving until Ctrl-C (claims: {me} claims --data {data_display})")
+                }
+            }
+        });
+    })?;
+    println!(
+        "hongbao serve: stopped; {} shakes, {} envelopes issued, {} opened ({} in durable claims)",
+        finished.shakes,
+        finished.envelopes,
+        finished.opens,
+        format_cents(finished.claimed_cents)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shakes (obeying the back-off hints) until an envelope comes, opens it, opens it again.
+fn demo_round_trip(addr: std::net::SocketAddr, auth: &[u8]) -> Result<Vec<String>, String> {
+    use hongbao::wire::ops::{Reply, ShakeOutcome};
+    let mut lines = Vec::new();
+    let mut client = hongbao::client::Client::connect(addr).map_err(|e| e.to_string())?;
+    match client.hello(auth).map_err(|e| e.to_string())? {
+        Reply::Hello(h) => lines.push(format!(
+            "demo client: HELLO as user {} (core {} of {})",
+            h.uid, h.core, h.cores
+        )),
+        other => return Err(format!("HELLO answered {other:?}")),
+    }
+    for attempt in 1..=400 {
+        match client.shake().map_err(|e| e.to_string())? {
+            Reply::Shake(s) if s.outcome == ShakeOutcome::Envelope => {
+                let token = s.token.expect("an envelope carries a token");
+                lines.push(format!(
+                    "demo client: shake {attempt} won an envelope (token {}...)",
+                    &hex::encode(token)[..16]
+                ));
+                match client.open(&token).map_err(|e| e.to_string())? {
+                    Reply::Open(o) => lines.push(format!(
+                        "demo client: opened envelope {} worth {} (batch {}), claim durable",
+                        o.envelope_id,
+                        format_cents(o.amount_cents as u64),
+                        o.batch_id
+                    )),
+                    other => lines.push(format!("demo client: open answered {other:?}")),
+                }
+                match client.open(&token).map_err(|e| e.to_string())? {
+                    Reply::Error { message, .. } => lines.push(format!(
+                        "demo client: opening it again is refused: {message}"
+                    )),
+                    other => lines.push(format!("demo client: second open answered {other:?}")),
+                }
+                return Ok(lines);
+            }
+            Reply::Shake(s) => {
+                std::thread::sleep(std::time::Duration::from_millis(
+                    s.backoff_ms.clamp(5, 1000) as u64,
+                ));
+            }
+            other => return Err(format!("SHAKE answered {other:?}")),
+        }
+    }
+    lines.push("demo client: no envelope in 400 shakes (the slot paces its envelopes)".into());
+    Ok(lines)
+}
+
+/// CPUs this process may run on.
+fn core_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A panic anywhere in the server is a broken invariant: stop the whole process at once, so no
+/// core goes on answering on top of it (recovery on restart keeps what is durable).
+fn install_fail_stop_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        eprintln!("fatal: stopping the server after a panic (nothing unanswered was acknowledged)");
+        std::process::abort();
+    }));
 }
 
 /// The per-user key store, like ssh keeps keys: apart from every ticket directory.

@@ -24,12 +24,43 @@ fn text(o: &Output) -> String {
 #[test]
 fn demo_generates_and_verifies() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = hongbao(&["demo", "--dir", "d", "--seed", "1"], tmp.path());
+    let out = hongbao(
+        &["demo", "--dir", "d", "--seed", "1", "--no-serve"],
+        tmp.path(),
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("verify OK"), "{}", text(&out));
-    // Running it again replaces the earlier demo.
-    let again = hongbao(&["demo", "--dir", "d"], tmp.path());
-    assert!(again.status.success(), "{}", text(&again));
+    // Running it again replaces the earlier demo, and serves it: the demo client wins an
+    // envelope, opens it, and is refused a second open.
+    let again = hongbao(
+        &[
+            "demo",
+            "--dir",
+            "d",
+            "--serve-for",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        tmp.path(),
+    );
+    let t = text(&again);
+    assert!(again.status.success(), "{t}");
+    assert!(
+        t.contains("verify OK") && t.contains("hongbao serve: ready"),
+        "{t}"
+    );
+    assert!(
+        t.contains("claim durable") && t.contains("refused: already_claimed"),
+        "{t}"
+    );
+    assert!(t.contains("1 opened"), "{t}");
+    // The claim is in the log, for the payments side.
+    let claims = hongbao(&["claims", "--data", "d/data"], tmp.path());
+    assert!(claims.status.success(), "{}", text(&claims));
+    assert_eq!(String::from_utf8_lossy(&claims.stdout).lines().count(), 1);
 }
 
 #[test]
@@ -159,7 +190,7 @@ fn bad_plans_get_clear_errors() {
 #[test]
 fn garbage_keyring_and_directories_are_refused_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let demo = hongbao(&["demo", "--dir", "d"], tmp.path());
+    let demo = hongbao(&["demo", "--dir", "d", "--no-serve"], tmp.path());
     assert!(demo.status.success(), "{}", text(&demo));
     std::fs::write(tmp.path().join("junk.keyring"), b"definitely not keys").unwrap();
     let out = hongbao(

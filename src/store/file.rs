@@ -370,6 +370,13 @@ impl FileLog {
         self.writer.durable(appended, value)
     }
 
+    /// The recovered writer, for a driver that does its own I/O (the server's glommio commit
+    /// loop). Anything not yet committed (such as the header of a fresh segment) goes with it
+    /// and is written by the new driver's first batch.
+    pub fn into_writer(self) -> LogWriter {
+        self.writer
+    }
+
     pub fn durable_position(&self) -> LogPosition {
         self.writer.durable_position()
     }

@@ -124,6 +124,11 @@ impl LogWriter {
         self.end = SEGMENT_HEADER_BYTES as u64;
     }
 
+    /// The backlog bound given at creation.
+    pub fn pending_bytes_max(&self) -> usize {
+        self.pending_bytes_max
+    }
+
     /// Bytes appended but not yet durable.
     pub fn backlog_bytes(&self) -> usize {
         self.pending.len() + self.queued.iter().map(|b| b.bytes.len()).sum::<usize>()
@@ -137,12 +142,25 @@ impl LogWriter {
         seq: u64,
         payload: &[u8],
     ) -> Result<Appended, AppendError> {
-        if payload.len() > RECORD_PAYLOAD_MAX {
-            return Err(AppendError::TooLarge(payload.len()));
-        }
         let backlog = self.backlog_bytes();
         if backlog >= self.pending_bytes_max {
             return Err(AppendError::Backlog(backlog));
+        }
+        self.append_control(kind, stream, seq, payload)
+    }
+
+    /// Appends a small control record even over the backlog bound: records the server needs
+    /// to make progress at all (issuing reservations, at most one per shard in flight), which
+    /// must not be starved by the load the bound sheds.
+    pub fn append_control(
+        &mut self,
+        kind: u8,
+        stream: u64,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<Appended, AppendError> {
+        if payload.len() > RECORD_PAYLOAD_MAX {
+            return Err(AppendError::TooLarge(payload.len()));
         }
         let len = encoded_len(payload.len()) as u64;
         if self.end + len > self.segment_bytes_max {

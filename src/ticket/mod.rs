@@ -1,8 +1,10 @@
-//! Tickets (R4-R6): the 26-byte record and its sealed block, the keyring, and shard files.
+//! Tickets (R4-R6): the 26-byte record and its sealed block, the keyring, shard files, and the
+//! key allow/deny lists.
 //!
 //! Codec and crypto only; no scheduling. Used by `gen`/`verify` threads and by server cores.
 
 pub mod keyring;
+pub mod lists;
 pub mod record;
 pub mod shard;
 

@@ -1,0 +1,113 @@
+//! A small blocking client of the binary protocol (docs/PROTOCOL.md), with pipelining: used by
+//! the demo, the integration and crash tests, and as a reference for client writers. The load
+//! generator of issue 4 is a different, io_uring-based program.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use crate::wire::frame::FrameDecoder;
+use crate::wire::ops::{decode_reply, encode_request, Reply, OP_HELLO, OP_OPEN, OP_PING, OP_SHAKE};
+
+pub struct Client {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    out: BytesMut,
+    next_id: u64,
+    buf: Vec<u8>,
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Client {
+            stream,
+            decoder: FrameDecoder::new(),
+            out: BytesMut::new(),
+            next_id: 1,
+            buf: vec![0; 64 << 10],
+        })
+    }
+
+    /// Queues a request; returns its request id. Nothing is sent before [`Client::flush`].
+    pub fn send(&mut self, op: u8, payload: &[u8]) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        encode_request(op, id, payload, &mut self.out);
+        id
+    }
+
+    /// Queues raw bytes (tests of malformed input).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.stream.write_all(&self.out)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// The next reply: its request id and content.
+    pub fn recv(&mut self) -> io::Result<(u64, Reply)> {
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(f)) => {
+                    let reply = decode_reply(f.op, &f.payload).ok_or_else(|| {
+                        invalid(format!(
+                            "reply op 0x{:02x} with {} bytes",
+                            f.op,
+                            f.payload.len()
+                        ))
+                    })?;
+                    return Ok((f.request_id, reply));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(invalid(e.to_string())),
+            }
+            let n = self.stream.read(&mut self.buf)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                ));
+            }
+            self.decoder.extend(&self.buf[..n]);
+        }
+    }
+
+    /// One request, one reply.
+    pub fn call(&mut self, op: u8, payload: &[u8]) -> io::Result<Reply> {
+        let id = self.send(op, payload);
+        self.flush()?;
+        let (got, reply) = self.recv()?;
+        if got != id {
+            return Err(invalid(format!("reply for request {got}, expected {id}")));
+        }
+        Ok(reply)
+    }
+
+    pub fn hello(&mut self, auth_token: &[u8]) -> io::Result<Reply> {
+        self.call(OP_HELLO, auth_token)
+    }
+
+    pub fn shake(&mut self) -> io::Result<Reply> {
+        self.call(OP_SHAKE, &[])
+    }
+
+    pub fn open(&mut self, token: &[u8]) -> io::Result<Reply> {
+        self.call(OP_OPEN, token)
+    }
+
+    pub fn ping(&mut self, payload: &[u8]) -> io::Result<Reply> {
+        self.call(OP_PING, payload)
+    }
+}

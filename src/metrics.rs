@@ -1,0 +1,258 @@
+//! Per-core counters and the Prometheus text exposition behind `GET /metrics` (R15).
+//!
+//! Each core writes only its own [`CoreMetrics`] (relaxed atomics on its own cache lines, so
+//! no cross-core traffic on the hot path); any core may read all of them to render `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::wire::ops::{ErrorCode, ShakeOutcome, ALL_ERRORS};
+
+/// Upper bounds (microseconds) of the commit-latency histogram buckets.
+pub const COMMIT_BUCKETS_US: [u64; 9] =
+    [100, 250, 500, 1_000, 2_000, 5_000, 10_000, 50_000, 250_000];
+
+const OUTCOMES: [ShakeOutcome; 6] = [
+    ShakeOutcome::Nothing,
+    ShakeOutcome::Sponsor,
+    ShakeOutcome::Envelope,
+    ShakeOutcome::Closed,
+    ShakeOutcome::TooSoon,
+    ShakeOutcome::Capped,
+];
+
+#[derive(Default)]
+#[repr(align(128))]
+pub struct CoreMetrics {
+    pub shakes: [AtomicU64; 6],
+    pub opens: AtomicU64,
+    pub claimed_cents: AtomicU64,
+    pub errors: [AtomicU64; ALL_ERRORS.len()],
+    pub forwarded_out: AtomicU64,
+    pub forwarded_in: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_bytes: AtomicU64,
+    pub commit_us_sum: AtomicU64,
+    pub commit_buckets: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
+    pub tickets_remaining: AtomicU64,
+    pub key_list_reloads: AtomicU64,
+    pub key_list_errors: AtomicU64,
+    pub caps_users: AtomicU64,
+    pub degraded: AtomicU64,
+}
+
+impl CoreMetrics {
+    #[inline]
+    pub fn shake(&self, outcome: ShakeOutcome) {
+        self.shakes[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    pub fn error(&self, code: ErrorCode) {
+        let i = ALL_ERRORS.iter().position(|e| *e == code).expect("listed");
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn commit(&self, bytes: u64, micros: u64) {
+        self.commits.fetch_add(1, Relaxed);
+        self.commit_bytes.fetch_add(bytes, Relaxed);
+        self.commit_us_sum.fetch_add(micros, Relaxed);
+        let i = COMMIT_BUCKETS_US
+            .iter()
+            .position(|&b| micros <= b)
+            .unwrap_or(COMMIT_BUCKETS_US.len());
+        self.commit_buckets[i].fetch_add(1, Relaxed);
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The Prometheus text format (version 0.0.4) for all cores.
+pub fn render(cores: &[&CoreMetrics]) -> String {
+    let mut out = String::with_capacity(4096);
+    family(
+        &mut out,
+        "hongbao_shakes_total",
+        "counter",
+        "Shakes answered, by outcome.",
+    );
+    for (c, m) in cores.iter().enumerate() {
+        for o in OUTCOMES {
+            let v = m.shakes[o as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "hongbao_shakes_total{{core=\"{c}\",outcome=\"{}\"}} {v}",
+                o.name()
+            );
+        }
+    }
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&CoreMetrics) -> u64,
+    );
+    let simple: [Family; 13] = [
+        (
+            "hongbao_opens_total",
+            "counter",
+            "Envelopes opened (claim durable, answered).",
+            |m| m.opens.load(Relaxed),
+        ),
+        (
+            "hongbao_claimed_cents_total",
+            "counter",
+            "Money in durable claims, in cents.",
+            |m| m.claimed_cents.load(Relaxed),
+        ),
+        (
+            "hongbao_forwarded_out_total",
+            "counter",
+            "Requests sent to another core.",
+            |m| m.forwarded_out.load(Relaxed),
+        ),
+        (
+            "hongbao_forwarded_in_total",
+            "counter",
+            "Requests received from another core.",
+            |m| m.forwarded_in.load(Relaxed),
+        ),
+        (
+            "hongbao_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            |m| m.connections_accepted.load(Relaxed),
+        ),
+        (
+            "hongbao_connections_open",
+            "gauge",
+            "Connections open now.",
+            |m| m.connections_open.load(Relaxed),
+        ),
+        (
+            "hongbao_log_commits_total",
+            "counter",
+            "Group commits (write + fdatasync).",
+            |m| m.commits.load(Relaxed),
+        ),
+        (
+            "hongbao_log_commit_bytes_total",
+            "counter",
+            "Bytes made durable.",
+            |m| m.commit_bytes.load(Relaxed),
+        ),
+        (
+            "hongbao_tickets_remaining",
+            "gauge",
+            "Tickets of the open slot this core can still issue.",
+            |m| m.tickets_remaining.load(Relaxed),
+        ),
+        (
+            "hongbao_key_list_reloads_total",
+            "counter",
+            "Key allow/deny list reloads.",
+            |m| m.key_list_reloads.load(Relaxed),
+        ),
+        (
+            "hongbao_key_list_errors_total",
+            "counter",
+            "Key list files that could not be used (old lists kept).",
+            |m| m.key_list_errors.load(Relaxed),
+        ),
+        (
+            "hongbao_caps_users",
+            "gauge",
+            "Users tracked for per-user caps.",
+            |m| m.caps_users.load(Relaxed),
+        ),
+        (
+            "hongbao_degraded",
+            "gauge",
+            "1 while the core sheds load (R10).",
+            |m| m.degraded.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, get) in simple {
+        family(&mut out, name, kind, help);
+        for (c, m) in cores.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{c}\"}} {}", get(m));
+        }
+    }
+    family(
+        &mut out,
+        "hongbao_errors_total",
+        "counter",
+        "Refused requests, by error code.",
+    );
+    for (c, m) in cores.iter().enumerate() {
+        for (i, e) in ALL_ERRORS.iter().enumerate() {
+            let v = m.errors[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "hongbao_errors_total{{core=\"{c}\",error=\"{}\"}} {v}",
+                e.name()
+            );
+        }
+    }
+    family(
+        &mut out,
+        "hongbao_log_commit_seconds",
+        "histogram",
+        "Time of one group commit.",
+    );
+    for (c, m) in cores.iter().enumerate() {
+        let mut cumulative = 0;
+        for (i, bound) in COMMIT_BUCKETS_US.iter().enumerate() {
+            cumulative += m.commit_buckets[i].load(Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "hongbao_log_commit_seconds_bucket{{core=\"{c}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += m.commit_buckets[COMMIT_BUCKETS_US.len()].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "hongbao_log_commit_seconds_bucket{{core=\"{c}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = m.commit_us_sum.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "hongbao_log_commit_seconds_sum{{core=\"{c}\"}} {sum}");
+        let _ = writeln!(
+            out,
+            "hongbao_log_commit_seconds_count{{core=\"{c}\"}} {cumulative}"
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_core_and_cumulative_buckets() {
+        let a = CoreMetrics::default();
+        let b = CoreMetrics::default();
+        a.shake(ShakeOutcome::Envelope);
+        b.error(ErrorCode::AlreadyClaimed);
+        a.commit(100, 90);
+        a.commit(100, 400);
+        a.commit(100, 1_000_000);
+        let text = render(&[&a, &b]);
+        assert!(text.contains("hongbao_shakes_total{core=\"0\",outcome=\"envelope\"} 1"));
+        assert!(text.contains("hongbao_errors_total{core=\"1\",error=\"already_claimed\"} 1"));
+        assert!(text.contains("hongbao_log_commit_seconds_bucket{core=\"0\",le=\"0.0001\"} 1"));
+        assert!(text.contains("hongbao_log_commit_seconds_bucket{core=\"0\",le=\"0.0005\"} 2"));
+        assert!(text.contains("hongbao_log_commit_seconds_bucket{core=\"0\",le=\"+Inf\"} 3"));
+        assert!(text.contains("hongbao_log_commit_seconds_count{core=\"0\"} 3"));
+        // Every sample line is "name{labels} value".
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

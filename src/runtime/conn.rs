@@ -1,0 +1,424 @@
+//! Connections of one core: the accept loops and the per-connection loops of both protocols.
+//!
+//! A connection reads what is there, decodes every whole request in it, starts each one
+//! (most finish at once; opens wait for their claim's group commit, forwarded requests for the
+//! other core), hands the collected cross-core messages over in one batch, then writes all the
+//! replies in request order with one write. Pipelined requests therefore share one read, one
+//! queue push per destination, one fdatasync and one write.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::{Core, Slot};
+use crate::serve::setup::now_ms;
+use crate::shake::engine::OpenRequest;
+use crate::token::{Auth, Shake, TokenError, AUTH_TOKEN_BYTES, SHAKE_TOKEN_BYTES};
+use crate::wire::frame::{FrameDecoder, FrameError};
+use crate::wire::http::{encode_response, HttpDecoder, Method, Request};
+use crate::wire::ops::{
+    encode_binary, encode_http, encode_pong, ErrorCode, HelloReply, OpResult, OP_HELLO, OP_OPEN,
+    OP_PING, OP_SHAKE, PING_BYTES_MAX,
+};
+
+/// Bytes read per connection per read call.
+const READ_BYTES: usize = 16 << 10;
+
+#[derive(Clone, Copy)]
+pub(crate) enum Protocol {
+    Binary,
+    Http,
+}
+
+pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, protocol: Protocol) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                if core.conn_count() >= core.shared.connections_max {
+                    // Over the bound: close at once rather than grow without limit.
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let c = core.clone();
+                glommio::spawn_local(async move {
+                    use std::os::fd::AsRawFd;
+                    let id = c.add_conn(stream.as_raw_fd());
+                    match protocol {
+                        Protocol::Binary => binary_conn(&c, stream).await,
+                        Protocol::Http => http_conn(&c, stream).await,
+                    }
+                    c.remove_conn(id);
+                })
+                .detach();
+            }
+            Err(e) => {
+                // Out of descriptors or memory: say so, wait a little, go on.
+                eprintln!("core {}: accept failed: {e}", core.id);
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn auth_error(e: TokenError) -> ErrorCode {
+    match e {
+        TokenError::Expired { .. } => ErrorCode::AuthExpired,
+        _ => ErrorCode::AuthInvalid,
+    }
+}
+
+/// The checks of an open that need no shard state, then the claim on the owner core.
+fn open(core: &Core, uid: u64, token: &[u8]) -> Slot {
+    let shared = &core.shared;
+    let refuse = |code| Slot::Ready(OpResult::error(code));
+    let Ok(shake) = Shake::decode(token, &shared.token_keys) else {
+        return refuse(ErrorCode::TokenInvalid);
+    };
+    if shake.uid != uid {
+        return refuse(ErrorCode::WrongUser);
+    }
+    let envelope = shake.envelope_id();
+    let Some(&owner) = shared.owner.get(&envelope.shard_ordinal()) else {
+        return refuse(ErrorCode::UnknownShard);
+    };
+    let Ok(ticket) = shake.ticket.open(&shared.keyring) else {
+        return refuse(ErrorCode::TicketInvalid);
+    };
+    if !core.lists.borrow().allows(ticket.key_id) {
+        return refuse(ErrorCode::KeyDenied);
+    }
+    let req = OpenRequest {
+        uid,
+        record: shake.ticket,
+        ticket,
+        issuing_core: shake.issuing_core,
+        now_unix: (now_ms() / 1000) as u32,
+    };
+    core.open(req, owner)
+}
+
+/// Checks that a verified auth token is still valid now.
+fn current_uid(auth: &Option<Auth>) -> Result<u64, ErrorCode> {
+    match auth {
+        None => Err(ErrorCode::Unauthenticated),
+        Some(a) if (now_ms() / 1000) as u32 >= a.expires_unix => Err(ErrorCode::AuthExpired),
+        Some(a) => Ok(a.uid),
+    }
+}
+
+async fn finish(slot: Slot) -> OpResult {
+    match slot {
+        Slot::Ready(r) => r,
+        // The answering side went away (shutdown): the request was not done.
+        Slot::Wait(rx) => rx.await.unwrap_or(OpResult::error(ErrorCode::ShuttingDown)),
+    }
+}
+
+enum BinarySlot {
+    Op(u8, u64, Slot, &'static str),
+    Pong(u64, bytes::Bytes),
+    Fail(u64, ErrorCode, String),
+}
+
+async fn binary_conn(core: &Rc<Core>, mut stream: TcpStream) {
+    let mut decoder = FrameDecoder::new();
+    let mut auth: Option<Auth> = None;
+    let mut buf = vec![0u8; READ_BYTES];
+    let mut out = BytesMut::new();
+    let mut slots: Vec<BinarySlot> = Vec::new();
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        decoder.extend(&buf[..n]);
+        let mut close = false;
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    let rid = frame.request_id;
+                    let slot = match frame.op {
+                        OP_HELLO => {
+                            let now = (now_ms() / 1000) as u32;
+                            if frame.payload.len() != AUTH_TOKEN_BYTES {
+                                BinarySlot::Fail(rid, ErrorCode::Malformed, format!("HELLO carries a {AUTH_TOKEN_BYTES}-byte auth token, not {} bytes", frame.payload.len()))
+                            } else {
+                                match Auth::decode(&frame.payload, &core.shared.auth_keys, now) {
+                                    Ok(a) => {
+                                        auth = Some(a);
+                                        let hello = HelloReply {
+                                            uid: a.uid,
+                                            expires_unix: a.expires_unix,
+                                            core: core.id,
+                                            cores: core.shared.cores as u16,
+                                        };
+                                        BinarySlot::Op(OP_HELLO, rid, Slot::Ready(OpResult::Hello(hello)), "")
+                                    }
+                                    Err(e) => {
+                                        auth = None;
+                                        BinarySlot::Fail(rid, auth_error(e), e.to_string())
+                                    }
+                                }
+                            }
+                        }
+                        OP_SHAKE => match current_uid(&auth) {
+                            Err(code) => BinarySlot::Fail(rid, code, "send HELLO with a valid auth token first".into()),
+                            Ok(_) if !frame.payload.is_empty() => BinarySlot::Fail(rid, ErrorCode::Malformed, "SHAKE has an empty payload".into()),
+                            Ok(uid) => BinarySlot::Op(OP_SHAKE, rid, core.shake(uid), ""),
+                        },
+                        OP_OPEN => match current_uid(&auth) {
+                            Err(code) => BinarySlot::Fail(rid, code, "send HELLO with a valid auth token first".into()),
+                            Ok(_) if frame.payload.len() != SHAKE_TOKEN_BYTES => BinarySlot::Fail(rid, ErrorCode::Malformed, format!("OPEN carries the {SHAKE_TOKEN_BYTES}-byte token of a shake, not {} bytes", frame.payload.len())),
+                            Ok(uid) => BinarySlot::Op(OP_OPEN, rid, open(core, uid, &frame.payload), ""),
+                        },
+                        OP_PING if frame.payload.len() <= PING_BYTES_MAX => BinarySlot::Pong(rid, frame.payload),
+                        OP_PING => BinarySlot::Fail(rid, ErrorCode::TooLarge, format!("PING payload over {PING_BYTES_MAX} bytes")),
+                        op => BinarySlot::Fail(rid, ErrorCode::UnknownOp, format!("op 0x{op:02x} is not known")),
+                    };
+                    slots.push(slot);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let code = match e {
+                        FrameError::Version { .. } => ErrorCode::Version,
+                        FrameError::TooLong(_) => ErrorCode::TooLarge,
+                        FrameError::TooShort(_) => ErrorCode::Malformed,
+                    };
+                    slots.push(BinarySlot::Fail(
+                        e.request_id().unwrap_or(0),
+                        code,
+                        e.to_string(),
+                    ));
+                    if !e.recoverable() {
+                        close = true;
+                        break;
+                    }
+                }
+            }
+        }
+        core.flush();
+        core.wake_commit();
+        for slot in slots.drain(..) {
+            match slot {
+                BinarySlot::Op(op, rid, slot, message) => {
+                    let result = finish(slot).await;
+                    if let OpResult::Error { code, .. } = result {
+                        core.metrics().error(code);
+                    }
+                    encode_binary(op, rid, &result, message, &mut out);
+                }
+                BinarySlot::Pong(rid, payload) => encode_pong(rid, &payload, &mut out),
+                BinarySlot::Fail(rid, code, message) => {
+                    core.metrics().error(code);
+                    encode_binary(0, rid, &OpResult::error(code), &message, &mut out);
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close {
+            return;
+        }
+    }
+}
+
+enum HttpSlot {
+    Op(Slot, bool),
+    Raw(u16, &'static str, Vec<u8>, bool),
+    Fail(ErrorCode, String, bool),
+}
+
+/// The auth token of an HTTP request, verified once per distinct token on a connection.
+fn http_uid(
+    core: &Core,
+    req: &Request,
+    cache: &mut Option<(String, Auth)>,
+) -> Result<u64, (ErrorCode, String)> {
+    let Some(text) = &req.auth else {
+        return Err((
+            ErrorCode::Unauthenticated,
+            "send Authorization: Bearer <auth token hex>".into(),
+        ));
+    };
+    let now = (now_ms() / 1000) as u32;
+    if let Some((t, a)) = cache {
+        if t == text {
+            if now >= a.expires_unix {
+                return Err((ErrorCode::AuthExpired, "auth token expired".into()));
+            }
+            return Ok(a.uid);
+        }
+    }
+    match Auth::decode_hex(text, &core.shared.auth_keys, now) {
+        Ok(a) => {
+            *cache = Some((text.clone(), a));
+            Ok(a.uid)
+        }
+        Err(e) => Err((auth_error(e), e.to_string())),
+    }
+}
+
+fn http_request(core: &Core, req: Request, cache: &mut Option<(String, Auth)>) -> HttpSlot {
+    let close = req.close;
+    match (req.method, req.path.as_str()) {
+        (Method::Get, "/healthz") => {
+            if core.stopping() || core.shared.shutdown.load(Ordering::Relaxed) {
+                HttpSlot::Raw(
+                    503,
+                    "application/json",
+                    b"{\"status\":\"stopping\"}\n".to_vec(),
+                    close,
+                )
+            } else {
+                let body = format!(
+                    "{{\"status\":\"ok\",\"core\":{},\"cores\":{},\"tickets_remaining\":{}}}\n",
+                    core.id,
+                    core.shared.cores,
+                    core.engine.borrow().remaining_at(now_ms())
+                );
+                HttpSlot::Raw(200, "application/json", body.into_bytes(), close)
+            }
+        }
+        (Method::Get, "/metrics") => {
+            let all: Vec<&crate::metrics::CoreMetrics> =
+                core.shared.metrics.iter().map(|m| m.as_ref()).collect();
+            HttpSlot::Raw(
+                200,
+                "text/plain; version=0.0.4",
+                crate::metrics::render(&all).into_bytes(),
+                close,
+            )
+        }
+        (_, "/shake") => match http_uid(core, &req, cache) {
+            Ok(uid) => HttpSlot::Op(core.shake(uid), close),
+            Err((code, message)) => HttpSlot::Fail(code, message, close),
+        },
+        (Method::Post, "/open") => match http_uid(core, &req, cache) {
+            Ok(uid) => {
+                let text = match std::str::from_utf8(&req.body) {
+                    Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+                    _ => req
+                        .query
+                        .as_deref()
+                        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+                        .unwrap_or("")
+                        .to_string(),
+                };
+                let mut token = [0u8; SHAKE_TOKEN_BYTES];
+                if text.len() != 2 * SHAKE_TOKEN_BYTES
+                    || hex::decode_to_slice(&text, &mut token).is_err()
+                {
+                    HttpSlot::Fail(
+                        ErrorCode::TokenInvalid,
+                        format!(
+                            "the body must be the {}-hex-digit token of a shake",
+                            2 * SHAKE_TOKEN_BYTES
+                        ),
+                        close,
+                    )
+                } else {
+                    HttpSlot::Op(open(core, uid, &token), close)
+                }
+            }
+            Err((code, message)) => HttpSlot::Fail(code, message, close),
+        },
+        (Method::Get, "/open") => {
+            HttpSlot::Fail(ErrorCode::Malformed, "use POST /open".into(), close)
+        }
+        (_, path) => HttpSlot::Fail(
+            ErrorCode::UnknownOp,
+            format!("no endpoint {path}; try /shake, /open, /metrics, /healthz"),
+            close,
+        ),
+    }
+}
+
+async fn http_conn(core: &Rc<Core>, mut stream: TcpStream) {
+    let mut decoder = HttpDecoder::new();
+    let mut cache: Option<(String, Auth)> = None;
+    let mut buf = vec![0u8; READ_BYTES];
+    let mut out = BytesMut::new();
+    let mut slots: Vec<HttpSlot> = Vec::new();
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        decoder.extend(&buf[..n]);
+        let mut close = false;
+        loop {
+            match decoder.next_request() {
+                Ok(Some(req)) => {
+                    let slot = http_request(core, req, &mut cache);
+                    let last = matches!(
+                        slot,
+                        HttpSlot::Op(_, true) | HttpSlot::Raw(.., true) | HttpSlot::Fail(.., true)
+                    );
+                    slots.push(slot);
+                    if last {
+                        close = true;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let status = e.status();
+                    let body = format!(
+                        "{{\"error\":\"bad_request\",\"status\":{status},\"message\":{}}}\n",
+                        serde_json::Value::String(e.to_string())
+                    );
+                    core.metrics().error(if status == 413 || status == 431 {
+                        ErrorCode::TooLarge
+                    } else {
+                        ErrorCode::Malformed
+                    });
+                    slots.push(HttpSlot::Raw(
+                        status,
+                        "application/json",
+                        body.into_bytes(),
+                        true,
+                    ));
+                    close = true;
+                    break;
+                }
+            }
+        }
+        core.flush();
+        core.wake_commit();
+        for slot in slots.drain(..) {
+            match slot {
+                HttpSlot::Op(slot, close) => {
+                    let result = finish(slot).await;
+                    if let OpResult::Error { code, .. } = result {
+                        core.metrics().error(code);
+                    }
+                    encode_http(&result, "", close, &mut out);
+                }
+                HttpSlot::Raw(status, content_type, body, close) => {
+                    encode_response(status, content_type, &[], &body, close, &mut out)
+                }
+                HttpSlot::Fail(code, message, close) => {
+                    core.metrics().error(code);
+                    encode_http(&OpResult::error(code), &message, close, &mut out);
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close {
+            return;
+        }
+    }
+}

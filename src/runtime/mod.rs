@@ -1,0 +1,726 @@
+//! The thin runtime layer of `hongbao serve` (DESIGN principle 3): one pinned glommio executor
+//! per core, each with its own SO_REUSEPORT listeners (binary and HTTP), connections, engine
+//! ([`crate::shake::engine`]), log commit loop and cross-core queues. Only this module touches
+//! glommio, sockets, files of the log and the clock.
+//!
+//! Cross-core work (a shake of a user homed on another core, an open of a ticket owned by
+//! another core, and the answers) crosses bounded lock-free crossbeam queues, one per
+//! (source, destination) pair, batched: a core collects messages per destination while it
+//! handles a read or a commit, pushes them, then rings the destination's doorbell once (a
+//! glommio shared channel of capacity 1, which wakes a parked executor through its eventfd).
+
+mod conn;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam::queue::ArrayQueue;
+use futures_channel::oneshot;
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::io::{BufferedFile, Directory, OpenOptions};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::metrics::CoreMetrics;
+use crate::serve::config::ServeConfig;
+use crate::serve::setup::{now_ms, CoreSetup, Prepared};
+use crate::shake::engine::{Engine, OpenRequest, Route};
+use crate::store::file::segment_path;
+use crate::store::WriteBatch;
+use crate::ticket::lists::KeyLists;
+use crate::ticket::Keyring;
+use crate::token::TokenKeys;
+use crate::wire::ops::{ErrorCode, OpResult};
+
+/// How long connections get to finish after a shutdown signal before they are cut.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ticker period: retries of full queues, shutdown checks, gauges.
+const TICK: Duration = Duration::from_millis(1);
+/// Key lists are re-read (when changed) this often.
+const KEY_LISTS_POLL: Duration = Duration::from_secs(1);
+/// Locked memory glommio may use per executor for its io_uring buffers; the log uses buffered
+/// I/O, so little is needed (and the default RLIMIT_MEMLOCK is 8 MiB).
+const IO_MEMORY: usize = 512 << 10;
+
+/// A message between cores.
+pub enum Msg {
+    Shake {
+        uid: u64,
+        from: u16,
+        id: u64,
+    },
+    Open {
+        req: OpenRequest,
+        from: u16,
+        id: u64,
+    },
+    Reply {
+        id: u64,
+        result: OpResult,
+    },
+}
+
+/// Read-only (or atomic) state of all cores.
+pub struct Shared {
+    pub cores: usize,
+    pub keyring: Keyring,
+    pub auth_keys: TokenKeys,
+    pub token_keys: TokenKeys,
+    pub owner: HashMap<u32, u16>,
+    pub metrics: Vec<Arc<CoreMetrics>>,
+    /// `queues[src][dst]`.
+    queues: Vec<Vec<ArrayQueue<Msg>>>,
+    pub shutdown: Arc<AtomicBool>,
+    /// Cores that still have connections (during shutdown).
+    draining: AtomicUsize,
+    pub key_lists_path: Option<std::path::PathBuf>,
+    pub connections_max: usize,
+    bound: Mutex<Option<(SocketAddr, SocketAddr)>>,
+}
+
+/// A request in a connection's pipeline, in request order.
+pub(crate) enum Slot {
+    Ready(OpResult),
+    Wait(oneshot::Receiver<OpResult>),
+}
+
+/// One core's runtime state; every task of the core holds an `Rc` of it.
+pub(crate) struct Core {
+    pub id: u16,
+    pub shared: Arc<Shared>,
+    pub engine: RefCell<Engine>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<OpResult>>>,
+    next_id: Cell<u64>,
+    outbox: RefCell<Vec<VecDeque<Msg>>>,
+    doorbells: RefCell<Vec<Option<ConnectedSender<()>>>>,
+    commit_wake: LocalSender<()>,
+    pub lists: RefCell<KeyLists>,
+    conns: RefCell<HashMap<u64, RawFd>>,
+    next_conn: Cell<u64>,
+    stopping: Cell<bool>,
+}
+
+impl Core {
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.shared.metrics[self.id as usize]
+    }
+
+    fn register(&self) -> (u64, oneshot::Receiver<OpResult>) {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        (id, rx)
+    }
+
+    /// Hands an answer to whoever waits for it: a local request, or another core.
+    fn deliver(&self, route: Route, result: OpResult) {
+        match route {
+            Route::Local(id) => {
+                if let Some(tx) = self.pending.borrow_mut().remove(&id) {
+                    // The connection may be gone; the answer then has no reader.
+                    let _ = tx.send(result);
+                }
+            }
+            Route::Remote { core, id } => {
+                self.outbox.borrow_mut()[core as usize].push_back(Msg::Reply { id, result });
+            }
+        }
+    }
+
+    /// A shake of `uid`, decided on the user's home core.
+    pub fn shake(&self, uid: u64) -> Slot {
+        let home = crate::serve::setup::home_core(uid, self.shared.cores) as u16;
+        if home == self.id {
+            let id = self.next_id.get();
+            let answer = self
+                .engine
+                .borrow_mut()
+                .shake(uid, now_ms(), Route::Local(id));
+            match answer {
+                Some(result) => Slot::Ready(result),
+                None => {
+                    let (registered, rx) = self.register();
+                    debug_assert_eq!(registered, id);
+                    Slot::Wait(rx)
+                }
+            }
+        } else {
+            let (id, rx) = self.register();
+            self.outbox.borrow_mut()[home as usize].push_back(Msg::Shake {
+                uid,
+                from: self.id,
+                id,
+            });
+            self.metrics().forwarded_out.fetch_add(1, Ordering::Relaxed);
+            Slot::Wait(rx)
+        }
+    }
+
+    /// An open that passed the stateless checks, claimed on the shard's owner core.
+    pub fn open(&self, req: OpenRequest, owner: u16) -> Slot {
+        if owner == self.id {
+            let id = self.next_id.get();
+            let answer = self.engine.borrow_mut().open(req, Route::Local(id));
+            match answer {
+                Some(result) => Slot::Ready(result),
+                None => {
+                    let (registered, rx) = self.register();
+                    debug_assert_eq!(registered, id);
+                    Slot::Wait(rx)
+                }
+            }
+        } else {
+            let (id, rx) = self.register();
+            self.outbox.borrow_mut()[owner as usize].push_back(Msg::Open {
+                req,
+                from: self.id,
+                id,
+            });
+            self.metrics().forwarded_out.fetch_add(1, Ordering::Relaxed);
+            Slot::Wait(rx)
+        }
+    }
+
+    /// Pushes collected messages to their queues and rings each destination once. Requests
+    /// that do not fit are answered `Busy` here; answers that do not fit wait for the next
+    /// flush (the ticker retries), because the work behind them is done.
+    pub fn flush(&self) {
+        let mut busy = Vec::new();
+        {
+            let mut outbox = self.outbox.borrow_mut();
+            for (dst, messages) in outbox.iter_mut().enumerate() {
+                if messages.is_empty() {
+                    continue;
+                }
+                let queue = &self.shared.queues[self.id as usize][dst];
+                let mut pushed = false;
+                while let Some(msg) = messages.pop_front() {
+                    match queue.push(msg) {
+                        Ok(()) => pushed = true,
+                        Err(Msg::Reply { id, result }) => {
+                            messages.push_front(Msg::Reply { id, result });
+                            break;
+                        }
+                        Err(Msg::Shake { id, .. } | Msg::Open { id, .. }) => busy.push(id),
+                    }
+                }
+                if pushed {
+                    if let Some(bell) = &self.doorbells.borrow()[dst] {
+                        // Full means a wake-up is already pending.
+                        let _ = bell.try_send(());
+                    }
+                }
+            }
+        }
+        for id in busy {
+            let backoff_ms = 100;
+            self.deliver(
+                Route::Local(id),
+                OpResult::Error {
+                    code: ErrorCode::Busy,
+                    backoff_ms,
+                },
+            );
+        }
+    }
+
+    pub fn wake_commit(&self) {
+        let _ = self.commit_wake.try_send(());
+    }
+
+    fn handle(&self, msg: Msg) {
+        match msg {
+            Msg::Shake { uid, from, id } => {
+                self.metrics().forwarded_in.fetch_add(1, Ordering::Relaxed);
+                let route = Route::Remote { core: from, id };
+                let answer = self.engine.borrow_mut().shake(uid, now_ms(), route);
+                if let Some(result) = answer {
+                    self.deliver(route, result);
+                }
+            }
+            Msg::Open { req, from, id } => {
+                self.metrics().forwarded_in.fetch_add(1, Ordering::Relaxed);
+                let route = Route::Remote { core: from, id };
+                let answer = self.engine.borrow_mut().open(req, route);
+                if let Some(result) = answer {
+                    self.deliver(route, result);
+                }
+            }
+            Msg::Reply { id, result } => self.deliver(Route::Local(id), result),
+        }
+    }
+
+    pub fn add_conn(&self, fd: RawFd) -> u64 {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        self.conns.borrow_mut().insert(id, fd);
+        let m = self.metrics();
+        m.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        m.connections_open.fetch_add(1, Ordering::Relaxed);
+        id
+    }
+
+    pub fn remove_conn(&self, id: u64) {
+        if self.conns.borrow_mut().remove(&id).is_some() {
+            self.metrics()
+                .connections_open
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.get()
+    }
+}
+
+/// Writes the log's batches as they come: write + fdatasync through io_uring, then answers
+/// what became durable. Batches form by themselves: whatever was appended while the previous
+/// one was on its way to the disk goes into the next (group commit).
+async fn commit_loop(
+    core: Rc<Core>,
+    dir: std::path::PathBuf,
+    wake: local_channel::LocalReceiver<()>,
+) {
+    let mut file: Option<(u64, BufferedFile)> = None;
+    let mut answers = Vec::new();
+    while wake.recv().await.is_some() {
+        loop {
+            let batch = core.engine.borrow_mut().take_batch();
+            let Some(batch) = batch else { break };
+            let started = Instant::now();
+            let bytes = batch.bytes.len() as u64;
+            let end = batch.end;
+            if let Err(e) = write_batch(&dir, &mut file, batch).await {
+                // The log's state on disk is unknown: stop, and let recovery decide. Nothing
+                // of this batch was answered, so nothing acknowledged is lost.
+                eprintln!(
+                    "fatal: core {} could not make its log durable: {e}; stopping without \
+                     answering the claims in flight (recovery on restart keeps what is durable)",
+                    core.id
+                );
+                std::process::exit(3);
+            }
+            core.metrics()
+                .commit(bytes, started.elapsed().as_micros() as u64);
+            core.engine
+                .borrow_mut()
+                .batch_done(end, now_ms(), &mut answers);
+            for (route, result) in answers.drain(..) {
+                core.deliver(route, result);
+            }
+            core.flush();
+        }
+    }
+}
+
+async fn write_batch(
+    dir: &std::path::Path,
+    file: &mut Option<(u64, BufferedFile)>,
+    batch: WriteBatch,
+) -> Result<(), String> {
+    let path = segment_path(dir, batch.segment);
+    let show = |e: glommio::GlommioError<()>| format!("{}: {e}", path.display());
+    if batch.create {
+        if let Some((_, old)) = file.take() {
+            // The previous segment's last batch completed before this one was handed out.
+            let _ = old.close().await;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .buffered_open(&path)
+            .await
+            .map_err(show)?;
+        *file = Some((batch.segment, f));
+    } else if file.as_ref().map(|(s, _)| *s) != Some(batch.segment) {
+        // Continuing a segment found at recovery.
+        let f = OpenOptions::new()
+            .write(true)
+            .buffered_open(&path)
+            .await
+            .map_err(show)?;
+        *file = Some((batch.segment, f));
+    }
+    let (_, f) = file.as_ref().expect("segment file open");
+    let mut offset = batch.offset;
+    let mut bytes = batch.bytes;
+    loop {
+        let len = bytes.len();
+        let written = f.write_at(bytes.clone(), offset).await.map_err(show)?;
+        if written == 0 {
+            return Err(format!("{}: write returned 0 bytes", path.display()));
+        }
+        if written == len {
+            break;
+        }
+        bytes.drain(..written);
+        offset += written as u64;
+    }
+    f.fdatasync().await.map_err(show)?;
+    if batch.create {
+        let d = Directory::open(dir).await.map_err(show)?;
+        d.sync().await.map_err(show)?;
+        let _ = d.close().await;
+    }
+    Ok(())
+}
+
+/// Drains one source core's queue each time its doorbell rings.
+async fn bus_loop(
+    core: Rc<Core>,
+    src: usize,
+    bell: glommio::channels::shared_channel::ConnectedReceiver<()>,
+) {
+    while bell.recv().await.is_some() {
+        let queue = &core.shared.queues[src][core.id as usize];
+        while let Some(msg) = queue.pop() {
+            core.handle(msg);
+        }
+        core.flush();
+        core.wake_commit();
+    }
+}
+
+fn shutdown_fd(fd: RawFd, how: libc::c_int) {
+    // SAFETY: plain syscall on a descriptor this core registered and still owns; a stale fd
+    // is removed from the table before its socket is closed (same thread).
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+/// Retries full queues, updates gauges, reloads key lists, and runs the shutdown sequence.
+async fn ticker(core: Rc<Core>) {
+    let mut lists_mtime = core
+        .shared
+        .key_lists_path
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    let mut last_lists_check = Instant::now();
+    loop {
+        glommio::timer::sleep(TICK).await;
+        core.flush();
+        {
+            let engine = core.engine.borrow();
+            let m = core.metrics();
+            m.degraded
+                .store(engine.degraded() as u64, Ordering::Relaxed);
+            m.caps_users
+                .store(engine.caps_users() as u64, Ordering::Relaxed);
+            m.tickets_remaining
+                .store(engine.remaining_at(now_ms()), Ordering::Relaxed);
+        }
+        if let Some(path) = &core.shared.key_lists_path {
+            if last_lists_check.elapsed() >= KEY_LISTS_POLL {
+                last_lists_check = Instant::now();
+                let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                if mtime != lists_mtime {
+                    lists_mtime = mtime;
+                    match KeyLists::load(path) {
+                        Ok(lists) => {
+                            *core.lists.borrow_mut() = lists;
+                            core.metrics()
+                                .key_list_reloads
+                                .fetch_add(1, Ordering::Relaxed);
+                            if core.id == 0 {
+                                eprintln!("key lists reloaded from {}", path.display());
+                            }
+                        }
+                        Err(e) => {
+                            core.metrics()
+                                .key_list_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            if core.id == 0 {
+                                eprintln!("key lists not reloaded (keeping the old ones): {e}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if core.shared.shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+async fn core_main(
+    setup: CoreSetup,
+    shared: Arc<Shared>,
+    lists: KeyLists,
+    bells_out: Vec<Option<SharedSender<()>>>,
+    bells_in: Vec<Option<SharedReceiver<()>>>,
+    listen: (SocketAddr, SocketAddr),
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let id = setup.parts.core;
+    let mut engine = Engine::new(setup.parts);
+    engine.warm_up();
+    let (commit_wake, commit_rx) = local_channel::new_bounded(1);
+    let core = Rc::new(Core {
+        id,
+        outbox: RefCell::new((0..shared.cores).map(|_| VecDeque::new()).collect()),
+        shared: shared.clone(),
+        engine: RefCell::new(engine),
+        pending: RefCell::new(HashMap::new()),
+        next_id: Cell::new(1),
+        doorbells: RefCell::new((0..shared.cores).map(|_| None).collect()),
+        commit_wake,
+        lists: RefCell::new(lists),
+        conns: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(0),
+        stopping: Cell::new(false),
+    });
+    glommio::spawn_local(commit_loop(core.clone(), setup.log_dir, commit_rx)).detach();
+    core.wake_commit();
+    // Receivers and senders connect pairwise with their peers; receivers first, as tasks, so
+    // two cores connecting to each other cannot wait on one another.
+    for (src, bell) in bells_in.into_iter().enumerate() {
+        if let Some(bell) = bell {
+            let c = core.clone();
+            glommio::spawn_local(async move {
+                let bell = bell.connect().await;
+                bus_loop(c, src, bell).await
+            })
+            .detach();
+        }
+    }
+    for (dst, bell) in bells_out.into_iter().enumerate() {
+        if let Some(bell) = bell {
+            let connected = bell.connect().await;
+            core.doorbells.borrow_mut()[dst] = Some(connected);
+        }
+    }
+
+    // Core 0 binds first (port 0 picks a port); the others join its ports with SO_REUSEPORT.
+    let addrs = if id == 0 {
+        listen
+    } else {
+        loop {
+            if let Some(a) = *shared.bound.lock().expect("not poisoned") {
+                break a;
+            }
+            if shared.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let listeners = (
+        glommio::net::TcpListener::bind(addrs.0),
+        glommio::net::TcpListener::bind(addrs.1),
+    );
+    let (binary, http) = match listeners {
+        (Ok(b), Ok(h)) => (b, h),
+        (Err(e), _) => {
+            let _ = ready.send(Err(format!("binary listener {}: {e}", addrs.0)));
+            return;
+        }
+        (_, Err(e)) => {
+            let _ = ready.send(Err(format!("HTTP listener {}: {e}", addrs.1)));
+            return;
+        }
+    };
+    if id == 0 {
+        let bound = (
+            binary.local_addr().expect("bound"),
+            http.local_addr().expect("bound"),
+        );
+        *shared.bound.lock().expect("not poisoned") = Some(bound);
+    }
+    let accept_binary = glommio::spawn_local(conn::accept_loop(
+        core.clone(),
+        binary,
+        conn::Protocol::Binary,
+    ));
+    let accept_http =
+        glommio::spawn_local(conn::accept_loop(core.clone(), http, conn::Protocol::Http));
+    let _ = ready.send(Ok(()));
+
+    // Run until asked to stop.
+    ticker(core.clone()).await;
+
+    // Shutdown: stop accepting, let connections finish what they read, cut their reads.
+    core.stopping.set(true);
+    drop(accept_binary);
+    drop(accept_http);
+    let fds: Vec<RawFd> = core.conns.borrow().values().copied().collect();
+    for fd in fds {
+        shutdown_fd(fd, libc::SHUT_RD);
+    }
+    let started = Instant::now();
+    while core.conn_count() > 0 {
+        if started.elapsed() > DRAIN_TIMEOUT {
+            let fds: Vec<RawFd> = core.conns.borrow().values().copied().collect();
+            eprintln!(
+                "core {id}: cutting {} connection(s) that did not finish in {:?}",
+                fds.len(),
+                DRAIN_TIMEOUT
+            );
+            for fd in fds {
+                shutdown_fd(fd, libc::SHUT_RDWR);
+            }
+            break;
+        }
+        glommio::timer::sleep(TICK).await;
+        core.flush();
+    }
+    // Keep serving other cores' forwarded work until every core's connections are done,
+    // then make the log durable.
+    shared.draining.fetch_sub(1, Ordering::AcqRel);
+    while shared.draining.load(Ordering::Acquire) > 0 || core.engine.borrow().has_pending() {
+        core.flush();
+        core.wake_commit();
+        glommio::timer::sleep(TICK).await;
+    }
+}
+
+/// What a finished server reports.
+pub struct Finished {
+    pub shakes: u64,
+    pub envelopes: u64,
+    pub opens: u64,
+    pub claimed_cents: u64,
+}
+
+/// Runs the server until SIGINT/SIGTERM (or `config.run_for`), then shuts down gracefully.
+/// `on_ready` gets the bound addresses once every core listens.
+pub fn run(
+    config: &ServeConfig,
+    prepared: Prepared,
+    on_ready: impl FnOnce(SocketAddr, SocketAddr, usize),
+) -> Result<Finished, String> {
+    let cores = prepared.cores.len();
+    let cpus: Vec<usize> = match &config.cpus {
+        Some(list) => list.clone(),
+        None => core_affinity::get_core_ids()
+            .map(|ids| ids.into_iter().map(|c| c.id).collect())
+            .unwrap_or_default(),
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while shutting down exits at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, shutdown.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+        signal_hook::flag::register(signal, shutdown.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let shared = Arc::new(Shared {
+        cores,
+        keyring: prepared.keyring,
+        auth_keys: prepared.auth_keys,
+        token_keys: prepared.token_keys,
+        owner: prepared.owner,
+        metrics: prepared.metrics,
+        queues: (0..cores)
+            .map(|_| {
+                (0..cores)
+                    .map(|_| ArrayQueue::new(config.bus_capacity))
+                    .collect()
+            })
+            .collect(),
+        shutdown: shutdown.clone(),
+        draining: AtomicUsize::new(cores),
+        key_lists_path: config.key_lists.clone(),
+        connections_max: config.connections_max,
+        bound: Mutex::new(None),
+    });
+    // Doorbells: bells[src][dst].
+    let mut bells_out: Vec<Vec<Option<SharedSender<()>>>> = (0..cores)
+        .map(|_| (0..cores).map(|_| None).collect())
+        .collect();
+    let mut bells_in: Vec<Vec<Option<SharedReceiver<()>>>> = (0..cores)
+        .map(|_| (0..cores).map(|_| None).collect())
+        .collect();
+    for src in 0..cores {
+        for dst in 0..cores {
+            if src != dst {
+                let (tx, rx) = shared_channel::new_bounded(1);
+                bells_out[src][dst] = Some(tx);
+                bells_in[dst][src] = Some(rx);
+            }
+        }
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::with_capacity(cores);
+    for (k, (setup, (out, inn))) in prepared
+        .cores
+        .into_iter()
+        .zip(bells_out.into_iter().zip(bells_in))
+        .enumerate()
+    {
+        let placement = match cpus.get(k) {
+            Some(&cpu) => Placement::Fixed(cpu),
+            None => Placement::Unbound,
+        };
+        let shared = shared.clone();
+        let lists = prepared.key_lists.clone();
+        let ready = ready_tx.clone();
+        let listen = (config.listen, config.http);
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("hongbao-core-{k}"))
+            .io_memory(IO_MEMORY)
+            .spawn(move || core_main(setup, shared, lists, out, inn, listen, ready))
+            .map_err(|e| format!("starting core {k}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Err(_) => {
+                failure = Some("a core stopped during start-up".into());
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        let (b, h) = shared
+            .bound
+            .lock()
+            .expect("not poisoned")
+            .expect("core 0 bound");
+        on_ready(b, h, cores);
+        let deadline = config.run_for.map(|d| Instant::now() + d);
+        while !shutdown.load(Ordering::Relaxed) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    shutdown.store(true, Ordering::Relaxed);
+    for (k, h) in handles.into_iter().enumerate() {
+        if h.join().is_err() {
+            failure.get_or_insert_with(|| format!("core {k} failed"));
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let sum = |f: fn(&CoreMetrics) -> u64| shared.metrics.iter().map(|m| f(m)).sum::<u64>();
+    Ok(Finished {
+        shakes: sum(|m| m.shakes.iter().map(|c| c.load(Ordering::Relaxed)).sum()),
+        envelopes: sum(|m| {
+            m.shakes[crate::wire::ops::ShakeOutcome::Envelope as usize].load(Ordering::Relaxed)
+        }),
+        opens: sum(|m| m.opens.load(Ordering::Relaxed)),
+        claimed_cents: sum(|m| m.claimed_cents.load(Ordering::Relaxed)),
+    })
+}

@@ -1,0 +1,228 @@
+//! `hongbao serve` settings: a TOML file (docs/formats/serve-config.md) with every field
+//! optional, overridden by command-line flags. Parsed on the main thread before any core starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::admission::PacingConfig;
+use crate::shake::caps::CapsConfig;
+use crate::store::file::{PENDING_BYTES_DEFAULT, SEGMENT_BYTES_DEFAULT};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub pacing: PacingSection,
+    #[serde(default)]
+    pub caps: CapsSection,
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// A variant directory written by `gen` (holding manifest.json).
+    pub tickets: Option<PathBuf>,
+    pub keyring: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    pub auth_keys: Option<PathBuf>,
+    pub key_lists: Option<PathBuf>,
+    /// Which host of the plan's topology this server is.
+    pub host: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub cores: Option<usize>,
+    /// CPUs to pin executors to, in core order. Default: the first CPUs the process may use.
+    pub cpus: Option<Vec<usize>>,
+    /// Shift the event's schedule so this slot (default: the first) starts when the server does.
+    pub rehearse_slot: Option<String>,
+    pub rehearse: Option<bool>,
+    pub connections_max: Option<usize>,
+    pub bus_capacity: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacingSection {
+    pub enabled: Option<bool>,
+    pub quota_per_second: Option<u32>,
+    pub speed_permille: Option<u32>,
+    pub burst_ms: Option<u32>,
+    pub sponsor_ppm: Option<u32>,
+    pub backoff_ms: Option<u32>,
+    pub degrade_backoff_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsSection {
+    pub envelopes_per_user: Option<u32>,
+    pub min_interval_ms: Option<u32>,
+    pub users_max: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub segment_bytes: Option<u64>,
+    pub pending_bytes: Option<usize>,
+}
+
+/// Everything `serve` runs with, after defaults and overrides.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub tickets: PathBuf,
+    pub keyring: PathBuf,
+    pub data: PathBuf,
+    pub auth_keys: PathBuf,
+    pub key_lists: Option<PathBuf>,
+    pub host: Option<String>,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub cores: Option<usize>,
+    pub cpus: Option<Vec<usize>>,
+    pub rehearse: bool,
+    pub rehearse_slot: Option<String>,
+    pub connections_max: usize,
+    pub bus_capacity: usize,
+    pub pacing_enabled: bool,
+    pub pacing: PacingConfig,
+    pub caps: CapsConfig,
+    pub segment_bytes: u64,
+    pub pending_bytes: usize,
+    /// Stop by itself after this long (bounded runs: demos, benchmarks, tests).
+    pub run_for: Option<std::time::Duration>,
+}
+
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
+pub const HTTP_DEFAULT: &str = "127.0.0.1:7780";
+/// Connections per core.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 262_144;
+/// Messages per (source core, destination core) queue.
+pub const BUS_CAPACITY_DEFAULT: usize = 16_384;
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))
+    }
+
+    /// Applies defaults; `missing` names required settings that neither file nor flags gave.
+    pub fn resolve(self) -> Result<ServeConfig, String> {
+        let s = self.server;
+        let mut missing = Vec::new();
+        let mut need = |v: Option<PathBuf>, name: &str| {
+            if v.is_none() {
+                missing.push(name.to_string());
+            }
+            v.unwrap_or_default()
+        };
+        let tickets = need(s.tickets, "--tickets (server.tickets)");
+        let keyring = need(s.keyring, "--keyring (server.keyring)");
+        let data = need(s.data, "--data (server.data)");
+        let auth_keys = need(s.auth_keys, "--auth-keys (server.auth_keys)");
+        if !missing.is_empty() {
+            return Err(format!("missing settings: {}", missing.join(", ")));
+        }
+        let d = PacingConfig::default();
+        let p = self.pacing;
+        let pacing = PacingConfig {
+            quota_per_second: p.quota_per_second.unwrap_or(d.quota_per_second),
+            speed_permille: p.speed_permille.unwrap_or(d.speed_permille),
+            burst_ms: p.burst_ms.unwrap_or(d.burst_ms),
+            sponsor_ppm: p.sponsor_ppm.unwrap_or(d.sponsor_ppm),
+            backoff_ms: p.backoff_ms.unwrap_or(d.backoff_ms),
+            degrade_backoff_ms: p.degrade_backoff_ms.unwrap_or(d.degrade_backoff_ms),
+        };
+        if pacing.sponsor_ppm > 1_000_000 {
+            return Err(format!(
+                "pacing.sponsor_ppm = {} is above 1,000,000 (parts per million)",
+                pacing.sponsor_ppm
+            ));
+        }
+        let dc = CapsConfig::default();
+        let caps = CapsConfig {
+            envelopes_per_user: self
+                .caps
+                .envelopes_per_user
+                .unwrap_or(dc.envelopes_per_user),
+            min_interval_ms: self.caps.min_interval_ms.unwrap_or(dc.min_interval_ms),
+            users_max: self.caps.users_max.unwrap_or(dc.users_max),
+        };
+        if s.cores == Some(0) {
+            return Err("cores must be at least 1".into());
+        }
+        let segment_bytes = self.store.segment_bytes.unwrap_or(SEGMENT_BYTES_DEFAULT);
+        if segment_bytes < 4 << 20 {
+            return Err(format!(
+                "store.segment_bytes = {segment_bytes} is below 4 MiB"
+            ));
+        }
+        let pending_bytes = self.store.pending_bytes.unwrap_or(PENDING_BYTES_DEFAULT);
+        if pending_bytes < 64 << 10 {
+            return Err(format!(
+                "store.pending_bytes = {pending_bytes} is below 64 KiB"
+            ));
+        }
+        Ok(ServeConfig {
+            tickets,
+            keyring,
+            data,
+            auth_keys,
+            key_lists: s.key_lists,
+            host: s.host,
+            listen: s.listen.unwrap_or(LISTEN_DEFAULT.parse().expect("valid")),
+            http: s.http.unwrap_or(HTTP_DEFAULT.parse().expect("valid")),
+            cores: s.cores,
+            cpus: s.cpus,
+            rehearse: s.rehearse.unwrap_or(false) || s.rehearse_slot.is_some(),
+            rehearse_slot: s.rehearse_slot,
+            connections_max: s.connections_max.unwrap_or(CONNECTIONS_MAX_DEFAULT).max(1),
+            bus_capacity: s.bus_capacity.unwrap_or(BUS_CAPACITY_DEFAULT).max(64),
+            pacing_enabled: p.enabled.unwrap_or(true),
+            pacing,
+            caps,
+            segment_bytes,
+            pending_bytes,
+            run_for: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_missing_settings() {
+        let e = ConfigFile::default().resolve().unwrap_err();
+        assert!(e.contains("--tickets") && e.contains("--auth-keys"), "{e}");
+        let file: ConfigFile = toml::from_str(
+            r#"
+            [server]
+            tickets = "t"
+            keyring = "k"
+            data = "d"
+            auth_keys = "a"
+            [caps]
+            envelopes_per_user = 3
+            "#,
+        )
+        .unwrap();
+        let c = file.resolve().unwrap();
+        assert_eq!(c.caps.envelopes_per_user, 3);
+        assert_eq!(c.listen.to_string(), LISTEN_DEFAULT);
+        assert!(c.pacing_enabled && !c.rehearse);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = toml::from_str::<ConfigFile>("[server]\nlisten_addr = \"x\"").unwrap_err();
+        assert!(e.message().contains("unknown field"), "{e}");
+    }
+}
