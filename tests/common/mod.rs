@@ -1,0 +1,226 @@
+//! Test harness for `hongbao serve`: a generated demo event, an auth key file, and a server
+//! process on ephemeral loopback ports that is killed when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hongbao::client::Client;
+use hongbao::token::{Auth, TokenKeys};
+use hongbao::wire::ops::Reply;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hongbao")
+}
+
+pub fn run(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("binary runs")
+}
+
+/// A generated event (the demo plan) with its keyring and an auth key file.
+pub struct Event {
+    pub dir: tempfile::TempDir,
+    pub auth_keys: TokenKeys,
+}
+
+impl Event {
+    pub fn new() -> Event {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(
+            &["demo", "--dir", "d", "--no-serve", "--seed", "7"],
+            dir.path(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = run(&["auth-keys", "--out", "auth.keys"], dir.path());
+        assert!(out.status.success());
+        let (auth_keys, _) =
+            hongbao::serve::keys::load_key_file(&dir.path().join("auth.keys")).unwrap();
+        Event { dir, auth_keys }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn auth(&self, uid: u64) -> [u8; 32] {
+        Auth {
+            uid,
+            expires_unix: (hongbao::gen::now_unix() + 3600) as u32,
+        }
+        .encode(&self.auth_keys)
+    }
+
+    pub fn auth_hex(&self, uid: u64) -> String {
+        hex::encode(self.auth(uid))
+    }
+
+    /// Starts a server on this event with data in `data` (relative to the event dir).
+    pub fn serve(&self, data: &str, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "serve",
+            "--tickets",
+            "d/event/A",
+            "--keyring",
+            "d/keys/demo.keyring",
+            "--data",
+            data,
+            "--auth-keys",
+            "auth.keys",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--rehearse",
+        ];
+        args.extend_from_slice(extra);
+        Server::start(self.path(), &args)
+    }
+
+    /// Durable claims as (envelope id, uid), in log order, read with `hongbao claims`.
+    pub fn claims(&self, data: &str) -> Vec<(u64, u64)> {
+        let out = run(&["claims", "--data", data], self.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let ordinal = v["shard_ordinal"].as_u64().unwrap();
+                let index = v["index"].as_u64().unwrap();
+                (ordinal << 32 | index, v["uid"].as_u64().unwrap())
+            })
+            .collect()
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub binary: SocketAddr,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(cwd: &Path, args: &[&str]) -> Server {
+        let log = cwd.join(format!("serve-{}.err", rand_suffix()));
+        let mut child = Command::new(bin())
+            .args(args)
+            .current_dir(cwd)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("server starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("hongbao serve: ready") => break line,
+                Some(Ok(_)) => continue,
+                _ => {
+                    let _ = child.wait();
+                    panic!(
+                        "server did not start: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        let words: Vec<&str> = ready.split_whitespace().collect();
+        let binary = words[words.iter().position(|w| *w == "binary").unwrap() + 1]
+            .parse()
+            .unwrap();
+        let http = words[words.iter().position(|w| *w == "http").unwrap() + 1]
+            .parse()
+            .unwrap();
+        Server {
+            child,
+            binary,
+            http,
+            log,
+        }
+    }
+
+    pub fn client(&self, auth: &[u8]) -> Client {
+        let mut c = Client::connect(self.binary).unwrap();
+        match c.hello(auth).unwrap() {
+            Reply::Hello(_) => c,
+            other => panic!("HELLO: {other:?}"),
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().unwrap()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: Bearer {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

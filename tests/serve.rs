@@ -1,0 +1,393 @@
+//! `hongbao serve` over loopback, as clients see it: shake and open exactly once, every refusal
+//! with its code, bad input answered while the server keeps serving, key lists reloaded live,
+//! per-user caps, and a graceful stop that keeps every acknowledged claim.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{http, Event};
+use hongbao::client::Client;
+use hongbao::wire::ops::{ErrorCode, Reply, ShakeOutcome, OP_OPEN, OP_PING, OP_SHAKE};
+
+fn envelope(reply: Reply) -> [u8; 64] {
+    match reply {
+        Reply::Shake(s) if s.outcome == ShakeOutcome::Envelope => s.token.unwrap(),
+        other => panic!("expected an envelope, got {other:?}"),
+    }
+}
+
+fn error_code(reply: Reply) -> u16 {
+    match reply {
+        Reply::Error { code, .. } => code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn shake_then_open_exactly_once_across_cores() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2", "--no-pacing"]);
+    let mut opened = Vec::new();
+    let mut envelopes = HashSet::new();
+    for uid in 1..=24u64 {
+        let mut c = server.client(&event.auth(uid));
+        let token = envelope(c.shake().unwrap());
+        let envelope_id = u64::from_le_bytes(token[16..24].try_into().unwrap());
+        assert!(envelopes.insert(envelope_id), "ticket issued twice");
+        match c.open(&token).unwrap() {
+            Reply::Open(o) => {
+                assert_eq!(o.envelope_id, envelope_id);
+                assert!(o.amount_cents > 0);
+                opened.push((envelope_id, uid));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            error_code(c.open(&token).unwrap()),
+            ErrorCode::AlreadyClaimed as u16
+        );
+        // Another user cannot open it, on any core.
+        let mut thief = server.client(&event.auth(uid + 1000));
+        assert_eq!(
+            error_code(thief.open(&token).unwrap()),
+            ErrorCode::WrongUser as u16
+        );
+        // Any flipped byte is refused (a tag mismatch, or the version byte).
+        for i in [0usize, 5, 17, 30, 40, 63] {
+            let mut bad = token;
+            bad[i] ^= 0x20;
+            let code = error_code(c.open(&bad).unwrap());
+            assert_eq!(code, ErrorCode::TokenInvalid as u16, "byte {i}");
+        }
+        // The connection is still fine after all those refusals.
+        assert!(matches!(c.ping(b"ok").unwrap(), Reply::Pong(p) if p == b"ok"));
+    }
+    // Pipelined: many shakes, then their opens, in one write each; replies in order.
+    let mut c = server.client(&event.auth(77));
+    let ids: Vec<u64> = (0..32).map(|_| c.send(OP_SHAKE, &[])).collect();
+    c.flush().unwrap();
+    let mut tokens = Vec::new();
+    for id in ids {
+        let (got, reply) = c.recv().unwrap();
+        assert_eq!(got, id);
+        tokens.push(envelope(reply));
+    }
+    let ids: Vec<u64> = tokens.iter().map(|t| c.send(OP_OPEN, t)).collect();
+    c.flush().unwrap();
+    for (id, t) in ids.iter().zip(&tokens) {
+        let (got, reply) = c.recv().unwrap();
+        assert_eq!(got, *id);
+        let Reply::Open(o) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            o.envelope_id,
+            u64::from_le_bytes(t[16..24].try_into().unwrap())
+        );
+        opened.push((o.envelope_id, 77));
+    }
+    // HTTP: shake and open with curl-like requests.
+    let auth = event.auth_hex(5000);
+    let (status, body) = http(server.http, "POST", "/shake", Some(&auth), "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["outcome"], "envelope");
+    let token = v["token"].as_str().unwrap().to_string();
+    let (status, body) = http(server.http, "POST", "/open", Some(&auth), &token);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    opened.push((v["envelope_id"].as_u64().unwrap(), 5000));
+    let (status, body) = http(server.http, "POST", "/open", Some(&auth), &token);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("already_claimed"));
+    let (status, _) = http(
+        server.http,
+        "POST",
+        "/open",
+        Some(&event.auth_hex(5001)),
+        &token,
+    );
+    assert_eq!(status, 403);
+    // Both cores did work, and the metrics say so.
+    let (status, metrics) = http(server.http, "GET", "/metrics", None, "");
+    assert_eq!(status, 200);
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(count("hongbao_opens_total"), opened.len() as u64);
+    assert!(
+        count("hongbao_errors_total{core=\"0\",error=\"already_claimed\"}")
+            + count("hongbao_errors_total{core=\"1\",error=\"already_claimed\"}")
+            >= 24
+    );
+    // Every acknowledged open is a durable claim of the right user, and nothing else is.
+    let mut claims = event.claims("data");
+    claims.sort();
+    opened.sort();
+    assert_eq!(claims, opened);
+}
+
+#[test]
+fn bad_input_is_answered_and_the_server_keeps_serving() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2", "--no-pacing"]);
+    // Before HELLO: refused, connection kept.
+    let mut c = Client::connect(server.binary).unwrap();
+    assert_eq!(
+        error_code(c.shake().unwrap()),
+        ErrorCode::Unauthenticated as u16
+    );
+    // A forged auth token, and an expired one.
+    let mut forged = event.auth(9);
+    forged[10] ^= 1;
+    assert_eq!(
+        error_code(c.hello(&forged).unwrap()),
+        ErrorCode::AuthInvalid as u16
+    );
+    let expired = hongbao::token::Auth {
+        uid: 9,
+        expires_unix: 1_000,
+    }
+    .encode(&event.auth_keys);
+    assert_eq!(
+        error_code(c.hello(&expired).unwrap()),
+        ErrorCode::AuthExpired as u16
+    );
+    assert_eq!(
+        error_code(c.hello(b"short").unwrap()),
+        ErrorCode::Malformed as u16
+    );
+    // Unknown op, bad payloads.
+    assert!(matches!(c.hello(&event.auth(9)).unwrap(), Reply::Hello(h) if h.uid == 9));
+    assert_eq!(
+        error_code(c.call(0x42, b"").unwrap()),
+        ErrorCode::UnknownOp as u16
+    );
+    assert_eq!(
+        error_code(c.call(OP_SHAKE, b"x").unwrap()),
+        ErrorCode::Malformed as u16
+    );
+    assert_eq!(
+        error_code(c.open(&[0u8; 10]).unwrap()),
+        ErrorCode::Malformed as u16
+    );
+    assert_eq!(
+        error_code(c.open(&[0u8; 64]).unwrap()),
+        ErrorCode::TokenInvalid as u16
+    );
+    assert_eq!(
+        error_code(c.call(OP_PING, &[0u8; 2000]).unwrap()),
+        ErrorCode::TooLarge as u16
+    );
+    // A frame of another protocol version is skipped and answered.
+    let mut frame = vec![0u8; 16];
+    frame[..4].copy_from_slice(&16u32.to_le_bytes());
+    frame[4] = 9;
+    frame[8..16].copy_from_slice(&555u64.to_le_bytes());
+    c.send_raw(&frame);
+    c.flush().unwrap();
+    let (id, reply) = c.recv().unwrap();
+    assert_eq!((id, error_code(reply)), (555, ErrorCode::Version as u16));
+    assert!(matches!(c.ping(b"still here").unwrap(), Reply::Pong(_)));
+    // An oversized frame: answered, then closed (no way to find the next frame).
+    c.send_raw(&(10u32 << 20).to_le_bytes());
+    c.send_raw(&[1u8; 12]);
+    c.flush().unwrap();
+    let (_, reply) = c.recv().unwrap();
+    assert_eq!(error_code(reply), ErrorCode::TooLarge as u16);
+    assert!(c.recv().is_err(), "closed after an unrecoverable frame");
+    // Garbage and oversized HTTP: 4xx and closed.
+    for garbage in [
+        b"GARBAGE\r\n\r\n".to_vec(),
+        b"DELETE /shake HTTP/1.1\r\n\r\n".to_vec(),
+        [b"GET /".to_vec(), vec![b'a'; 20_000]].concat(),
+        b"POST /open HTTP/1.1\r\nContent-Length: 999999\r\n\r\n".to_vec(),
+    ] {
+        let mut s = TcpStream::connect(server.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&garbage).unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let status: u16 = text[9..12].parse().unwrap();
+        assert!((400..500).contains(&status), "{text}");
+    }
+    let (status, body) = http(server.http, "POST", "/shake", None, "");
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = http(server.http, "POST", "/shake", Some("zz"), "");
+    assert_eq!(status, 401);
+    let (status, _) = http(server.http, "GET", "/nowhere", None, "");
+    assert_eq!(status, 404);
+    // Still serving, on fresh connections.
+    let mut c = server.client(&event.auth(10));
+    let token = envelope(c.shake().unwrap());
+    assert!(matches!(c.open(&token).unwrap(), Reply::Open(_)));
+    let (status, body) = http(server.http, "GET", "/healthz", None, "");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn denied_keys_are_refused_after_a_live_reload() {
+    let event = Event::new();
+    let lists = event.path().join("keys.toml");
+    std::fs::write(&lists, "deny = []\n").unwrap();
+    let server = event.serve(
+        "data",
+        &["--cores", "1", "--no-pacing", "--key-lists", "keys.toml"],
+    );
+    let mut c = server.client(&event.auth(3));
+    let first = envelope(c.shake().unwrap());
+    let second = envelope(c.shake().unwrap());
+    let key_id = u16::from_le_bytes(first[24..26].try_into().unwrap());
+    assert_eq!(
+        key_id,
+        u16::from_le_bytes(second[24..26].try_into().unwrap())
+    );
+    let reloads = || -> u64 {
+        let (_, m) = http(server.http, "GET", "/metrics", None, "");
+        m.lines()
+            .filter(|l| l.starts_with("hongbao_key_list_reloads_total"))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum()
+    };
+    let wait_for = |n: u64| {
+        let start = Instant::now();
+        while reloads() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "key lists not reloaded"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // mtime granularity: make sure the change is seen as a change.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&lists, format!("deny = [{key_id}]\n")).unwrap();
+    wait_for(1);
+    assert_eq!(
+        error_code(c.open(&first).unwrap()),
+        ErrorCode::KeyDenied as u16
+    );
+    // A broken file keeps the old lists.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&lists, "deny = [\"nonsense\"]\n").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        error_code(c.open(&first).unwrap()),
+        ErrorCode::KeyDenied as u16
+    );
+    std::fs::write(&lists, "deny = []\n").unwrap();
+    wait_for(2);
+    assert!(matches!(c.open(&first).unwrap(), Reply::Open(_)));
+    assert!(matches!(c.open(&second).unwrap(), Reply::Open(_)));
+}
+
+#[test]
+fn per_user_caps_and_interval_are_enforced_on_every_core() {
+    let event = Event::new();
+    let server = event.serve(
+        "data",
+        &["--cores", "2", "--no-pacing", "--envelopes-per-user", "2"],
+    );
+    for uid in [1u64, 2, 3, 4] {
+        // Several connections of one user (landing on either core) share one count.
+        let mut won = 0;
+        for _ in 0..3 {
+            let mut c = server.client(&event.auth(uid));
+            for _ in 0..2 {
+                match c.shake().unwrap() {
+                    Reply::Shake(s) if s.outcome == ShakeOutcome::Envelope => won += 1,
+                    Reply::Shake(s) => assert_eq!(s.outcome, ShakeOutcome::Capped),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(won, 2, "uid {uid}");
+    }
+    drop(server);
+    let server = event.serve("data2", &["--no-pacing", "--min-interval-ms", "60000"]);
+    let mut c = server.client(&event.auth(1));
+    envelope(c.shake().unwrap());
+    match c.shake().unwrap() {
+        Reply::Shake(s) => {
+            assert_eq!(s.outcome, ShakeOutcome::TooSoon);
+            assert!(s.backoff_ms > 50_000 && s.backoff_ms <= 60_000, "{s:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn pacing_and_quota_limit_envelopes() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "1", "--quota", "20"]);
+    let mut c = server.client(&event.auth(1));
+    let start = Instant::now();
+    let (mut won, mut shakes) = (0u64, 0u64);
+    while start.elapsed() < Duration::from_millis(1500) {
+        match c.shake().unwrap() {
+            Reply::Shake(s) => {
+                shakes += 1;
+                if s.outcome == ShakeOutcome::Envelope {
+                    won += 1;
+                }
+                assert!(matches!(
+                    s.outcome,
+                    ShakeOutcome::Envelope | ShakeOutcome::Nothing | ShakeOutcome::Sponsor
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    // At most the quota per second plus one burst (100 ms of quota), and the slot's pace.
+    let bound = (20.0 * (elapsed + 0.1)).ceil() as u64 + 2;
+    assert!(
+        won <= bound,
+        "{won} envelopes in {elapsed:.2} s over a quota of 20/s"
+    );
+    assert!(won >= 1 && shakes > won * 5, "{won} of {shakes}");
+}
+
+#[test]
+fn sigterm_stops_gracefully_with_every_acknowledged_claim_durable() {
+    let event = Event::new();
+    let mut server = event.serve("data", &["--cores", "2", "--no-pacing"]);
+    let mut c = server.client(&event.auth(42));
+    let ids: Vec<u64> = (0..64).map(|_| c.send(OP_SHAKE, &[])).collect();
+    c.flush().unwrap();
+    let tokens: Vec<[u8; 64]> = ids.iter().map(|_| envelope(c.recv().unwrap().1)).collect();
+    for t in &tokens {
+        c.send(OP_OPEN, t);
+    }
+    c.flush().unwrap();
+    let mut acknowledged = Vec::new();
+    for _ in &tokens {
+        if let (_, Reply::Open(o)) = c.recv().unwrap() {
+            acknowledged.push((o.envelope_id, 42));
+        }
+    }
+    assert_eq!(acknowledged.len(), 64);
+    let status = server.terminate();
+    assert!(status.success(), "{}", server.stderr());
+    let mut claims = event.claims("data");
+    claims.sort();
+    acknowledged.sort();
+    assert_eq!(claims, acknowledged);
+    // A restart recovers: the same tokens are refused as claimed, new shakes get new tickets.
+    let server = event.serve("data", &["--cores", "2", "--no-pacing"]);
+    let mut c = server.client(&event.auth(42));
+    assert_eq!(
+        error_code(c.open(&tokens[0]).unwrap()),
+        ErrorCode::AlreadyClaimed as u16
+    );
+    let fresh = envelope(c.shake().unwrap());
+    assert!(tokens.iter().all(|t| t[16..24] != fresh[16..24]));
+}
