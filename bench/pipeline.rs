@@ -6,6 +6,9 @@
 //! it does a small smoke run, so the benchmark code itself stays tested.
 //! Phases for callgrind (see bench/callgrind.sh): `--phase gen|verify|floor --dir D --tickets N`.
 
+#[path = "common.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -168,23 +171,6 @@ fn run_floor(tickets: u64) -> u32 {
     crc
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{nproc} x {cpu}, Linux {kernel}")
-}
-
 fn main() {
     let args = Args::parse();
     let smoke = !args.bench && args.phase.is_none();
@@ -246,7 +232,7 @@ fn main() {
         "- command: `cargo bench --bench pipeline -- --tickets {n} --repeat {r}` (files on {})",
         dir.display()
     );
-    println!("- machine: {}", machine());
+    println!("- machine: {}", common::machine());
     println!(
         "- date: {} (UTC, unix {})",
         time::OffsetDateTime::now_utc()

@@ -500,8 +500,10 @@ impl Engine {
         self.caps.users()
     }
 
-    /// Replaces the pacing settings of every slot (operator change at run time).
-    pub fn set_pacing(&mut self, config: PacingConfig) {
+    /// Replaces the pacing settings of every slot (operator change at run time); `enabled`
+    /// false lets every shake win while tickets last.
+    pub fn set_pacing(&mut self, enabled: bool, config: PacingConfig) {
+        self.pacing_enabled = enabled;
         for s in &mut self.slots {
             s.pacer.set_config(config);
         }

@@ -1,0 +1,225 @@
+//! In-process hot path of one server core, without sockets and without fsync: shakes (admission,
+//! issue under reservations, shake-token CMAC) and opens (token check, keyring decrypt, key
+//! lists, claim bit, claim record appended, answered at batch completion), driven through the
+//! same engine the server runs, with the log's batches "written" to memory. Peer measured in the
+//! same run: one AES-128 block encryption per operation (the floor of any sealed-token design).
+//!
+//! Run: `cargo bench --bench serve -- [--ops N]`. Under `cargo test --all-targets` it does a
+//! small smoke run.
+
+#[path = "common.rs"]
+mod common;
+
+use std::time::Instant;
+
+use aes::cipher::{BlockEncrypt, KeyInit};
+use clap::Parser;
+use hongbao::serve::config::ConfigFile;
+use hongbao::shake::engine::{Engine, OpenRequest, Route};
+use hongbao::ticket::lists::KeyLists;
+use hongbao::token::Shake;
+use hongbao::wire::ops::{OpResult, ShakeOutcome};
+
+#[derive(Parser)]
+struct Args {
+    /// Shakes, then as many opens (default 4,000,000; 20,000 for the smoke run).
+    #[arg(long)]
+    ops: Option<u64>,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn plan(envelopes: u64) -> String {
+    format!(
+        r#"
+[event]
+name = "bench"
+currency = "CNY"
+unit = "cent"
+key_cap_cents = 100_000_000_000
+
+[[topology.host]]
+name = "h"
+park = "p"
+cores = 1
+
+[[topology.host]]
+name = "backup"
+park = "q"
+cores = 1
+
+[[slot]]
+name = "s"
+start = "2027-02-06T20:00:00+08:00"
+end = "2027-02-06T21:00:00+08:00"
+
+[[merchant]]
+id = 1
+name = "m"
+kind = "image"
+budget_cents = {}
+count = {envelopes}
+min_cents = 1
+max_cents = 2000
+"#,
+        envelopes * 500
+    )
+}
+
+/// Runs every pending batch "to disk" (memory) and returns the answers.
+fn drain(engine: &mut Engine, answers: &mut Vec<(Route, OpResult)>) {
+    while let Some(batch) = engine.take_batch() {
+        std::hint::black_box(&batch.bytes);
+        engine.batch_done(batch.end, 0, answers);
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let smoke = !args.bench;
+    let n = args.ops.unwrap_or(if smoke { 20_000 } else { 4_000_000 });
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Two hosts (a backup park is required); host h gets about half.
+    let text = plan(2 * n + 40_000);
+    let plan = hongbao::plan::Plan::from_toml(&text).expect("bench plan");
+    hongbao::gen::generate(
+        &plan,
+        &hongbao::gen::GenOptions {
+            out: dir.path().join("event"),
+            keyring: dir.path().join("bench.keyring"),
+            seed: Some(1),
+            threads: 2,
+            force: false,
+            progress: false,
+        },
+    )
+    .expect("generate");
+    hongbao::serve::keys::create_key_file(&dir.path().join("auth.keys")).expect("auth keys");
+    let mut file = ConfigFile::default();
+    file.server.tickets = Some(dir.path().join("event/A"));
+    file.server.keyring = Some(dir.path().join("bench.keyring"));
+    file.server.data = Some(dir.path().join("data"));
+    file.server.auth_keys = Some(dir.path().join("auth.keys"));
+    file.server.rehearse = Some(true);
+    file.server.host = Some("h".into());
+    file.pacing.enabled = Some(false);
+    let config = file.resolve().expect("config");
+    let mut prepared = hongbao::serve::setup::prepare(&config, 1).expect("prepare");
+    let keyring = prepared.keyring;
+    let token_keys = prepared.token_keys.clone();
+    let lists = KeyLists::default();
+    let mut engine = Engine::new(prepared.cores.remove(0).parts);
+    engine.warm_up();
+    let mut answers = Vec::new();
+    drain(&mut engine, &mut answers);
+    let now = hongbao::serve::setup::now_ms() + 1_000;
+
+    // Shakes: every one wins (no pacing), as the hardest case.
+    let mut tokens: Vec<[u8; 64]> = Vec::with_capacity(n as usize);
+    let started = Instant::now();
+    for uid in 0..n {
+        match engine.shake(uid, now, Route::Local(uid)) {
+            Some(OpResult::Shake(s)) if s.outcome == ShakeOutcome::Envelope => {
+                tokens.push(s.token.expect("token"))
+            }
+            Some(other) => panic!("shake answered {other:?}"),
+            None => {}
+        }
+        if uid % 1024 == 1023 {
+            drain(&mut engine, &mut answers);
+            for (_, a) in answers.drain(..) {
+                if let OpResult::Shake(s) = a {
+                    tokens.push(s.token.expect("token"));
+                }
+            }
+        }
+    }
+    drain(&mut engine, &mut answers);
+    let shake_s = started.elapsed().as_secs_f64();
+    assert_eq!(tokens.len() as u64, n, "every shake won");
+
+    // Opens: the full check path of the connection's core plus the owner's claim.
+    let started = Instant::now();
+    let mut opened = 0u64;
+    for (i, token) in tokens.iter().enumerate() {
+        let shake = Shake::decode(token, &token_keys).expect("our token");
+        let ticket = shake.ticket.open(&keyring).expect("opens");
+        assert!(lists.allows(ticket.key_id));
+        let req = OpenRequest {
+            uid: shake.uid,
+            record: shake.ticket,
+            ticket,
+            issuing_core: shake.issuing_core,
+            now_unix: 0,
+        };
+        assert!(engine.open(req, Route::Local(i as u64)).is_none());
+        if i % 4096 == 4095 {
+            drain(&mut engine, &mut answers);
+            opened += answers.drain(..).count() as u64;
+        }
+    }
+    drain(&mut engine, &mut answers);
+    opened += answers.drain(..).count() as u64;
+    let open_s = started.elapsed().as_secs_f64();
+    assert_eq!(opened, n, "every open answered");
+
+    // Losing shakes: pacing on with a quota of one envelope per second, so nearly every shake
+    // is decided by the buckets alone (the common case in a real event).
+    engine.set_pacing(
+        true,
+        hongbao::admission::PacingConfig {
+            quota_per_second: 1,
+            ..Default::default()
+        },
+    );
+    let started = Instant::now();
+    let mut lost = 0u64;
+    for uid in 0..n {
+        match engine.shake(uid, now + uid / 1_000_000, Route::Local(uid)) {
+            Some(OpResult::Shake(s)) if s.outcome != ShakeOutcome::Envelope => lost += 1,
+            _ => {}
+        }
+    }
+    let lose_s = started.elapsed().as_secs_f64();
+    assert!(lost >= n - 1_000, "{lost} of {n} shakes lost");
+
+    // Peer: one AES-128 block per operation.
+    let cipher = aes::Aes128::new(&[3u8; 16].into());
+    let mut block = aes::Block::default();
+    let started = Instant::now();
+    for i in 0..n {
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        cipher.encrypt_block(&mut block);
+        std::hint::black_box(&block);
+    }
+    let aes_s = started.elapsed().as_secs_f64();
+
+    let rate = |s: f64| n as f64 / s / 1e6;
+    if smoke {
+        println!("smoke run ({n} ops); `cargo bench --bench serve` measures for real");
+    }
+    println!("## In-process hot path of one core (no sockets, no fsync)\n");
+    println!(
+        "- command: `cargo bench --bench serve -- --ops {n}`\n- machine: {}\n- date: {}\n",
+        common::machine(),
+        common::today()
+    );
+    println!("| operation | M ops/s | ns/op | vs one AES block |");
+    println!("|---|---:|---:|---:|");
+    for (name, s) in [
+        ("shake that wins (issue + 64-byte token, CMAC)", shake_s),
+        (
+            "shake that loses (caps + pacing + quota + sponsor roll)",
+            lose_s,
+        ),
+        ("open (check token + decrypt + claim + record)", open_s),
+        ("peer: one AES-128 block", aes_s),
+    ] {
+        println!(
+            "| {name} | {:.2} | {:.0} | {:.1}x |",
+            rate(s),
+            s * 1e9 / n as f64,
+            s / aes_s
+        );
+    }
+}
