@@ -353,17 +353,10 @@ impl Engine {
         self.by_ordinal.contains_key(&ordinal)
     }
 
-    /// Claims an envelope of a shard this core owns. Refusals come back at once; success comes
-    /// from [`Engine::batch_done`] once the claim record is durable.
+    /// Claims an envelope of a shard this core owns. Refusals come back at once (counted by
+    /// the connection's core, which answers them); success comes from [`Engine::batch_done`]
+    /// once the claim record is durable.
     pub fn open(&mut self, req: OpenRequest, route: Route) -> Option<OpResult> {
-        let result = self.open_inner(req, route);
-        if let Some(OpResult::Error { code, .. }) = &result {
-            self.metrics.error(*code);
-        }
-        result
-    }
-
-    fn open_inner(&mut self, req: OpenRequest, route: Route) -> Option<OpResult> {
         let envelope = req.ticket.envelope_id;
         let Some(&i) = self.by_ordinal.get(&envelope.shard_ordinal()) else {
             return Some(OpResult::error(ErrorCode::UnknownShard));
