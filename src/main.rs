@@ -422,13 +422,7 @@ fn serve(config: hongbao::serve::config::ServeConfig) -> Result<ExitCode, String
         println!("hongbao serve: ready binary {binary} http {http} cores {cores} event {event} host {host}");
         let _ = std::io::stdout().flush();
     })?;
-    println!(
-        "hongbao serve: stopped; {} shakes, {} envelopes issued, {} opened ({} in durable claims)",
-        finished.shakes,
-        finished.envelopes,
-        finished.opens,
-        format_cents(finished.claimed_cents),
-    );
+    print_stopped(&finished);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -499,13 +493,7 @@ fn demo_serve(
             }
         });
     })?;
-    println!(
-        "hongbao serve: stopped; {} shakes, {} envelopes issued, {} opened ({} in durable claims)",
-        finished.shakes,
-        finished.envelopes,
-        finished.opens,
-        format_cents(finished.claimed_cents)
-    );
+    print_stopped(&finished);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -556,6 +544,16 @@ fn demo_round_trip(addr: std::net::SocketAddr, auth: &[u8]) -> Result<Vec<String
     }
     lines.push("demo client: no envelope in 400 shakes (the slot paces its envelopes)".into());
     Ok(lines)
+}
+
+fn print_stopped(finished: &hongbao::runtime::Finished) {
+    println!(
+        "hongbao serve: stopped; {} shakes, {} envelopes issued, {} opened ({} in durable claims)",
+        finished.shakes,
+        finished.envelopes,
+        finished.opens,
+        format_cents(finished.claimed_cents)
+    );
 }
 
 /// CPUs this process may run on.

@@ -12,19 +12,10 @@ use crate::wire::ops::{ErrorCode, ShakeOutcome, ALL_ERRORS};
 pub const COMMIT_BUCKETS_US: [u64; 9] =
     [100, 250, 500, 1_000, 2_000, 5_000, 10_000, 50_000, 250_000];
 
-const OUTCOMES: [ShakeOutcome; 6] = [
-    ShakeOutcome::Nothing,
-    ShakeOutcome::Sponsor,
-    ShakeOutcome::Envelope,
-    ShakeOutcome::Closed,
-    ShakeOutcome::TooSoon,
-    ShakeOutcome::Capped,
-];
-
 #[derive(Default)]
 #[repr(align(128))]
 pub struct CoreMetrics {
-    pub shakes: [AtomicU64; 6],
+    pub shakes: [AtomicU64; ShakeOutcome::ALL.len()],
     pub opens: AtomicU64,
     pub claimed_cents: AtomicU64,
     pub errors: [AtomicU64; ALL_ERRORS.len()],
@@ -81,7 +72,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         "Shakes answered, by outcome.",
     );
     for (c, m) in cores.iter().enumerate() {
-        for o in OUTCOMES {
+        for o in ShakeOutcome::ALL {
             let v = m.shakes[o as usize].load(Relaxed);
             let _ = writeln!(
                 out,

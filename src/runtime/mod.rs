@@ -135,15 +135,17 @@ impl Core {
         }
     }
 
-    /// A shake of `uid`, decided on the user's home core.
-    pub fn shake(&self, uid: u64) -> Slot {
-        let home = crate::serve::setup::home_core(uid, self.shared.cores) as u16;
-        if home == self.id {
+    /// Runs a request on core `target`: here through `local` (answered at once, or later by
+    /// the commit loop), or on another core as the message `remote(id)` makes.
+    fn dispatch(
+        &self,
+        target: u16,
+        local: impl FnOnce(&mut Engine, Route) -> Option<OpResult>,
+        remote: impl FnOnce(u64) -> Msg,
+    ) -> Slot {
+        if target == self.id {
             let id = self.next_id.get();
-            let answer = self
-                .engine
-                .borrow_mut()
-                .shake(uid, now_ms(), Route::Local(id));
+            let answer = local(&mut self.engine.borrow_mut(), Route::Local(id));
             match answer {
                 Some(result) => Slot::Ready(result),
                 None => {
@@ -154,39 +156,31 @@ impl Core {
             }
         } else {
             let (id, rx) = self.register();
-            self.outbox.borrow_mut()[home as usize].push_back(Msg::Shake {
-                uid,
-                from: self.id,
-                id,
-            });
+            self.outbox.borrow_mut()[target as usize].push_back(remote(id));
             self.metrics().forwarded_out.fetch_add(1, Ordering::Relaxed);
             Slot::Wait(rx)
         }
     }
 
+    /// A shake of `uid`, decided on the user's home core.
+    pub fn shake(&self, uid: u64) -> Slot {
+        let home = crate::serve::setup::home_core(uid, self.shared.cores) as u16;
+        let from = self.id;
+        self.dispatch(
+            home,
+            |engine, route| engine.shake(uid, now_ms(), route),
+            |id| Msg::Shake { uid, from, id },
+        )
+    }
+
     /// An open that passed the stateless checks, claimed on the shard's owner core.
     pub fn open(&self, req: OpenRequest, owner: u16) -> Slot {
-        if owner == self.id {
-            let id = self.next_id.get();
-            let answer = self.engine.borrow_mut().open(req, Route::Local(id));
-            match answer {
-                Some(result) => Slot::Ready(result),
-                None => {
-                    let (registered, rx) = self.register();
-                    debug_assert_eq!(registered, id);
-                    Slot::Wait(rx)
-                }
-            }
-        } else {
-            let (id, rx) = self.register();
-            self.outbox.borrow_mut()[owner as usize].push_back(Msg::Open {
-                req,
-                from: self.id,
-                id,
-            });
-            self.metrics().forwarded_out.fetch_add(1, Ordering::Relaxed);
-            Slot::Wait(rx)
-        }
+        let from = self.id;
+        self.dispatch(
+            owner,
+            |engine, route| engine.open(req, route),
+            |id| Msg::Open { req, from, id },
+        )
     }
 
     /// Pushes collected messages to their queues and rings each destination once. Requests

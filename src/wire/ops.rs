@@ -145,17 +145,18 @@ impl ShakeOutcome {
         }
     }
 
+    /// Every outcome, in code order.
+    pub const ALL: [ShakeOutcome; 6] = [
+        ShakeOutcome::Nothing,
+        ShakeOutcome::Sponsor,
+        ShakeOutcome::Envelope,
+        ShakeOutcome::Closed,
+        ShakeOutcome::TooSoon,
+        ShakeOutcome::Capped,
+    ];
+
     pub fn from_u8(v: u8) -> Option<ShakeOutcome> {
-        [
-            ShakeOutcome::Nothing,
-            ShakeOutcome::Sponsor,
-            ShakeOutcome::Envelope,
-            ShakeOutcome::Closed,
-            ShakeOutcome::TooSoon,
-            ShakeOutcome::Capped,
-        ]
-        .into_iter()
-        .find(|o| *o as u8 == v)
+        ShakeOutcome::ALL.into_iter().find(|o| *o as u8 == v)
     }
 }
 
