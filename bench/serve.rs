@@ -1,11 +1,12 @@
 //! In-process hot path of one server core, without sockets and without fsync: shakes (admission,
-//! issue under reservations, shake-token CMAC) and opens (token check, keyring decrypt, key
+//! issue under reservations, shake-token PMAC) and opens (token check, keyring decrypt, key
 //! lists, claim bit, claim record appended, answered at batch completion), driven through the
 //! same engine the server runs, with the log's batches "written" to memory. Peer measured in the
 //! same run: one AES-128 block encryption per operation (the floor of any sealed-token design).
 //!
 //! Run: `cargo bench --bench serve -- [--ops N]`. Under `cargo test --all-targets` it does a
-//! small smoke run.
+//! small smoke run. `bench/callgrind.sh` runs it under callgrind: each phase is its own
+//! never-inlined function, so instructions per operation are the phase's inclusive cost / N.
 
 #[path = "common.rs"]
 mod common;
@@ -17,7 +18,8 @@ use clap::Parser;
 use hongbao::serve::config::ConfigFile;
 use hongbao::shake::engine::{Engine, OpenRequest, Route};
 use hongbao::ticket::lists::KeyLists;
-use hongbao::token::Shake;
+use hongbao::ticket::Keyring;
+use hongbao::token::{Shake, TokenKeys};
 use hongbao::wire::ops::{OpResult, ShakeOutcome};
 
 #[derive(Parser)]
@@ -115,53 +117,13 @@ fn main() {
     let now = hongbao::serve::setup::now_ms() + 1_000;
 
     // Shakes: every one wins (no pacing), as the hardest case.
-    let mut tokens: Vec<[u8; 64]> = Vec::with_capacity(n as usize);
     let started = Instant::now();
-    for uid in 0..n {
-        match engine.shake(uid, now, Route::Local(uid)) {
-            Some(OpResult::Shake(s)) if s.outcome == ShakeOutcome::Envelope => {
-                tokens.push(s.token.expect("token"))
-            }
-            Some(other) => panic!("shake answered {other:?}"),
-            None => {}
-        }
-        if uid % 1024 == 1023 {
-            drain(&mut engine, &mut answers);
-            for (_, a) in answers.drain(..) {
-                if let OpResult::Shake(s) = a {
-                    tokens.push(s.token.expect("token"));
-                }
-            }
-        }
-    }
-    drain(&mut engine, &mut answers);
+    let tokens = phase_shakes_that_win(&mut engine, n, now);
     let shake_s = started.elapsed().as_secs_f64();
-    assert_eq!(tokens.len() as u64, n, "every shake won");
 
-    // Opens: the full check path of the connection's core plus the owner's claim.
     let started = Instant::now();
-    let mut opened = 0u64;
-    for (i, token) in tokens.iter().enumerate() {
-        let shake = Shake::decode(token, &token_keys).expect("our token");
-        let ticket = shake.ticket.open(&keyring).expect("opens");
-        assert!(lists.allows(ticket.key_id));
-        let req = OpenRequest {
-            uid: shake.uid,
-            record: shake.ticket,
-            ticket,
-            issuing_core: shake.issuing_core,
-            now_unix: 0,
-        };
-        assert!(engine.open(req, Route::Local(i as u64)).is_none());
-        if i % 4096 == 4095 {
-            drain(&mut engine, &mut answers);
-            opened += answers.drain(..).count() as u64;
-        }
-    }
-    drain(&mut engine, &mut answers);
-    opened += answers.drain(..).count() as u64;
+    phase_opens(&mut engine, &tokens, &token_keys, &keyring, &lists);
     let open_s = started.elapsed().as_secs_f64();
-    assert_eq!(opened, n, "every open answered");
 
     // Losing shakes: pacing on with a quota of one envelope per second, so nearly every shake
     // is decided by the buckets alone (the common case in a real event).
@@ -173,6 +135,81 @@ fn main() {
         },
     );
     let started = Instant::now();
+    phase_shakes_that_lose(&mut engine, n, now);
+    let lose_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    phase_peer_aes(n);
+    let aes_s = started.elapsed().as_secs_f64();
+    report(n, smoke, shake_s, open_s, lose_s, aes_s);
+}
+
+#[inline(never)]
+fn phase_shakes_that_win(engine: &mut Engine, n: u64, now: u64) -> Vec<[u8; 64]> {
+    let mut answers = Vec::new();
+    let mut tokens: Vec<[u8; 64]> = Vec::with_capacity(n as usize);
+    for uid in 0..n {
+        match engine.shake(uid, now, Route::Local(uid)) {
+            Some(OpResult::Shake(s)) if s.outcome == ShakeOutcome::Envelope => {
+                tokens.push(s.token.expect("token"))
+            }
+            Some(other) => panic!("shake answered {other:?}"),
+            None => {}
+        }
+        if uid % 1024 == 1023 {
+            drain(engine, &mut answers);
+            for (_, a) in answers.drain(..) {
+                if let OpResult::Shake(s) = a {
+                    tokens.push(s.token.expect("token"));
+                }
+            }
+        }
+    }
+    drain(engine, &mut answers);
+    for (_, a) in answers.drain(..) {
+        if let OpResult::Shake(s) = a {
+            tokens.push(s.token.expect("token"));
+        }
+    }
+    assert_eq!(tokens.len() as u64, n, "every shake won");
+    tokens
+}
+
+/// Opens: the full check path of the connection's core plus the owner's claim.
+#[inline(never)]
+fn phase_opens(
+    engine: &mut Engine,
+    tokens: &[[u8; 64]],
+    token_keys: &TokenKeys,
+    keyring: &Keyring,
+    lists: &KeyLists,
+) {
+    let mut answers = Vec::new();
+    let mut opened = 0u64;
+    for (i, token) in tokens.iter().enumerate() {
+        let shake = Shake::decode(token, token_keys).expect("our token");
+        let ticket = shake.ticket.open(keyring).expect("opens");
+        assert!(lists.allows(ticket.key_id));
+        let req = OpenRequest {
+            uid: shake.uid,
+            record: shake.ticket,
+            ticket,
+            issuing_core: shake.issuing_core,
+            now_unix: 0,
+        };
+        assert!(engine.open(req, Route::Local(i as u64)).is_none());
+        if i % 4096 == 4095 {
+            drain(engine, &mut answers);
+            opened += answers.drain(..).count() as u64;
+        }
+    }
+    drain(engine, &mut answers);
+    opened += answers.drain(..).count() as u64;
+    assert_eq!(opened, tokens.len() as u64, "every open answered");
+}
+
+#[inline(never)]
+fn phase_shakes_that_lose(engine: &mut Engine, n: u64, now: u64) {
     let mut lost = 0u64;
     for uid in 0..n {
         match engine.shake(uid, now + uid / 1_000_000, Route::Local(uid)) {
@@ -180,20 +217,22 @@ fn main() {
             _ => {}
         }
     }
-    let lose_s = started.elapsed().as_secs_f64();
     assert!(lost >= n - 1_000, "{lost} of {n} shakes lost");
+}
 
-    // Peer: one AES-128 block per operation.
+/// Peer: one AES-128 block per operation.
+#[inline(never)]
+fn phase_peer_aes(n: u64) {
     let cipher = aes::Aes128::new(&[3u8; 16].into());
     let mut block = aes::Block::default();
-    let started = Instant::now();
     for i in 0..n {
         block[..8].copy_from_slice(&i.to_le_bytes());
         cipher.encrypt_block(&mut block);
         std::hint::black_box(&block);
     }
-    let aes_s = started.elapsed().as_secs_f64();
+}
 
+fn report(n: u64, smoke: bool, shake_s: f64, open_s: f64, lose_s: f64, aes_s: f64) {
     let rate = |s: f64| n as f64 / s / 1e6;
     if smoke {
         println!("smoke run ({n} ops); `cargo bench --bench serve` measures for real");
@@ -207,7 +246,7 @@ fn main() {
     println!("| operation | M ops/s | ns/op | vs one AES block |");
     println!("|---|---:|---:|---:|");
     for (name, s) in [
-        ("shake that wins (issue + 64-byte token, CMAC)", shake_s),
+        ("shake that wins (issue + 64-byte token, PMAC)", shake_s),
         (
             "shake that loses (caps + pacing + quota + sponsor roll)",
             lose_s,

@@ -15,7 +15,7 @@
 //! - [`ledger`]: one shard's money state: issuing cursor under durable reservations, claim
 //!   bitmap; rebuilt from the log.
 //! - [`store`]: the per-core log-structured store (records, segments, recovery, group commit).
-//! - [`token`]: auth tokens and shake tokens (CMAC-AES-128), for the server.
+//! - [`token`]: auth tokens and shake tokens (PMAC-AES-128), for the server.
 //! - [`claims`]: `hongbao claims`, the durable claims of the per-core logs as JSON lines.
 //! - [`wire`]: the client protocols (binary frames, HTTP/1.1 subset, op payloads), sans-IO.
 //! - [`shake`]: one core's shake/open engine (sans-IO) and per-user caps.

@@ -1,20 +1,25 @@
-//! Client-facing tokens, as pure codecs with CMAC-AES-128 tags (R7, R8):
+//! Client-facing tokens, as pure codecs with PMAC-AES-128 tags (R7, R8):
 //! - an **auth token** proves which uid a client is (issued by the login side, checked on
 //!   every request);
 //! - a **shake token** is what a winning shake returns: the ticket bound to the uid that shook
 //!   it and the core that issued it, opaque to the client, checked locally at open time.
 //!
-//! No I/O and no clock: callers pass `now`. Used by every server core on its own connections.
+//! No I/O and no clock: callers pass `now`. Each server core holds its own copy of the keys
+//! ([`TokenKeys`] is `Send` but not `Sync`): a tag is computed in a keyed MAC state that is reset
+//! after use instead of cloned, which is what makes a tag cost about two AES latencies.
 //! docs/formats/tokens.md is the byte-level reference.
 
+use std::cell::RefCell;
+
 use aes::Aes128;
-use cmac::{Cmac, Mac};
+use pmac::{Mac, Pmac};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::ticket::{EnvelopeId, TicketRecord};
 
-pub const TOKEN_VERSION: u8 = 1;
+/// 1 was CMAC-tagged (never released outside development builds); 2 is PMAC-tagged.
+pub const TOKEN_VERSION: u8 = 2;
 pub const AUTH_TOKEN_BYTES: usize = 32;
 pub const SHAKE_TOKEN_BYTES: usize = 64;
 const TAG_BYTES: usize = 16;
@@ -78,10 +83,15 @@ pub enum TokenError {
     NotHex,
 }
 
-/// A ring of CMAC keys by slot, with the slot new tokens are signed with.
+/// A ring of PMAC keys by slot, with the slot new tokens are signed with.
+///
+/// Each slot holds a keyed MAC state (key schedule and PMAC offsets computed once); a tag runs
+/// in it and resets it. PMAC rather than CMAC because its blocks are independent: the AES
+/// rounds of a 48-byte token overlap in the pipeline instead of chaining (docs/BENCHMARKS.md).
+/// Clone it once per core; it is deliberately not `Sync`.
 #[derive(Clone)]
 pub struct TokenKeys {
-    keys: Vec<Option<Cmac<Aes128>>>,
+    keys: Vec<Option<RefCell<Pmac<Aes128>>>>,
     current: u8,
 }
 
@@ -98,10 +108,11 @@ impl std::fmt::Debug for TokenKeys {
 impl TokenKeys {
     /// Keys by slot; new tokens are signed with `current`, which must be among them.
     pub fn new(keys: &[(u8, [u8; 16])], current: u8) -> Option<TokenKeys> {
-        let mut ring: Vec<Option<Cmac<Aes128>>> = vec![None; KEY_SLOTS];
+        let mut ring: Vec<Option<RefCell<Pmac<Aes128>>>> = vec![None; KEY_SLOTS];
         for (slot, key) in keys {
-            ring[*slot as usize] =
-                Some(<Cmac<Aes128> as Mac>::new_from_slice(key).expect("16-byte key"));
+            ring[*slot as usize] = Some(RefCell::new(
+                <Pmac<Aes128> as Mac>::new_from_slice(key).expect("16-byte key"),
+            ));
         }
         ring[current as usize].as_ref()?;
         Some(TokenKeys {
@@ -112,19 +123,21 @@ impl TokenKeys {
 
     fn tag(&self, slot: u8, data: &[u8]) -> Result<[u8; TAG_BYTES], TokenError> {
         let mut mac = self.keys[slot as usize]
-            .clone()
-            .ok_or(TokenError::UnknownKey(slot))?;
+            .as_ref()
+            .ok_or(TokenError::UnknownKey(slot))?
+            .borrow_mut();
         mac.update(data);
-        Ok(mac.finalize().into_bytes().into())
+        Ok(mac.finalize_reset().into_bytes().into())
     }
 
     fn check(&self, slot: u8, data: &[u8], tag: &[u8]) -> Result<(), TokenError> {
         let mut mac = self.keys[slot as usize]
-            .clone()
-            .ok_or(TokenError::UnknownKey(slot))?;
+            .as_ref()
+            .ok_or(TokenError::UnknownKey(slot))?
+            .borrow_mut();
         mac.update(data);
-        // Constant-time comparison.
-        mac.verify_slice(tag).map_err(|_| TokenError::BadTag)
+        // Constant-time comparison; resets the state either way.
+        mac.verify_slice_reset(tag).map_err(|_| TokenError::BadTag)
     }
 }
 
@@ -339,6 +352,21 @@ mod tests {
         assert_eq!(
             Auth::decode_hex(&"g".repeat(64), &keys(), 1),
             Err(TokenError::NotHex)
+        );
+    }
+
+    /// The known-answer vector of docs/formats/tokens.md: a login side written in another
+    /// language checks its PMAC against it.
+    #[test]
+    fn auth_token_known_answer() {
+        let keys = TokenKeys::new(&[(1, [0x11; 16])], 1).unwrap();
+        let auth = Auth {
+            uid: 42,
+            expires_unix: 2_000_000_000,
+        };
+        assert_eq!(
+            auth.encode_hex(&keys),
+            "02010000009435772a0000000000000040eee96c4a4cda8d15426042a01dc816"
         );
     }
 

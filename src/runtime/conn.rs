@@ -75,7 +75,7 @@ fn auth_error(e: TokenError) -> ErrorCode {
 fn open(core: &Core, uid: u64, token: &[u8]) -> Slot {
     let shared = &core.shared;
     let refuse = |code| Slot::Ready(OpResult::error(code));
-    let Ok(shake) = Shake::decode(token, &shared.token_keys) else {
+    let Ok(shake) = Shake::decode(token, &core.token_keys) else {
         return refuse(ErrorCode::TokenInvalid);
     };
     if shake.uid != uid {
@@ -147,7 +147,7 @@ async fn binary_conn(core: &Rc<Core>, mut stream: TcpStream) {
                             if frame.payload.len() != AUTH_TOKEN_BYTES {
                                 BinarySlot::Fail(rid, ErrorCode::Malformed, format!("HELLO carries a {AUTH_TOKEN_BYTES}-byte auth token, not {} bytes", frame.payload.len()))
                             } else {
-                                match Auth::decode(&frame.payload, &core.shared.auth_keys, now) {
+                                match Auth::decode(&frame.payload, &core.auth_keys, now) {
                                     Ok(a) => {
                                         auth = Some(a);
                                         let hello = HelloReply {
@@ -257,7 +257,7 @@ fn http_uid(
             return Ok(a.uid);
         }
     }
-    match Auth::decode_hex(text, &core.shared.auth_keys, now) {
+    match Auth::decode_hex(text, &core.auth_keys, now) {
         Ok(a) => {
             *cache = Some((text.clone(), a));
             Ok(a.uid)

@@ -12,7 +12,9 @@
 mod conn;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -71,8 +73,6 @@ pub enum Msg {
 pub struct Shared {
     pub cores: usize,
     pub keyring: Keyring,
-    pub auth_keys: TokenKeys,
-    pub token_keys: TokenKeys,
     pub owner: HashMap<u32, u16>,
     pub metrics: Vec<Arc<CoreMetrics>>,
     /// `queues[src][dst]`.
@@ -96,6 +96,9 @@ pub(crate) struct Core {
     pub id: u16,
     pub shared: Arc<Shared>,
     pub engine: RefCell<Engine>,
+    /// This core's copies of the MAC keys (their MAC states are per core, see `token`).
+    pub auth_keys: TokenKeys,
+    pub token_keys: TokenKeys,
     pending: RefCell<HashMap<u64, oneshot::Sender<OpResult>>>,
     next_id: Cell<u64>,
     outbox: RefCell<Vec<VecDeque<Msg>>>,
@@ -450,10 +453,17 @@ async fn ticker(core: Rc<Core>) {
     }
 }
 
+/// What each core gets its own copy of at start.
+struct CoreOwn {
+    lists: KeyLists,
+    auth_keys: TokenKeys,
+    token_keys: TokenKeys,
+}
+
 async fn core_main(
     setup: CoreSetup,
     shared: Arc<Shared>,
-    lists: KeyLists,
+    own: CoreOwn,
     bells_out: Vec<Option<SharedSender<()>>>,
     bells_in: Vec<Option<SharedReceiver<()>>>,
     listen: (SocketAddr, SocketAddr),
@@ -468,11 +478,13 @@ async fn core_main(
         outbox: RefCell::new((0..shared.cores).map(|_| VecDeque::new()).collect()),
         shared: shared.clone(),
         engine: RefCell::new(engine),
+        auth_keys: own.auth_keys,
+        token_keys: own.token_keys,
         pending: RefCell::new(HashMap::new()),
         next_id: Cell::new(1),
         doorbells: RefCell::new((0..shared.cores).map(|_| None).collect()),
         commit_wake,
-        lists: RefCell::new(lists),
+        lists: RefCell::new(own.lists),
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
         stopping: Cell::new(false),
@@ -614,8 +626,6 @@ pub fn run(
     let shared = Arc::new(Shared {
         cores,
         keyring: prepared.keyring,
-        auth_keys: prepared.auth_keys,
-        token_keys: prepared.token_keys,
         owner: prepared.owner,
         metrics: prepared.metrics,
         queues: (0..cores)
@@ -660,13 +670,17 @@ pub fn run(
             None => Placement::Unbound,
         };
         let shared = shared.clone();
-        let lists = prepared.key_lists.clone();
+        let own = CoreOwn {
+            lists: prepared.key_lists.clone(),
+            auth_keys: prepared.auth_keys.clone(),
+            token_keys: prepared.token_keys.clone(),
+        };
         let ready = ready_tx.clone();
         let listen = (config.listen, config.http);
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("hongbao-core-{k}"))
             .io_memory(IO_MEMORY)
-            .spawn(move || core_main(setup, shared, lists, out, inn, listen, ready))
+            .spawn(move || core_main(setup, shared, own, out, inn, listen, ready))
             .map_err(|e| format!("starting core {k}: {e}"))?;
         handles.push(handle);
     }

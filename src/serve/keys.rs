@@ -3,7 +3,7 @@
 //! shake tokens; created on first start and kept, so tokens handed out before a restart still
 //! open after it). Same TOML format for both: slots with 16-byte keys, one current slot.
 //!
-//! Read on the main thread at start-up; the loaded [`TokenKeys`] are shared read-only by cores.
+//! Read on the main thread at start-up; each core gets its own copy of the loaded [`TokenKeys`].
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -61,7 +61,7 @@ pub struct Prepared {
     pub token_keys: TokenKeys,
     pub key_lists: KeyLists,
     /// Shard ordinal -> owning core.
-    pub owner: HashMap<u32, u16>,
+    pub owner: foldhash::HashMap<u32, u16>,
     pub metrics: Vec<Arc<CoreMetrics>>,
     pub host: String,
     pub event: String,
@@ -364,7 +364,7 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
     let metrics: Vec<Arc<CoreMetrics>> = (0..cores)
         .map(|_| Arc::new(CoreMetrics::default()))
         .collect();
-    let mut owner = HashMap::new();
+    let mut owner = foldhash::HashMap::default();
     let mut per_core: Vec<Vec<OwnedShard>> = (0..cores).map(|_| Vec::new()).collect();
     for (ordinal, slot, core, file) in files {
         owner.insert(ordinal, core as u16);

@@ -6,7 +6,7 @@
 //! (`users_max`); when it is full, users it does not hold get no envelope (counted), because
 //! forgetting a user's count would let them exceed the cap.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CapsConfig {

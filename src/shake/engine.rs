@@ -8,7 +8,9 @@
 //! durable first, and shakes that wait for an issuing reservation). No glommio, no clock, no
 //! sockets: unit tests and the in-process benchmark drive it with an in-memory disk.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use rand::{RngCore, SeedableRng};

@@ -75,9 +75,15 @@ pub fn encode(segment_id: u64, kind: u8, stream: u64, seq: u64, payload: &[u8], 
         seq: U64::new(seq),
         reserved2: U32::new(0),
     };
-    header.crc32c = U32::new(crc(segment_id, &header.as_bytes()[8..], payload));
+    // The CRC covers (segment id) ++ header[8..] ++ payload. The segment id is exactly as long
+    // as the length and CRC fields, so it goes there first and the whole record is checksummed
+    // in one pass (one call costs a third of three on 40-byte claims); then the fields are set.
+    let start = out.len();
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(payload);
+    out[start..start + 8].copy_from_slice(&segment_id.to_le_bytes());
+    header.crc32c = U32::new(crc32c::crc32c(&out[start..]));
+    out[start..start + 8].copy_from_slice(&header.as_bytes()[..8]);
 }
 
 /// Encoded size of a record with `payload_bytes` of payload.
