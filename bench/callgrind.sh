@@ -1,33 +1,37 @@
 #!/usr/bin/env bash
-# Instructions per operation of one core's hot path (the phases of bench/serve.rs), counted by
-# valgrind's callgrind: repeatable where wall-clock time on a shared VM is not.
+# Instructions per ticket for the generation and verification hot loops, counted by callgrind
+# (repeatable on a noisy machine). Each phase runs at two sizes; the difference divided by the
+# extra tickets is the marginal cost per ticket, free of start-up and plan setup.
 #
-#   bash bench/callgrind.sh [OPS]        (default 200000; needs valgrind: apt install valgrind)
-#
-# Each phase of the serve bench is a never-inlined function; its inclusive instruction count
-# divided by OPS is the cost of one operation as the engine runs it (batch draining included).
+# Usage: bash bench/callgrind.sh [SMALL_TICKETS] [LARGE_TICKETS]
 set -euo pipefail
-ops="${1:-200000}"
 cd "$(dirname "$0")/.."
-command -v valgrind >/dev/null || { echo "valgrind is not installed (apt install valgrind)" >&2; exit 1; }
-exe=$(cargo bench --bench serve --no-run --message-format=json 2>/dev/null \
-  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
-[ -x "$exe" ] || { echo "could not build the serve bench" >&2; exit 1; }
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$exe" --bench --ops "$ops" >/dev/null 2>"$out/log" \
-  || { cat "$out/log" >&2; exit 1; }
-callgrind_annotate --inclusive=yes --threshold=100 "$out/cg" >"$out/annotated" 2>/dev/null
-echo "## Instructions per operation (callgrind)"
+small=${1:-200000}
+large=${2:-400000}
+if ! command -v valgrind >/dev/null; then
+  echo "installing valgrind (needs root and Debian packages)" >&2
+  apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
+fi
+bin=$(bash bench/bench-bin.sh)
+work=$(mktemp -d /dev/shm/hongbao-callgrind.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+instructions() { # phase tickets dir
+  local out="$work/cg.$1.$2"
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --phase "$1" --tickets "$2" --dir "$3" >/dev/null 2>&1
+  grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}'
+}
+
+echo "## Instructions per ticket (callgrind)"
 echo
-echo "- command: \`bash bench/callgrind.sh $ops\`"
-echo "- machine: $(nproc) x $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), $(uname -sr), $(valgrind --version)"
-echo "- date: $(date +%F)"
+echo "- command: \`bash bench/callgrind.sh $small $large\`"
+echo "- machine: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), Linux $(uname -r), $(valgrind --version)"
+echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo
-echo "| phase | instructions/op |"
-echo "|---|---:|"
-for phase in shakes_that_win opens shakes_that_lose peer_aes; do
-  ir=$(grep -E "serve::phase_${phase} \[" "$out/annotated" | head -1 | awk '{gsub(",","",$1); print $1}')
-  [ -n "$ir" ] || { echo "phase $phase not found in the profile" >&2; exit 1; }
-  echo "| $phase | $(( ir / ops )) |"
+echo "| phase | Ir at $small | Ir at $large | instructions per ticket |"
+echo "|---|---:|---:|---:|"
+for phase in floor gen verify; do
+  a=$(instructions "$phase" "$small" "$work/s")
+  b=$(instructions "$phase" "$large" "$work/l")
+  echo "| $phase | $a | $b | $(( (b - a) / (large - small) )) |"
 done

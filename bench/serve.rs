@@ -5,7 +5,7 @@
 //! same run: one AES-128 block encryption per operation (the floor of any sealed-token design).
 //!
 //! Run: `cargo bench --bench serve -- [--ops N]`. Under `cargo test --all-targets` it does a
-//! small smoke run. `bench/callgrind.sh` runs it under callgrind: each phase is its own
+//! small smoke run. `bench/callgrind-serve.sh` runs it under callgrind: each phase is its own
 //! never-inlined function, so instructions per operation are the phase's inclusive cost / N.
 
 #[path = "common.rs"]
@@ -31,43 +31,6 @@ struct Args {
     bench: bool,
 }
 
-fn plan(envelopes: u64) -> String {
-    format!(
-        r#"
-[event]
-name = "bench"
-currency = "CNY"
-unit = "cent"
-key_cap_cents = 100_000_000_000
-
-[[topology.host]]
-name = "h"
-park = "p"
-cores = 1
-
-[[topology.host]]
-name = "backup"
-park = "q"
-cores = 1
-
-[[slot]]
-name = "s"
-start = "2027-02-06T20:00:00+08:00"
-end = "2027-02-06T21:00:00+08:00"
-
-[[merchant]]
-id = 1
-name = "m"
-kind = "image"
-budget_cents = {}
-count = {envelopes}
-min_cents = 1
-max_cents = 2000
-"#,
-        envelopes * 500
-    )
-}
-
 /// Runs every pending batch "to disk" (memory) and returns the answers.
 fn drain(engine: &mut Engine, answers: &mut Vec<(Route, OpResult)>) {
     while let Some(batch) = engine.take_batch() {
@@ -82,20 +45,7 @@ fn main() {
     let n = args.ops.unwrap_or(if smoke { 20_000 } else { 4_000_000 });
     let dir = tempfile::tempdir().expect("temp dir");
     // Two hosts (a backup park is required); host h gets about half.
-    let text = plan(2 * n + 40_000);
-    let plan = hongbao::plan::Plan::from_toml(&text).expect("bench plan");
-    hongbao::gen::generate(
-        &plan,
-        &hongbao::gen::GenOptions {
-            out: dir.path().join("event"),
-            keyring: dir.path().join("bench.keyring"),
-            seed: Some(1),
-            threads: 2,
-            force: false,
-            progress: false,
-        },
-    )
-    .expect("generate");
+    common::generate_event(dir.path(), 2 * n + 40_000);
     hongbao::serve::keys::create_key_file(&dir.path().join("auth.keys")).expect("auth keys");
     let mut file = ConfigFile::default();
     file.server.tickets = Some(dir.path().join("event/A"));

@@ -407,6 +407,16 @@ fn serve_config(a: ServeArgs) -> Result<hongbao::serve::config::ServeConfig, Str
     Ok(config)
 }
 
+/// Prints a status line of a running server. A closed or broken stdout (a supervisor that
+/// went away, `| head -1`) must not stop the server: `println!` would panic, and a panic
+/// stops the server by design, so write errors are ignored here.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn serve(config: hongbao::serve::config::ServeConfig) -> Result<ExitCode, String> {
     install_fail_stop_panic_hook();
     let cpus = core_count();
@@ -419,7 +429,7 @@ fn serve(config: hongbao::serve::config::ServeConfig) -> Result<ExitCode, String
     let finished = hongbao::runtime::run(&config, prepared, |binary, http, cores| {
         use std::io::Write;
         // One line, parsed by scripts and tests: keep its shape.
-        println!("hongbao serve: ready binary {binary} http {http} cores {cores} event {event} host {host}");
+        say!("hongbao serve: ready binary {binary} http {http} cores {cores} event {event} host {host}");
         let _ = std::io::stdout().flush();
     })?;
     print_stopped(&finished);
@@ -466,29 +476,29 @@ fn demo_serve(
     install_fail_stop_panic_hook();
     let prepared = hongbao::serve::setup::prepare(&config, core_count())?;
     for line in &prepared.report {
-        println!("{line}");
+        say!("{line}");
     }
     let me = std::env::args().next().unwrap_or_else(|| "hongbao".into());
     let auth_display = auth_path.display().to_string();
     let data_display = dir.join("data").display().to_string();
     let finished = hongbao::runtime::run(&config, prepared, move |binary, http, cores| {
-        println!("hongbao serve: ready binary {binary} http {http} cores {cores}");
+        say!("hongbao serve: ready binary {binary} http {http} cores {cores}");
         std::thread::spawn(move || {
             match demo_round_trip(binary, &auth_bytes) {
-                Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
-                Err(e) => println!("demo client: {e}"),
+                Ok(lines) => lines.iter().for_each(|l| say!("{l}")),
+                Err(e) => say!("demo client: {e}"),
             }
-            println!("try it yourself (user {uid}):");
-            println!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' http://{http}/shake");
-            println!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' --data <token> http://{http}/open");
-            println!("  curl -s http://{http}/metrics | grep hongbao_shakes_total");
-            println!("  tokens for other users: {me} auth-token --auth-keys {auth_display} --uid 2000 --count 10");
+            say!("try it yourself (user {uid}):");
+            say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' http://{http}/shake");
+            say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' --data <token> http://{http}/open");
+            say!("  curl -s http://{http}/metrics | grep hongbao_shakes_total");
+            say!("  tokens for other users: {me} auth-token --auth-keys {auth_display} --uid 2000 --count 10");
             match serve_for {
                 Some(s) => {
-                    println!("serving for {s} s (claims: {me} claims --data {data_display})")
+                    say!("serving for {s} s (claims: {me} claims --data {data_display})")
                 }
                 None => {
-                    println!("serving until Ctrl-C (claims: {me} claims --data {data_display})")
+                    say!("serving until Ctrl-C (claims: {me} claims --data {data_display})")
                 }
             }
         });
@@ -547,7 +557,7 @@ fn demo_round_trip(addr: std::net::SocketAddr, auth: &[u8]) -> Result<Vec<String
 }
 
 fn print_stopped(finished: &hongbao::runtime::Finished) {
-    println!(
+    say!(
         "hongbao serve: stopped; {} shakes, {} envelopes issued, {} opened ({} in durable claims)",
         finished.shakes,
         finished.envelopes,

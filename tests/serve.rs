@@ -391,3 +391,28 @@ fn sigterm_stops_gracefully_with_every_acknowledged_claim_durable() {
     let fresh = envelope(c.shake().unwrap());
     assert!(tokens.iter().all(|t| t[16..24] != fresh[16..24]));
 }
+
+#[test]
+fn a_closed_stdout_does_not_stop_the_server() {
+    // `| head -1` closes the pipe after the ready line; the server's later "stopped" line must
+    // not turn into a panic (which would abort it): it stops on its own after --for and exits 0.
+    let event = Event::new();
+    let script = format!(
+        "set -o pipefail; '{}' serve --tickets d/event/A --keyring d/keys/demo.keyring \
+         --data data --auth-keys auth.keys --listen 127.0.0.1:0 --http 127.0.0.1:0 \
+         --rehearse --for 2 | head -1",
+        common::bin()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(event.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("hongbao serve: ready"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

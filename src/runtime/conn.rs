@@ -236,13 +236,17 @@ enum HttpSlot {
     Fail(ErrorCode, String, bool),
 }
 
-/// The auth token of an HTTP request, verified once per distinct token on a connection.
+/// The last auth token verified on an HTTP connection (hex text, as sent).
+type AuthCache = Option<([u8; 2 * AUTH_TOKEN_BYTES], Auth)>;
+
+/// The auth token of an HTTP request, verified once per distinct token in a row on a
+/// connection (a client that sends the same token again skips the tag check).
 fn http_uid(
     core: &Core,
-    req: &Request,
-    cache: &mut Option<(String, Auth)>,
+    req: &Request<'_>,
+    cache: &mut AuthCache,
 ) -> Result<u64, (ErrorCode, String)> {
-    let Some(text) = &req.auth else {
+    let Some(text) = req.auth else {
         return Err((
             ErrorCode::Unauthenticated,
             "send Authorization: Bearer <auth token hex>".into(),
@@ -250,7 +254,7 @@ fn http_uid(
     };
     let now = (now_ms() / 1000) as u32;
     if let Some((t, a)) = cache {
-        if t == text {
+        if t.as_slice() == text.as_bytes() {
             if now >= a.expires_unix {
                 return Err((ErrorCode::AuthExpired, "auth token expired".into()));
             }
@@ -259,16 +263,18 @@ fn http_uid(
     }
     match Auth::decode_hex(text, &core.auth_keys, now) {
         Ok(a) => {
-            *cache = Some((text.clone(), a));
+            let mut key = [0u8; 2 * AUTH_TOKEN_BYTES];
+            key.copy_from_slice(text.as_bytes()); // decode_hex checked the length
+            *cache = Some((key, a));
             Ok(a.uid)
         }
         Err(e) => Err((auth_error(e), e.to_string())),
     }
 }
 
-fn http_request(core: &Core, req: Request, cache: &mut Option<(String, Auth)>) -> HttpSlot {
+fn http_request(core: &Core, req: &Request<'_>, cache: &mut AuthCache) -> HttpSlot {
     let close = req.close;
-    match (req.method, req.path.as_str()) {
+    match (req.method, req.path) {
         (Method::Get, "/healthz") => {
             if core.stopping() || core.shared.shutdown.load(Ordering::Relaxed) {
                 HttpSlot::Raw(
@@ -297,24 +303,22 @@ fn http_request(core: &Core, req: Request, cache: &mut Option<(String, Auth)>) -
                 close,
             )
         }
-        (_, "/shake") => match http_uid(core, &req, cache) {
+        (_, "/shake") => match http_uid(core, req, cache) {
             Ok(uid) => HttpSlot::Op(core.shake(uid), close),
             Err((code, message)) => HttpSlot::Fail(code, message, close),
         },
-        (Method::Post, "/open") => match http_uid(core, &req, cache) {
+        (Method::Post, "/open") => match http_uid(core, req, cache) {
             Ok(uid) => {
-                let text = match std::str::from_utf8(&req.body) {
-                    Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+                let text = match std::str::from_utf8(req.body) {
+                    Ok(t) if !t.trim().is_empty() => t.trim(),
                     _ => req
                         .query
-                        .as_deref()
                         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-                        .unwrap_or("")
-                        .to_string(),
+                        .unwrap_or(""),
                 };
                 let mut token = [0u8; SHAKE_TOKEN_BYTES];
                 if text.len() != 2 * SHAKE_TOKEN_BYTES
-                    || hex::decode_to_slice(&text, &mut token).is_err()
+                    || hex::decode_to_slice(text, &mut token).is_err()
                 {
                     HttpSlot::Fail(
                         ErrorCode::TokenInvalid,
@@ -343,7 +347,7 @@ fn http_request(core: &Core, req: Request, cache: &mut Option<(String, Auth)>) -
 
 async fn http_conn(core: &Rc<Core>, mut stream: TcpStream) {
     let mut decoder = HttpDecoder::new();
-    let mut cache: Option<(String, Auth)> = None;
+    let mut cache: AuthCache = None;
     let mut buf = vec![0u8; READ_BYTES];
     let mut out = BytesMut::new();
     let mut slots: Vec<HttpSlot> = Vec::new();
@@ -356,8 +360,9 @@ async fn http_conn(core: &Rc<Core>, mut stream: TcpStream) {
         let mut close = false;
         loop {
             match decoder.next_request() {
-                Ok(Some(req)) => {
-                    let slot = http_request(core, req, &mut cache);
+                Ok(Some((req, span))) => {
+                    let slot = http_request(core, &req, &mut cache);
+                    decoder.consume(span);
                     let last = matches!(
                         slot,
                         HttpSlot::Op(_, true) | HttpSlot::Raw(.., true) | HttpSlot::Fail(.., true)

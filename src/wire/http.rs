@@ -5,7 +5,7 @@
 //! Sans-IO: bytes in, requests out; responses appended to an output buffer. Runs on the core
 //! that owns the connection.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 /// Largest request head (request line and headers).
 pub const HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -20,19 +20,20 @@ pub enum Method {
     Post,
 }
 
-/// What a handler needs from one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+/// What a handler needs from one request, borrowed from the decoder's buffer (no allocation
+/// per request). Drop it, then [`HttpDecoder::consume`] the length `next_request` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
     pub method: Method,
     /// Path without the query string.
-    pub path: String,
-    pub query: Option<String>,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
     /// `Authorization: Bearer <token>`, or an `X-Auth` header.
-    pub auth: Option<String>,
+    pub auth: Option<&'a str>,
     /// The client asked to close after this response (`Connection: close`, or HTTP/1.0
     /// without keep-alive).
     pub close: bool,
-    pub body: Bytes,
+    pub body: &'a [u8],
 }
 
 /// Why a request cannot be served. The connection answers with `status` and closes: after a
@@ -81,9 +82,10 @@ impl HttpDecoder {
         self.buffer.len()
     }
 
-    /// The next whole request, `Ok(None)` when more bytes are needed, or why the connection
-    /// must be answered with an error and closed.
-    pub fn next_request(&mut self) -> Result<Option<Request>, HttpError> {
+    /// The next whole request and how many buffered bytes it spans, `Ok(None)` when more bytes
+    /// are needed, or why the connection must be answered with an error and closed. The
+    /// request borrows the buffer: [`HttpDecoder::consume`] the span once done with it.
+    pub fn next_request(&self) -> Result<Option<(Request<'_>, usize)>, HttpError> {
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut parsed = httparse::Request::new(&mut headers);
         let head_len = match parsed.parse(&self.buffer) {
@@ -111,33 +113,35 @@ impl HttpDecoder {
         };
         let target = parsed.path.unwrap_or("/");
         let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p.to_string(), Some(q.to_string())),
-            None => (target.to_string(), None),
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
         };
         let http10 = parsed.version == Some(0);
         let mut close = http10;
         let mut auth = None;
         let mut body_len: u64 = 0;
+        // Only the headers that matter are looked at (and must be UTF-8); others pass as is.
         for h in parsed.headers.iter() {
-            let value = std::str::from_utf8(h.value)
-                .map_err(|_| HttpError::Malformed(format!("header {} is not UTF-8", h.name)))?
-                .trim();
-            if h.name.eq_ignore_ascii_case("content-length") {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"authorization") {
+                let value = header_text(h)?;
+                auth = value.strip_prefix("Bearer ").map(str::trim);
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                let value = header_text(h)?;
                 body_len = value
                     .parse()
                     .map_err(|_| HttpError::Malformed(format!("Content-Length {value:?}")))?;
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(HttpError::Chunked);
-            } else if h.name.eq_ignore_ascii_case("connection") {
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                let value = header_text(h)?;
                 if value.eq_ignore_ascii_case("close") {
                     close = true;
                 } else if value.eq_ignore_ascii_case("keep-alive") {
                     close = false;
                 }
-            } else if h.name.eq_ignore_ascii_case("authorization") {
-                auth = value.strip_prefix("Bearer ").map(|t| t.trim().to_string());
-            } else if h.name.eq_ignore_ascii_case("x-auth") {
-                auth = Some(value.to_string());
+            } else if name.eq_ignore_ascii_case(b"x-auth") {
+                auth = Some(header_text(h)?);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                return Err(HttpError::Chunked);
             }
         }
         if body_len > BODY_BYTES_MAX as u64 {
@@ -147,34 +151,114 @@ impl HttpDecoder {
         if self.buffer.len() < total {
             return Ok(None);
         }
-        self.buffer.advance(head_len);
-        let body = self.buffer.split_to(body_len as usize).freeze();
-        Ok(Some(Request {
+        // `parsed` borrows `headers` too; the strings it gave out borrow only the buffer.
+        let request = Request {
             method,
             path,
             query,
             auth,
             close,
-            body,
-        }))
+            body: &self.buffer[head_len..total],
+        };
+        Ok(Some((request, total)))
+    }
+
+    /// Drops the `span` bytes of a request returned by [`HttpDecoder::next_request`].
+    pub fn consume(&mut self, span: usize) {
+        self.buffer.advance(span);
     }
 }
 
-fn reason(status: u16) -> &'static str {
+/// The trimmed value of a header that matters; it must be UTF-8.
+fn header_text<'b>(h: &httparse::Header<'b>) -> Result<&'b str, HttpError> {
+    std::str::from_utf8(h.value)
+        .map(str::trim)
+        .map_err(|_| HttpError::Malformed(format!("header {} is not UTF-8", h.name)))
+}
+
+/// `"200 OK"` and friends.
+fn status_line(status: u16) -> &'static str {
     match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Status",
+        200 => "200 OK",
+        400 => "400 Bad Request",
+        401 => "401 Unauthorized",
+        403 => "403 Forbidden",
+        404 => "404 Not Found",
+        405 => "405 Method Not Allowed",
+        409 => "409 Conflict",
+        411 => "411 Length Required",
+        413 => "413 Content Too Large",
+        429 => "429 Too Many Requests",
+        431 => "431 Request Header Fields Too Large",
+        503 => "503 Service Unavailable",
+        500 => "500 Internal Server Error",
+        _ => "",
+    }
+}
+
+/// Appends a response whose body is the concatenation of `parts` (so callers can assemble a
+/// body from formatted numbers without a temporary buffer). `extra` headers are written as
+/// given (`Name: value`, no CRLF).
+pub fn encode_response_parts(
+    status: u16,
+    content_type: &str,
+    extra: &[&str],
+    parts: &[&[u8]],
+    close: bool,
+    out: &mut BytesMut,
+) {
+    let body_len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut length = itoa::Buffer::new();
+    let length = length.format(body_len);
+    let mut code = itoa::Buffer::new();
+    let line = match status_line(status) {
+        "" => code.format(status),
+        line => line,
+    };
+    let head: [&[u8]; 7] = [
+        b"HTTP/1.1 ",
+        line.as_bytes(),
+        if line.len() == 3 { b" Status" } else { b"" },
+        b"\r\nContent-Type: ",
+        content_type.as_bytes(),
+        b"\r\nContent-Length: ",
+        length.as_bytes(),
+    ];
+    let end: &[u8] = if close {
+        b"\r\nConnection: close\r\n\r\n"
+    } else {
+        b"\r\n\r\n"
+    };
+    // Small responses (every shake and open) are assembled on the stack and appended with one
+    // copy; a `put_slice` per piece costs more than the pieces.
+    let mut stack = [0u8; 640];
+    let mut at = 0;
+    let mut fits = extra.is_empty();
+    if fits {
+        for piece in head.iter().chain([&end]).chain(parts.iter()) {
+            let Some(dst) = stack.get_mut(at..at + piece.len()) else {
+                fits = false;
+                break;
+            };
+            dst.copy_from_slice(piece);
+            at += piece.len();
+        }
+    }
+    if fits {
+        out.extend_from_slice(&stack[..at]);
+        return;
+    }
+    out.reserve(160 + body_len);
+    for piece in head {
+        out.put_slice(piece);
+    }
+    for h in extra {
+        out.put_slice(b"\r\n");
+        out.put_slice(h.as_bytes());
+    }
+    out.put_slice(end);
+    for p in parts {
+        out.put_slice(p);
     }
 }
 
@@ -187,26 +271,7 @@ pub fn encode_response(
     close: bool,
     out: &mut BytesMut,
 ) {
-    use std::fmt::Write;
-    let mut head = String::with_capacity(128);
-    let _ = write!(
-        head,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
-        reason(status),
-        body.len()
-    );
-    for h in extra {
-        head.push_str(h);
-        head.push_str("\r\n");
-    }
-    head.push_str(if close {
-        "Connection: close\r\n\r\n"
-    } else {
-        "\r\n"
-    });
-    out.reserve(head.len() + body.len());
-    out.put_slice(head.as_bytes());
-    out.put_slice(body);
+    encode_response_parts(status, content_type, extra, &[body], close, out);
 }
 
 #[cfg(test)]
@@ -214,11 +279,38 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// An owned copy of the next request, consumed from the decoder.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Owned {
+        method: Method,
+        path: String,
+        query: Option<String>,
+        auth: Option<String>,
+        close: bool,
+        body: Vec<u8>,
+    }
+
+    fn take(d: &mut HttpDecoder) -> Result<Option<Owned>, HttpError> {
+        let Some((r, span)) = d.next_request()? else {
+            return Ok(None);
+        };
+        let owned = Owned {
+            method: r.method,
+            path: r.path.to_string(),
+            query: r.query.map(str::to_string),
+            auth: r.auth.map(str::to_string),
+            close: r.close,
+            body: r.body.to_vec(),
+        };
+        d.consume(span);
+        Ok(Some(owned))
+    }
+
     #[test]
     fn pipelined_keep_alive_requests() {
         let mut d = HttpDecoder::new();
         d.extend(b"GET /shake?n=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer abc\r\n\r\nPOST /open HTTP/1.1\r\nX-Auth: def\r\nContent-Length: 5\r\n\r\nhel");
-        let a = d.next_request().unwrap().unwrap();
+        let a = take(&mut d).unwrap().unwrap();
         assert_eq!(
             (
                 a.method,
@@ -229,16 +321,16 @@ mod tests {
             ),
             (Method::Get, "/shake", Some("n=1"), Some("abc"), false)
         );
-        assert_eq!(d.next_request(), Ok(None), "body incomplete");
+        assert_eq!(take(&mut d), Ok(None), "body incomplete");
         d.extend(b"lo");
-        let b = d.next_request().unwrap().unwrap();
+        let b = take(&mut d).unwrap().unwrap();
         assert_eq!(
             (b.method, &b.body[..], b.auth.as_deref()),
             (Method::Post, &b"hello"[..], Some("def"))
         );
         assert_eq!(d.buffered(), 0);
         d.extend(b"GET / HTTP/1.0\r\n\r\n");
-        assert!(d.next_request().unwrap().unwrap().close);
+        assert!(take(&mut d).unwrap().unwrap().close);
     }
 
     #[test]
@@ -256,13 +348,13 @@ mod tests {
         for (bytes, status) in cases {
             let mut d = HttpDecoder::new();
             d.extend(bytes);
-            let e = d.next_request().unwrap_err();
+            let e = take(&mut d).unwrap_err();
             assert_eq!(e.status(), *status, "{e}");
         }
         let mut d = HttpDecoder::new();
         d.extend(b"GET / HTTP/1.1\r\n");
         d.extend(&vec![b'a'; HEAD_BYTES_MAX]);
-        assert_eq!(d.next_request(), Err(HttpError::HeadTooLarge));
+        assert_eq!(take(&mut d), Err(HttpError::HeadTooLarge));
     }
 
     #[test]
@@ -280,6 +372,13 @@ mod tests {
         let text = std::str::from_utf8(&out).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nRetry-After: 1\r\n\r\nok"));
         assert!(text.ends_with("HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+        // A body too large for the stack path, and a status without a known reason.
+        let mut big = BytesMut::new();
+        encode_response(299, "text/plain", &[], &[b'x'; 1000], false, &mut big);
+        let head =
+            "HTTP/1.1 299 Status\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n";
+        assert_eq!(&big[..head.len()], head.as_bytes());
+        assert_eq!(big.len(), head.len() + 1000);
     }
 
     proptest! {
@@ -288,7 +387,7 @@ mod tests {
             let mut d = HttpDecoder::new();
             d.extend(&bytes);
             loop {
-                match d.next_request() {
+                match take(&mut d) {
                     Ok(Some(_)) => continue,
                     Ok(None) => {
                         prop_assert!(d.buffered() <= HEAD_BYTES_MAX + BODY_BYTES_MAX);
@@ -305,9 +404,9 @@ mod tests {
             let cut = cut.min(wire.len());
             let mut d = HttpDecoder::new();
             d.extend(&wire[..cut]);
-            let early = d.next_request().unwrap();
+            let early = take(&mut d).unwrap();
             d.extend(&wire[cut..]);
-            let request = match early { Some(r) => r, None => d.next_request().unwrap().unwrap() };
+            let request = match early { Some(r) => r, None => take(&mut d).unwrap().unwrap() };
             prop_assert_eq!(&request.body[..], b"abcd");
         }
     }

@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 
 use super::frame::encode_frame;
-use super::http::encode_response;
+use super::http::encode_response_parts;
 use crate::token::SHAKE_TOKEN_BYTES;
 
 pub const OP_HELLO: u8 = 0x01;
@@ -317,41 +317,64 @@ pub fn decode_reply(op: u8, payload: &[u8]) -> Option<Reply> {
 
 /// HTTP bodies are small JSON objects; see docs/PROTOCOL.md.
 pub fn encode_http(result: &OpResult, message: &str, close: bool, out: &mut BytesMut) {
-    use std::fmt::Write;
-    let mut body = String::with_capacity(200);
-    let status = match result {
+    // Bodies are assembled from static pieces and formatted numbers (no `fmt`, no temporary
+    // buffer): this runs once per HTTP request.
+    let (mut a, mut b, mut c, mut d) = (
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
+    );
+    const JSON: &str = "application/json";
+    match result {
         OpResult::Hello(h) => {
-            let _ = write!(
-                body,
-                "{{\"uid\":{},\"expires_unix\":{},\"core\":{},\"cores\":{}}}",
-                h.uid, h.expires_unix, h.core, h.cores
-            );
-            200
+            let parts: [&[u8]; 9] = [
+                b"{\"uid\":",
+                a.format(h.uid).as_bytes(),
+                b",\"expires_unix\":",
+                b.format(h.expires_unix).as_bytes(),
+                b",\"core\":",
+                c.format(h.core).as_bytes(),
+                b",\"cores\":",
+                d.format(h.cores).as_bytes(),
+                b"}\n",
+            ];
+            encode_response_parts(200, JSON, &[], &parts, close, out);
         }
         OpResult::Shake(s) => {
-            let _ = write!(
-                body,
-                "{{\"outcome\":\"{}\",\"backoff_ms\":{}",
-                s.outcome.name(),
-                s.backoff_ms
-            );
-            if let Some(t) = &s.token {
-                body.push_str(",\"token\":\"");
-                let mut hex = [0u8; 2 * SHAKE_TOKEN_BYTES];
-                hex::encode_to_slice(t, &mut hex).expect("sized");
-                body.push_str(std::str::from_utf8(&hex).expect("hex is ascii"));
-                body.push('"');
-            }
-            body.push('}');
-            200
+            let mut hex = [0u8; 2 * SHAKE_TOKEN_BYTES];
+            let token: &[&[u8]] = match &s.token {
+                Some(t) => {
+                    hex::encode_to_slice(t, &mut hex).expect("sized");
+                    &[b",\"token\":\"", &hex, b"\""]
+                }
+                None => &[],
+            };
+            let head: [&[u8]; 4] = [
+                b"{\"outcome\":\"",
+                s.outcome.name().as_bytes(),
+                b"\",\"backoff_ms\":",
+                a.format(s.backoff_ms).as_bytes(),
+            ];
+            let mut parts: [&[u8]; 8] = [b""; 8];
+            parts[..4].copy_from_slice(&head);
+            parts[4..4 + token.len()].copy_from_slice(token);
+            parts[4 + token.len()] = b"}\n";
+            encode_response_parts(200, JSON, &[], &parts[..5 + token.len()], close, out);
         }
         OpResult::Open(o) => {
-            let _ = write!(
-                body,
-                "{{\"envelope_id\":{},\"amount_cents\":{},\"batch_id\":{},\"claimed_unix\":{}}}",
-                o.envelope_id, o.amount_cents, o.batch_id, o.claimed_unix
-            );
-            200
+            let parts: [&[u8]; 9] = [
+                b"{\"envelope_id\":",
+                a.format(o.envelope_id).as_bytes(),
+                b",\"amount_cents\":",
+                b.format(o.amount_cents).as_bytes(),
+                b",\"batch_id\":",
+                c.format(o.batch_id).as_bytes(),
+                b",\"claimed_unix\":",
+                d.format(o.claimed_unix).as_bytes(),
+                b"}\n",
+            ];
+            encode_response_parts(200, JSON, &[], &parts, close, out);
         }
         OpResult::Error { code, backoff_ms } => {
             let message = if message.is_empty() {
@@ -359,19 +382,22 @@ pub fn encode_http(result: &OpResult, message: &str, close: bool, out: &mut Byte
             } else {
                 message
             };
-            let _ = write!(
-                body,
-                "{{\"error\":\"{}\",\"code\":{},\"backoff_ms\":{},\"message\":{}}}",
-                code.name(),
-                *code as u16,
-                backoff_ms,
-                serde_json::Value::String(message.to_string())
-            );
-            code.http_status()
+            // Error paths may allocate: the message must be escaped as a JSON string.
+            let quoted = serde_json::Value::String(message.to_string()).to_string();
+            let parts: [&[u8]; 9] = [
+                b"{\"error\":\"",
+                code.name().as_bytes(),
+                b"\",\"code\":",
+                a.format(*code as u16).as_bytes(),
+                b",\"backoff_ms\":",
+                b.format(*backoff_ms).as_bytes(),
+                b",\"message\":",
+                quoted.as_bytes(),
+                b"}\n",
+            ];
+            encode_response_parts(code.http_status(), JSON, &[], &parts, close, out);
         }
-    };
-    body.push('\n');
-    encode_response(status, "application/json", &[], body.as_bytes(), close, out);
+    }
 }
 
 /// Appends a PONG frame echoing `payload`.
