@@ -251,6 +251,8 @@ fn main() {
     let opens = metric(&after, "hongbao_opens_total") - metric(&before, "hongbao_opens_total");
     let commits =
         metric(&after, "hongbao_log_commits_total") - metric(&before, "hongbao_log_commits_total");
+    let commit_seconds = metric(&after, "hongbao_log_commit_seconds_sum")
+        - metric(&before, "hongbao_log_commit_seconds_sum");
     assert_eq!(all.len(), total, "every open answered");
     assert!(
         opens >= total as f64,
@@ -283,19 +285,21 @@ fn main() {
         common::machine(),
         common::today()
     );
-    println!("| what | opens/s | p50 µs | p99 µs | p99.9 µs | max µs | claims per fdatasync | server CPU busy | server CPU µs/open | vs peer |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| what | opens/s | p50 µs | p99 µs | p99.9 µs | max µs | claims per fdatasync | commits/s | write+fdatasync µs | server CPU busy | server CPU µs/open | vs peer |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| durable opens, {conns} conns x depth {depth} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0}% | {:.2} | {:.0}x |",
+        "| durable opens, {conns} conns x depth {depth} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.2} | {:.0}x |",
         rate,
         all.value_at_quantile(0.5),
         all.value_at_quantile(0.99),
         all.value_at_quantile(0.999),
         all.max(),
         opens / commits.max(1.0),
+        commits / seconds,
+        1e6 * commit_seconds / commits.max(1.0),
         100.0 * server_cpu / seconds,
         1e6 * server_cpu / total as f64,
         rate / peer
     );
-    println!("| peer: 64-byte append + fdatasync per op | {peer:.0} | | | | | 1 | | | 1.0x |");
+    println!("| peer: 64-byte append + fdatasync per op | {peer:.0} | | | | | 1 | | | | | 1.0x |");
 }
