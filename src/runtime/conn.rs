@@ -14,6 +14,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::{Core, Slot};
+
+/// Requests handled from one read between two yields to the core's other tasks.
+const REQUESTS_PER_YIELD: usize = 32;
 use crate::serve::setup::now_ms;
 use crate::shake::engine::OpenRequest;
 use crate::token::{Auth, Shake, TokenError, AUTH_TOKEN_BYTES, SHAKE_TOKEN_BYTES};
@@ -180,6 +183,11 @@ async fn binary_conn(core: &Rc<Core>, mut stream: TcpStream) {
                         op => BinarySlot::Fail(rid, ErrorCode::UnknownOp, format!("op 0x{op:02x} is not known")),
                     };
                     slots.push(slot);
+                    if slots.len() % REQUESTS_PER_YIELD == 0 {
+                        // Let woken tasks (the commit loop with a finished sync, other
+                        // connections) run between slices of a large pipelined read.
+                        futures_lite::future::yield_now().await;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -368,6 +376,11 @@ async fn http_conn(core: &Rc<Core>, mut stream: TcpStream) {
                         HttpSlot::Op(_, true) | HttpSlot::Raw(.., true) | HttpSlot::Fail(.., true)
                     );
                     slots.push(slot);
+                    if slots.len() % REQUESTS_PER_YIELD == 0 {
+                        // Let woken tasks (the commit loop with a finished sync, other
+                        // connections) run between slices of a large pipelined read.
+                        futures_lite::future::yield_now().await;
+                    }
                     if last {
                         close = true;
                         break;
