@@ -204,7 +204,12 @@ impl Auth {
         hex::encode(self.encode(keys))
     }
 
-    pub fn decode_hex(text: &str, keys: &TokenKeys, now_unix: u32) -> Result<Auth, TokenError> {
+    pub fn decode_hex(
+        text: impl AsRef<[u8]>,
+        keys: &TokenKeys,
+        now_unix: u32,
+    ) -> Result<Auth, TokenError> {
+        let text = text.as_ref();
         let mut bytes = [0u8; AUTH_TOKEN_BYTES];
         if text.len() != 2 * AUTH_TOKEN_BYTES {
             return Err(TokenError::Length {
@@ -360,7 +365,7 @@ mod tests {
             })
         );
         assert_eq!(
-            Auth::decode_hex(&"g".repeat(64), &keys(), 1),
+            Auth::decode_hex("g".repeat(64), &keys(), 1),
             Err(TokenError::NotHex)
         );
     }

@@ -262,7 +262,7 @@ fn http_uid(
     };
     let now = (now_ms() / 1000) as u32;
     if let Some((t, a)) = cache {
-        if t.as_slice() == text.as_bytes() {
+        if t.as_slice() == text {
             if now >= a.expires_unix {
                 return Err((ErrorCode::AuthExpired, "auth token expired".into()));
             }
@@ -272,7 +272,7 @@ fn http_uid(
     match Auth::decode_hex(text, &core.auth_keys, now) {
         Ok(a) => {
             let mut key = [0u8; 2 * AUTH_TOKEN_BYTES];
-            key.copy_from_slice(text.as_bytes()); // decode_hex checked the length
+            key.copy_from_slice(text); // decode_hex checked the length
             *cache = Some((key, a));
             Ok(a.uid)
         }

@@ -5,7 +5,7 @@
 //! Sans-IO: bytes in, requests out; responses appended to an output buffer. Runs on the core
 //! that owns the connection.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 
 /// Largest request head (request line and headers).
 pub const HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -28,8 +28,9 @@ pub struct Request<'a> {
     /// Path without the query string.
     pub path: &'a str,
     pub query: Option<&'a str>,
-    /// `Authorization: Bearer <token>`, or an `X-Auth` header.
-    pub auth: Option<&'a str>,
+    /// `Authorization: Bearer <token>`, or an `X-Auth` header, as sent (ASCII whitespace
+    /// trimmed; checked by whoever decodes it).
+    pub auth: Option<&'a [u8]>,
     /// The client asked to close after this response (`Connection: close`, or HTTP/1.0
     /// without keep-alive).
     pub close: bool,
@@ -123,25 +124,33 @@ impl HttpDecoder {
         // Only the headers that matter are looked at (and must be UTF-8); others pass as is.
         for h in parsed.headers.iter() {
             let name = h.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"authorization") {
-                let value = header_text(h)?;
-                auth = value.strip_prefix("Bearer ").map(str::trim);
-            } else if name.eq_ignore_ascii_case(b"content-length") {
-                let value = header_text(h)?;
-                body_len = value
-                    .parse()
-                    .map_err(|_| HttpError::Malformed(format!("Content-Length {value:?}")))?;
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                let value = header_text(h)?;
-                if value.eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if value.eq_ignore_ascii_case("keep-alive") {
-                    close = false;
+            // The length first: most headers are none of these and cost one comparison.
+            match name.len() {
+                13 if name.eq_ignore_ascii_case(b"authorization") => {
+                    let value = h.value.trim_ascii();
+                    auth = value
+                        .strip_prefix(b"Bearer ".as_slice())
+                        .map(<[u8]>::trim_ascii);
                 }
-            } else if name.eq_ignore_ascii_case(b"x-auth") {
-                auth = Some(header_text(h)?);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                return Err(HttpError::Chunked);
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    let value = header_text(h)?;
+                    body_len = value
+                        .parse()
+                        .map_err(|_| HttpError::Malformed(format!("Content-Length {value:?}")))?;
+                }
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    let value = header_text(h)?;
+                    if value.eq_ignore_ascii_case("close") {
+                        close = true;
+                    } else if value.eq_ignore_ascii_case("keep-alive") {
+                        close = false;
+                    }
+                }
+                6 if name.eq_ignore_ascii_case(b"x-auth") => auth = Some(h.value.trim_ascii()),
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    return Err(HttpError::Chunked)
+                }
+                _ => {}
             }
         }
         if body_len > BODY_BYTES_MAX as u64 {
@@ -210,55 +219,37 @@ pub fn encode_response_parts(
     let body_len: usize = parts.iter().map(|p| p.len()).sum();
     let mut length = itoa::Buffer::new();
     let length = length.format(body_len);
-    let mut code = itoa::Buffer::new();
-    let line = match status_line(status) {
-        "" => code.format(status),
-        line => line,
-    };
-    let head: [&[u8]; 7] = [
-        b"HTTP/1.1 ",
-        line.as_bytes(),
-        if line.len() == 3 { b" Status" } else { b"" },
-        b"\r\nContent-Type: ",
-        content_type.as_bytes(),
-        b"\r\nContent-Length: ",
-        length.as_bytes(),
-    ];
-    let end: &[u8] = if close {
+    out.reserve(160 + content_type.len() + body_len);
+    // Every shake and open answer is a 200 with a JSON body: one static piece for its head.
+    if status == 200 && content_type == "application/json" {
+        out.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ",
+        );
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        match status_line(status) {
+            "" => {
+                out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+                out.extend_from_slice(b" Status");
+            }
+            line => out.extend_from_slice(line.as_bytes()),
+        }
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+    }
+    out.extend_from_slice(length.as_bytes());
+    for h in extra {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(h.as_bytes());
+    }
+    out.extend_from_slice(if close {
         b"\r\nConnection: close\r\n\r\n"
     } else {
         b"\r\n\r\n"
-    };
-    // Small responses (every shake and open) are assembled on the stack and appended with one
-    // copy; a `put_slice` per piece costs more than the pieces.
-    let mut stack = [0u8; 640];
-    let mut at = 0;
-    let mut fits = extra.is_empty();
-    if fits {
-        for piece in head.iter().chain([&end]).chain(parts.iter()) {
-            let Some(dst) = stack.get_mut(at..at + piece.len()) else {
-                fits = false;
-                break;
-            };
-            dst.copy_from_slice(piece);
-            at += piece.len();
-        }
-    }
-    if fits {
-        out.extend_from_slice(&stack[..at]);
-        return;
-    }
-    out.reserve(160 + body_len);
-    for piece in head {
-        out.put_slice(piece);
-    }
-    for h in extra {
-        out.put_slice(b"\r\n");
-        out.put_slice(h.as_bytes());
-    }
-    out.put_slice(end);
+    });
     for p in parts {
-        out.put_slice(p);
+        out.extend_from_slice(p);
     }
 }
 
@@ -298,7 +289,7 @@ mod tests {
             method: r.method,
             path: r.path.to_string(),
             query: r.query.map(str::to_string),
-            auth: r.auth.map(str::to_string),
+            auth: r.auth.map(|a| String::from_utf8_lossy(a).into_owned()),
             close: r.close,
             body: r.body.to_vec(),
         };

@@ -145,6 +145,23 @@ impl ShakeOutcome {
         }
     }
 
+    /// The start of a shake's JSON answer up to its back-off value, as one static piece.
+    pub fn json_head(self) -> &'static str {
+        macro_rules! head {
+            ($name:literal) => {
+                concat!("{\"outcome\":\"", $name, "\",\"backoff_ms\":")
+            };
+        }
+        match self {
+            ShakeOutcome::Nothing => head!("nothing"),
+            ShakeOutcome::Sponsor => head!("sponsor"),
+            ShakeOutcome::Envelope => head!("envelope"),
+            ShakeOutcome::Closed => head!("closed"),
+            ShakeOutcome::TooSoon => head!("too_soon"),
+            ShakeOutcome::Capped => head!("capped"),
+        }
+    }
+
     /// Every outcome, in code order.
     pub const ALL: [ShakeOutcome; 6] = [
         ShakeOutcome::Nothing,
@@ -342,25 +359,20 @@ pub fn encode_http(result: &OpResult, message: &str, close: bool, out: &mut Byte
             encode_response_parts(200, JSON, &[], &parts, close, out);
         }
         OpResult::Shake(s) => {
-            let mut hex = [0u8; 2 * SHAKE_TOKEN_BYTES];
-            let token: &[&[u8]] = match &s.token {
+            let head = s.outcome.json_head().as_bytes();
+            let backoff = a.format(s.backoff_ms).as_bytes();
+            match &s.token {
                 Some(t) => {
+                    let mut hex = [0u8; 2 * SHAKE_TOKEN_BYTES];
                     hex::encode_to_slice(t, &mut hex).expect("sized");
-                    &[b",\"token\":\"", &hex, b"\""]
+                    let parts: [&[u8]; 5] = [head, backoff, b",\"token\":\"", &hex, b"\"}\n"];
+                    encode_response_parts(200, JSON, &[], &parts, close, out);
                 }
-                None => &[],
-            };
-            let head: [&[u8]; 4] = [
-                b"{\"outcome\":\"",
-                s.outcome.name().as_bytes(),
-                b"\",\"backoff_ms\":",
-                a.format(s.backoff_ms).as_bytes(),
-            ];
-            let mut parts: [&[u8]; 8] = [b""; 8];
-            parts[..4].copy_from_slice(&head);
-            parts[4..4 + token.len()].copy_from_slice(token);
-            parts[4 + token.len()] = b"}\n";
-            encode_response_parts(200, JSON, &[], &parts[..5 + token.len()], close, out);
+                None => {
+                    let parts: [&[u8]; 3] = [head, backoff, b"}\n"];
+                    encode_response_parts(200, JSON, &[], &parts, close, out);
+                }
+            }
         }
         OpResult::Open(o) => {
             let parts: [&[u8]; 9] = [
@@ -415,6 +427,32 @@ mod tests {
     use super::*;
     use crate::wire::frame::FrameDecoder;
     use proptest::prelude::*;
+
+    #[test]
+    fn json_heads_match_outcome_names() {
+        for o in ShakeOutcome::ALL {
+            assert_eq!(
+                o.json_head(),
+                format!("{{\"outcome\":\"{}\",\"backoff_ms\":", o.name())
+            );
+        }
+        // And a whole answer is valid JSON with the right fields.
+        let mut out = BytesMut::new();
+        let reply = OpResult::Shake(ShakeReply {
+            outcome: ShakeOutcome::Envelope,
+            backoff_ms: 250,
+            token: Some([0xab; SHAKE_TOKEN_BYTES]),
+        });
+        encode_http(&reply, "", false, &mut out);
+        let text = std::str::from_utf8(&out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(head.ends_with(&format!("Content-Length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["outcome"], "envelope");
+        assert_eq!(v["backoff_ms"], 250);
+        assert_eq!(v["token"], "ab".repeat(SHAKE_TOKEN_BYTES));
+    }
 
     fn roundtrip(op: u8, result: OpResult) -> Reply {
         let mut out = BytesMut::new();
