@@ -7,7 +7,8 @@
 //!
 //! Run: `cargo bench --bench durable -- [--opens N] [--conns C] [--depth D]`. The data
 //! directory is under Cargo's target directory (a real disk, not tmpfs). Under
-//! `cargo test --all-targets` it does a small smoke run.
+//! `cargo test --all-targets` it does a small smoke run. To profile the server:
+//! `--server-wrapper "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out"`.
 
 #[path = "common.rs"]
 mod common;
@@ -39,6 +40,9 @@ struct Args {
     server_cpu: usize,
     #[arg(long, default_value_t = 1)]
     client_cpu: usize,
+    /// Run the server under this command (e.g. "valgrind --tool=callgrind") to profile it.
+    #[arg(long)]
+    server_wrapper: Option<String>,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -137,7 +141,19 @@ fn main() {
     common::generate_event(&base, 2 * total + 40_000);
     let keys = hongbao::serve::keys::create_key_file(&base.join("auth.keys")).expect("auth keys");
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_hongbao"))
+    let wrapper: Vec<&str> = args
+        .server_wrapper
+        .as_deref()
+        .map_or(Vec::new(), |w| w.split_whitespace().collect());
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_hongbao"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_hongbao")),
+    };
+    let mut server = command
         .args([
             "serve",
             "--host",
