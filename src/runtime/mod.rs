@@ -13,8 +13,6 @@ mod conn;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-
-use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -23,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
+use foldhash::{HashMap, HashMapExt};
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
@@ -32,7 +31,6 @@ use crate::metrics::CoreMetrics;
 use crate::serve::config::ServeConfig;
 use crate::serve::setup::{now_ms, CoreSetup, Prepared};
 use crate::shake::engine::{Engine, OpenRequest, Route};
-use crate::store::file::segment_path;
 use crate::store::WriteBatch;
 use crate::ticket::lists::KeyLists;
 use crate::ticket::Keyring;
@@ -322,53 +320,28 @@ async fn commit_loop(
 }
 
 /// The segment file a core's log is appending to.
-type SegmentFile = Option<(u64, Arc<std::fs::File>)>;
+type SegmentFile = Option<(u64, std::fs::File)>;
 
-/// Writes one batch and makes it durable: pwrite + fdatasync (and, for a new segment, an fsync
-/// of the directory) on glommio's blocking thread pool. Plain blocking calls on a helper thread
-/// measured 2-3x faster per commit than the same work as io_uring operations through glommio's
-/// `BufferedFile` (which the kernel runs on io-wq worker threads anyway), and they keep the
-/// core's thread free to serve while the disk works (docs/BENCHMARKS.md).
+/// Writes one batch and makes it durable ([`crate::store::file::write_batch_durably`]) on
+/// glommio's blocking thread pool. Plain blocking calls on a helper thread measured 2-3x faster
+/// per commit than the same work as io_uring operations through glommio's `BufferedFile`
+/// (which the kernel runs on io-wq worker threads anyway), and they keep the core's thread free
+/// to serve while the disk works (docs/BENCHMARKS.md).
 async fn write_batch(
     dir: &std::path::Path,
     file: &mut SegmentFile,
     batch: WriteBatch,
 ) -> Result<(), String> {
-    use std::os::unix::fs::FileExt;
-    let path = segment_path(dir, batch.segment);
-    // The file of the batch's segment: the open one, or (new segment, or continuing one found
-    // at recovery) opened by the helper.
-    let open = match file {
-        Some((segment, f)) if *segment == batch.segment && !batch.create => Some(f.clone()),
-        _ => None,
-    };
     let dir = dir.to_path_buf();
-    let segment = batch.segment;
-    let written = glommio::executor()
-        .spawn_blocking(move || -> Result<Arc<std::fs::File>, String> {
-            let show = |e: std::io::Error| format!("{}: {e}", path.display());
-            let f = match open {
-                Some(f) => f,
-                None => Arc::new(
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(batch.create)
-                        .open(&path)
-                        .map_err(show)?,
-                ),
-            };
-            f.write_all_at(&batch.bytes, batch.offset).map_err(show)?;
-            f.sync_data().map_err(show)?;
-            if batch.create {
-                std::fs::File::open(&dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| format!("{}: {e}", dir.display()))?;
-            }
-            Ok(f)
+    let mut open = file.take();
+    let (open, result) = glommio::executor()
+        .spawn_blocking(move || {
+            let result = crate::store::file::write_batch_durably(&dir, &mut open, &batch);
+            (open, result)
         })
-        .await?;
-    *file = Some((segment, written));
-    Ok(())
+        .await;
+    *file = open;
+    result.map_err(|e| e.to_string())
 }
 
 /// Drains one source core's queue each time its doorbell rings.

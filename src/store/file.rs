@@ -90,6 +90,38 @@ pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
 }
 
 /// Segment ids present in `dir`, sorted. Files that are not segments are ignored.
+/// Writes `batch` into its segment file in `dir` and makes it durable: pwrite + fdatasync and,
+/// for a new segment, an fsync of the directory. `open` is the segment file kept between
+/// batches; a batch for another segment opens its file there (creates it, for a new segment:
+/// the previous segment's last batch completed before this one was handed out). Used by
+/// [`FileLog`] and by the server's commit helper.
+pub fn write_batch_durably(
+    dir: &Path,
+    open: &mut Option<(u64, File)>,
+    batch: &WriteBatch,
+) -> Result<(), StoreError> {
+    let path = segment_path(dir, batch.segment);
+    let io = |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    };
+    if batch.create || open.as_ref().map(|(id, _)| *id) != Some(batch.segment) {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(batch.create)
+            .open(&path)
+            .map_err(io)?;
+        *open = Some((batch.segment, file));
+    }
+    let (_, file) = open.as_ref().expect("opened above");
+    file.write_all_at(&batch.bytes, batch.offset).map_err(io)?;
+    file.sync_data().map_err(io)?;
+    if batch.create {
+        crate::fsutil::sync_parent(&path).map_err(io)?;
+    }
+    Ok(())
+}
+
 pub fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     let io = |source| StoreError::Io {
         path: dir.to_path_buf(),
@@ -339,31 +371,7 @@ impl FileLog {
     }
 
     fn write_batch(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
-        let path = segment_path(&self.dir, batch.segment);
-        let io = |source| StoreError::Io {
-            path: path.clone(),
-            source,
-        };
-        if batch.create {
-            // The previous segment's last batch completed before this one was handed out, so
-            // it is durable; from now on only the new segment is written.
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(io)?;
-            self.current = Some((batch.segment, file));
-        }
-        let file = match &self.current {
-            Some((id, file)) if *id == batch.segment => file,
-            _ => panic!("batch for segment {} without its file", batch.segment),
-        };
-        file.write_all_at(&batch.bytes, batch.offset).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        if batch.create {
-            crate::fsutil::sync_parent(&path).map_err(io)?;
-        }
-        Ok(())
+        write_batch_durably(&self.dir, &mut self.current, batch)
     }
 
     pub fn durable<T>(&self, appended: &Appended, value: T) -> Option<Durable<T>> {
