@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# HTTP shakes of `hongbao serve` (one core) against nginx `return 200` (one worker), both under
-# the same wrk load with the same script, in one run: unpipelined and with pipeline depth 16.
+# HTTP shakes of `hongbao serve` (one core; on each network path, --net uring and --net glommio)
+# against nginx `return 200` (one worker), all under the same wrk load with the same script, in
+# one run: unpipelined and with pipeline depth 16.
 # Server pinned to SERVER_CPU (default 0), wrk to CLIENT_CPU (default 1). Prints one markdown
 # table with requests/s, ratios, and server CPU time per request from /proc/PID/stat.
 #
@@ -40,14 +41,18 @@ run_wrk() { # url depth -> "rps requests"
   echo "$rps $reqs ${non2xx:-0}"
 }
 
-# hongbao: one core, pinned.
-taskset -c "$SERVER_CPU" "$BIN" serve --tickets "$WORK/ev/event/A" --keyring "$WORK/ev/keys/demo.keyring" \
-  --data "$WORK/data" --auth-keys "$WORK/auth.keys" --cores 1 --cpus "$SERVER_CPU" --rehearse \
-  --listen 127.0.0.1:0 --http 127.0.0.1:0 > "$WORK/serve.out" 2> "$WORK/serve.err" &
-echo $! > "$WORK/hongbao.pid"
-for _ in $(seq 100); do grep -q ready "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
-HB_URL="http://$(grep -o 'http [0-9.:]*' "$WORK/serve.out" | cut -d' ' -f2)"
-HB_PID=$(cat "$WORK/hongbao.pid")
+# hongbao: one core, pinned; once on each network path (--net uring is the default).
+start_hongbao() { # net -> sets URL_<net> and PID_<net>
+  taskset -c "$SERVER_CPU" "$BIN" serve --tickets "$WORK/ev/event/A" --keyring "$WORK/ev/keys/demo.keyring" \
+    --data "$WORK/data-$1" --auth-keys "$WORK/auth.keys" --cores 1 --cpus "$SERVER_CPU" --rehearse \
+    --listen 127.0.0.1:0 --http 127.0.0.1:0 --net "$1" > "$WORK/serve-$1.out" 2> "$WORK/serve-$1.err" &
+  echo $! > "$WORK/hongbao-$1.pid"
+  for _ in $(seq 100); do grep -q ready "$WORK/serve-$1.out" 2>/dev/null && break; sleep 0.1; done
+  printf -v "URL_$1" '%s' "http://$(grep -o 'http [0-9.:]*' "$WORK/serve-$1.out" | cut -d' ' -f2)"
+  printf -v "PID_$1" '%s' "$(cat "$WORK/hongbao-$1.pid")"
+}
+start_hongbao uring
+start_hongbao glommio
 
 # nginx: one worker, pinned to the same CPU, access log off.
 cat > "$WORK/nginx.conf" <<CONF
@@ -76,12 +81,17 @@ echo "- date: $(date -u +%Y-%m-%d)"
 echo
 echo "| depth | server | requests/s | non-2xx | server CPU µs/request | vs nginx |"
 echo "|---:|---|---:|---:|---:|---:|"
+measure() { # pid url depth -> "rps bad us"
+  local a b rps reqs bad
+  a=$(cpu_ticks "$1"); read -r rps reqs bad <<<"$(run_wrk "$2" "$3")"; b=$(cpu_ticks "$1")
+  echo "$rps $bad $(awk -v t=$((b - a)) -v hz="$HZ" -v n="$reqs" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')"
+}
 for depth in 1 16; do
-  a=$(cpu_ticks "$HB_PID"); read -r hb_rps hb_reqs hb_bad <<<"$(run_wrk "$HB_URL" "$depth")"; b=$(cpu_ticks "$HB_PID")
-  hb_us=$(awk -v t=$((b - a)) -v hz="$HZ" -v n="$hb_reqs" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
-  a=$(cpu_ticks "$NG_WORKER"); read -r ng_rps ng_reqs ng_bad <<<"$(run_wrk http://127.0.0.1:18089 "$depth")"; b=$(cpu_ticks "$NG_WORKER")
-  ng_us=$(awk -v t=$((b - a)) -v hz="$HZ" -v n="$ng_reqs" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
-  ratio=$(awk -v x="$hb_rps" -v y="$ng_rps" 'BEGIN {printf "%.2f", x / y}')
-  echo "| $depth | hongbao shake | $hb_rps | $hb_bad | $hb_us | ${ratio}x |"
+  read -r hb_rps hb_bad hb_us <<<"$(measure "$PID_uring" "$URL_uring" "$depth")"
+  read -r hg_rps hg_bad hg_us <<<"$(measure "$PID_glommio" "$URL_glommio" "$depth")"
+  read -r ng_rps ng_bad ng_us <<<"$(measure "$NG_WORKER" http://127.0.0.1:18089 "$depth")"
+  ratio() { awk -v x="$1" -v y="$ng_rps" 'BEGIN {printf "%.2f", x / y}'; }
+  echo "| $depth | hongbao shake (--net uring) | $hb_rps | $hb_bad | $hb_us | $(ratio "$hb_rps")x |"
+  echo "| $depth | hongbao shake (--net glommio) | $hg_rps | $hg_bad | $hg_us | $(ratio "$hg_rps")x |"
   echo "| $depth | nginx return 200 | $ng_rps | $ng_bad | $ng_us | 1.00x |"
 done

@@ -185,6 +185,9 @@ struct ServeArgs {
     /// CPUs to pin executors to, comma-separated, in core order.
     #[arg(long, value_delimiter = ',')]
     cpus: Option<Vec<usize>>,
+    /// Socket path: `uring` (the core's own io_uring; default) or `glommio`.
+    #[arg(long, value_enum)]
+    net: Option<hongbao::serve::config::NetPath>,
     /// Shift the event's schedule so its first slot (or --rehearse-slot) starts now.
     #[arg(long)]
     rehearse: bool,
@@ -393,6 +396,7 @@ fn serve_config(a: ServeArgs) -> Result<hongbao::serve::config::ServeConfig, Str
     over!(s.cores, a.cores);
     over!(s.cpus, a.cpus);
     over!(s.rehearse_slot, a.rehearse_slot);
+    over!(s.net, a.net);
     if a.rehearse {
         s.rehearse = Some(true);
     }

@@ -23,6 +23,7 @@ pub struct CoreMetrics {
     pub forwarded_in: AtomicU64,
     pub connections_accepted: AtomicU64,
     pub connections_open: AtomicU64,
+    pub recv_nobufs: AtomicU64,
     pub commits: AtomicU64,
     pub commit_bytes: AtomicU64,
     pub commit_us_sum: AtomicU64,
@@ -87,7 +88,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 13] = [
+    let simple: [Family; 14] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -123,6 +124,13 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "gauge",
             "Connections open now.",
             |m| m.connections_open.load(Relaxed),
+        ),
+        (
+            "hongbao_recv_nobufs_total",
+            "counter",
+            "Receives that found every receive buffer in use and were re-armed (io_uring path; \
+             raise server.recv_buffers if this grows steadily).",
+            |m| m.recv_nobufs.load(Relaxed),
         ),
         (
             "hongbao_log_commits_total",

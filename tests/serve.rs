@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{http, Event};
 use hongbao::client::Client;
-use hongbao::wire::ops::{ErrorCode, Reply, ShakeOutcome, OP_OPEN, OP_PING, OP_SHAKE};
+use hongbao::wire::ops::{ErrorCode, Reply, ShakeOutcome, OP_OPEN, OP_PING, OP_REPLY, OP_SHAKE};
 
 fn envelope(reply: Reply) -> [u8; 64] {
     match reply {
@@ -415,4 +415,171 @@ fn a_closed_stdout_does_not_stop_the_server() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A PING frame with a 1,000-byte payload (the answer echoes it).
+fn ping_frame(request_id: u64) -> Vec<u8> {
+    let mut f = Vec::with_capacity(1016);
+    f.extend_from_slice(&1016u32.to_le_bytes());
+    f.extend_from_slice(&[hongbao::wire::frame::PROTOCOL_VERSION, OP_PING, 0, 0]);
+    f.extend_from_slice(&request_id.to_le_bytes());
+    f.extend_from_slice(&[7u8; 1000]);
+    f
+}
+
+/// A client that pipelines far more than it reads: the server stops taking its input instead
+/// of buffering it, keeps serving everybody else meanwhile, and still answers every request of
+/// the flood, in order, once the client reads. Run on both network paths.
+#[test]
+fn a_client_that_floods_without_reading_is_held_back_and_answered_in_full() {
+    let event = Event::new();
+    for net in ["uring", "glommio"] {
+        let data = format!("data-{net}");
+        let server = event.serve(&data, &["--cores", "1", "--no-pacing", "--net", net]);
+        let pid = server.child.id();
+        let before = rss_kib(pid);
+        let mut flood = TcpStream::connect(server.binary).unwrap();
+        flood
+            .set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        // Write up to 64 MiB of pings without reading; stop when the server stops taking them.
+        let frame_len = ping_frame(0).len();
+        let mut written = 0usize;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut next_id = 0u64;
+        while written < 64 << 20 {
+            if pending.is_empty() {
+                for _ in 0..64 {
+                    pending.extend_from_slice(&ping_frame(next_id));
+                    next_id += 1;
+                }
+            }
+            match flood.write(&pending) {
+                Ok(n) => {
+                    written += n;
+                    pending.drain(..n);
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    break
+                }
+                Err(e) => panic!("{net}: flood write failed: {e}"),
+            }
+        }
+        assert!(
+            written < 64 << 20,
+            "{net}: the server took all 64 MiB without the client reading a byte"
+        );
+        // Everybody else is still served.
+        let mut other = server.client(&event.auth(5));
+        assert!(
+            matches!(other.ping(b"hi").unwrap(), Reply::Pong(_)),
+            "{net}"
+        );
+        assert!(matches!(other.shake().unwrap(), Reply::Shake(_)), "{net}");
+        let grown = rss_kib(pid).saturating_sub(before);
+        assert!(
+            grown < 48 << 10,
+            "{net}: server memory grew by {grown} KiB while one client flooded it"
+        );
+        // Every whole frame written is answered, in order.
+        let answered = written / frame_len;
+        flood
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut header = [0u8; 16];
+        let mut body = vec![0u8; 2048];
+        for expected in 0..answered as u64 {
+            flood.read_exact(&mut header).unwrap();
+            let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+            let id = u64::from_le_bytes(header[8..16].try_into().unwrap());
+            assert_eq!(
+                (id, header[5]),
+                (expected, OP_REPLY | OP_PING),
+                "{net}: answer out of order"
+            );
+            flood.read_exact(&mut body[..len - 16]).unwrap();
+        }
+        drop(flood);
+        assert!(
+            matches!(other.ping(b"bye").unwrap(), Reply::Pong(_)),
+            "{net}"
+        );
+    }
+}
+
+/// Both network paths serve both protocols the same way (the HTTP and binary tests above run
+/// on the default io_uring path).
+#[test]
+fn the_glommio_network_path_serves_shakes_and_opens() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2", "--no-pacing", "--net", "glommio"]);
+    let mut c = server.client(&event.auth(21));
+    let token = envelope(c.shake().unwrap());
+    assert!(matches!(c.open(&token).unwrap(), Reply::Open(_)));
+    assert_eq!(
+        error_code(c.open(&token).unwrap()),
+        ErrorCode::AlreadyClaimed as u16
+    );
+    let (status, body) = http(server.http, "POST", "/shake", Some(&event.auth_hex(22)), "");
+    assert_eq!(status, 200, "{body}");
+}
+
+/// With a single receive buffer per core, hundreds of connections sending at once keep running
+/// out of buffers (their receives end with ENOBUFS and are re-armed): every request is still
+/// answered exactly once and in order.
+#[test]
+fn receive_buffer_exhaustion_loses_nothing() {
+    let event = Event::new();
+    std::fs::write(
+        event.path().join("tiny.toml"),
+        "[server]\nrecv_buffers = 1\n",
+    )
+    .unwrap();
+    let server = event.serve("data", &["--cores", "2", "--config", "tiny.toml"]);
+    let mut conns: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(server.binary).unwrap())
+        .collect();
+    let per_conn = 40u64;
+    for c in conns.iter_mut() {
+        let burst: Vec<u8> = (0..per_conn).flat_map(ping_frame).collect();
+        c.write_all(&burst).unwrap();
+    }
+    let mut header = [0u8; 16];
+    let mut body = vec![0u8; 2048];
+    for c in conns.iter_mut() {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        for expected in 0..per_conn {
+            c.read_exact(&mut header).unwrap();
+            let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+            let id = u64::from_le_bytes(header[8..16].try_into().unwrap());
+            assert_eq!(id, expected);
+            c.read_exact(&mut body[..len - 16]).unwrap();
+            assert!(
+                body[..len - 16].iter().all(|&b| b == 7),
+                "payload echoed intact"
+            );
+        }
+    }
+    let mut c = server.client(&event.auth(3));
+    assert!(matches!(c.shake().unwrap(), Reply::Shake(_)));
+    // The path under test was taken.
+    let (_, metrics) = http(server.http, "GET", "/metrics", None, "");
+    let nobufs: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("hongbao_recv_nobufs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(nobufs > 0, "no receive ran out of buffers:\n{metrics}");
 }

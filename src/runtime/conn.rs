@@ -10,8 +10,8 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpListener;
 
 use super::{Core, Slot};
 
@@ -46,17 +46,9 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, protocol:
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                let c = core.clone();
-                glommio::spawn_local(async move {
-                    use std::os::fd::AsRawFd;
-                    let id = c.add_conn(stream.as_raw_fd());
-                    match protocol {
-                        Protocol::Binary => binary_conn(&c, stream).await,
-                        Protocol::Http => http_conn(&c, stream).await,
-                    }
-                    c.remove_conn(id);
-                })
-                .detach();
+                use std::os::fd::AsRawFd;
+                let fd = stream.as_raw_fd();
+                spawn_conn(&core, stream, fd, protocol);
             }
             Err(e) => {
                 // Out of descriptors or memory: say so, wait a little, go on.
@@ -67,6 +59,25 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, protocol:
     }
 }
 
+/// Runs a connection's protocol loop as a task of the core (either network path).
+pub(crate) fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    core: &Rc<Core>,
+    stream: S,
+    fd: std::os::fd::RawFd,
+    protocol: Protocol,
+) {
+    let c = core.clone();
+    glommio::spawn_local(async move {
+        let id = c.add_conn(fd);
+        match protocol {
+            Protocol::Binary => binary_conn(&c, stream).await,
+            Protocol::Http => http_conn(&c, stream).await,
+        }
+        c.remove_conn(id);
+    })
+    .detach();
+}
+
 fn auth_error(e: TokenError) -> ErrorCode {
     match e {
         TokenError::Expired { .. } => ErrorCode::AuthExpired,
@@ -75,7 +86,7 @@ fn auth_error(e: TokenError) -> ErrorCode {
 }
 
 /// The checks of an open that need no shard state, then the claim on the owner core.
-fn open(core: &Core, uid: u64, token: &[u8]) -> Slot {
+fn open(core: &Core, uid: u64, token: &[u8], now: u64) -> Slot {
     let shared = &core.shared;
     let refuse = |code| Slot::Ready(OpResult::error(code));
     let Ok(shake) = Shake::decode(token, &core.token_keys) else {
@@ -99,16 +110,16 @@ fn open(core: &Core, uid: u64, token: &[u8]) -> Slot {
         record: shake.ticket,
         ticket,
         issuing_core: shake.issuing_core,
-        now_unix: (now_ms() / 1000) as u32,
+        now_unix: (now / 1000) as u32,
     };
     core.open(req, owner)
 }
 
 /// Checks that a verified auth token is still valid now.
-fn current_uid(auth: &Option<Auth>) -> Result<u64, ErrorCode> {
+fn current_uid(auth: &Option<Auth>, now: u64) -> Result<u64, ErrorCode> {
     match auth {
         None => Err(ErrorCode::Unauthenticated),
-        Some(a) if (now_ms() / 1000) as u32 >= a.expires_unix => Err(ErrorCode::AuthExpired),
+        Some(a) if (now / 1000) as u32 >= a.expires_unix => Err(ErrorCode::AuthExpired),
         Some(a) => Ok(a.uid),
     }
 }
@@ -127,7 +138,7 @@ enum BinarySlot {
     Fail(u64, ErrorCode, String),
 }
 
-async fn binary_conn(core: &Rc<Core>, mut stream: TcpStream) {
+async fn binary_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S) {
     let mut decoder = FrameDecoder::new();
     let mut auth: Option<Auth> = None;
     let mut buf = vec![0u8; READ_BYTES];
@@ -139,6 +150,8 @@ async fn binary_conn(core: &Rc<Core>, mut stream: TcpStream) {
             Ok(n) => n,
         };
         decoder.extend(&buf[..n]);
+        // One clock read per read: every request of a pipelined batch arrived at once.
+        let now = now_ms();
         let mut close = false;
         loop {
             match decoder.next_frame() {
@@ -146,7 +159,7 @@ async fn binary_conn(core: &Rc<Core>, mut stream: TcpStream) {
                     let rid = frame.request_id;
                     let slot = match frame.op {
                         OP_HELLO => {
-                            let now = (now_ms() / 1000) as u32;
+                            let now = (now / 1000) as u32;
                             if frame.payload.len() != AUTH_TOKEN_BYTES {
                                 BinarySlot::Fail(rid, ErrorCode::Malformed, format!("HELLO carries a {AUTH_TOKEN_BYTES}-byte auth token, not {} bytes", frame.payload.len()))
                             } else {
@@ -168,15 +181,15 @@ async fn binary_conn(core: &Rc<Core>, mut stream: TcpStream) {
                                 }
                             }
                         }
-                        OP_SHAKE => match current_uid(&auth) {
+                        OP_SHAKE => match current_uid(&auth, now) {
                             Err(code) => BinarySlot::Fail(rid, code, "send HELLO with a valid auth token first".into()),
                             Ok(_) if !frame.payload.is_empty() => BinarySlot::Fail(rid, ErrorCode::Malformed, "SHAKE has an empty payload".into()),
-                            Ok(uid) => BinarySlot::Op(OP_SHAKE, rid, core.shake(uid), ""),
+                            Ok(uid) => BinarySlot::Op(OP_SHAKE, rid, core.shake(uid, now), ""),
                         },
-                        OP_OPEN => match current_uid(&auth) {
+                        OP_OPEN => match current_uid(&auth, now) {
                             Err(code) => BinarySlot::Fail(rid, code, "send HELLO with a valid auth token first".into()),
                             Ok(_) if frame.payload.len() != SHAKE_TOKEN_BYTES => BinarySlot::Fail(rid, ErrorCode::Malformed, format!("OPEN carries the {SHAKE_TOKEN_BYTES}-byte token of a shake, not {} bytes", frame.payload.len())),
-                            Ok(uid) => BinarySlot::Op(OP_OPEN, rid, open(core, uid, &frame.payload), ""),
+                            Ok(uid) => BinarySlot::Op(OP_OPEN, rid, open(core, uid, &frame.payload, now), ""),
                         },
                         OP_PING if frame.payload.len() <= PING_BYTES_MAX => BinarySlot::Pong(rid, frame.payload),
                         OP_PING => BinarySlot::Fail(rid, ErrorCode::TooLarge, format!("PING payload over {PING_BYTES_MAX} bytes")),
@@ -253,6 +266,7 @@ fn http_uid(
     core: &Core,
     req: &Request<'_>,
     cache: &mut AuthCache,
+    now: u64,
 ) -> Result<u64, (ErrorCode, String)> {
     let Some(text) = req.auth else {
         return Err((
@@ -260,7 +274,7 @@ fn http_uid(
             "send Authorization: Bearer <auth token hex>".into(),
         ));
     };
-    let now = (now_ms() / 1000) as u32;
+    let now = (now / 1000) as u32;
     if let Some((t, a)) = cache {
         if t.as_slice() == text {
             if now >= a.expires_unix {
@@ -280,7 +294,7 @@ fn http_uid(
     }
 }
 
-fn http_request(core: &Core, req: &Request<'_>, cache: &mut AuthCache) -> HttpSlot {
+fn http_request(core: &Core, req: &Request<'_>, cache: &mut AuthCache, now: u64) -> HttpSlot {
     let close = req.close;
     match (req.method, req.path) {
         (Method::Get, "/healthz") => {
@@ -296,7 +310,7 @@ fn http_request(core: &Core, req: &Request<'_>, cache: &mut AuthCache) -> HttpSl
                     "{{\"status\":\"ok\",\"core\":{},\"cores\":{},\"tickets_remaining\":{}}}\n",
                     core.id,
                     core.shared.cores,
-                    core.engine.borrow().remaining_at(now_ms())
+                    core.engine.borrow().remaining_at(now)
                 );
                 HttpSlot::Raw(200, "application/json", body.into_bytes(), close)
             }
@@ -311,11 +325,11 @@ fn http_request(core: &Core, req: &Request<'_>, cache: &mut AuthCache) -> HttpSl
                 close,
             )
         }
-        (_, "/shake") => match http_uid(core, req, cache) {
-            Ok(uid) => HttpSlot::Op(core.shake(uid), close),
+        (_, "/shake") => match http_uid(core, req, cache, now) {
+            Ok(uid) => HttpSlot::Op(core.shake(uid, now), close),
             Err((code, message)) => HttpSlot::Fail(code, message, close),
         },
-        (Method::Post, "/open") => match http_uid(core, req, cache) {
+        (Method::Post, "/open") => match http_uid(core, req, cache, now) {
             Ok(uid) => {
                 let text = match std::str::from_utf8(req.body) {
                     Ok(t) if !t.trim().is_empty() => t.trim(),
@@ -337,7 +351,7 @@ fn http_request(core: &Core, req: &Request<'_>, cache: &mut AuthCache) -> HttpSl
                         close,
                     )
                 } else {
-                    HttpSlot::Op(open(core, uid, &token), close)
+                    HttpSlot::Op(open(core, uid, &token, now), close)
                 }
             }
             Err((code, message)) => HttpSlot::Fail(code, message, close),
@@ -353,7 +367,7 @@ fn http_request(core: &Core, req: &Request<'_>, cache: &mut AuthCache) -> HttpSl
     }
 }
 
-async fn http_conn(core: &Rc<Core>, mut stream: TcpStream) {
+async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S) {
     let mut decoder = HttpDecoder::new();
     let mut cache: AuthCache = None;
     let mut buf = vec![0u8; READ_BYTES];
@@ -365,11 +379,13 @@ async fn http_conn(core: &Rc<Core>, mut stream: TcpStream) {
             Ok(n) => n,
         };
         decoder.extend(&buf[..n]);
+        // One clock read per read: every request of a pipelined batch arrived at once.
+        let now = now_ms();
         let mut close = false;
         loop {
             match decoder.next_request() {
                 Ok(Some((req, span))) => {
-                    let slot = http_request(core, &req, &mut cache);
+                    let slot = http_request(core, &req, &mut cache, now);
                     decoder.consume(span);
                     let last = matches!(
                         slot,

@@ -10,11 +10,12 @@
 //! glommio shared channel of capacity 1, which wakes a parked executor through its eventfd).
 
 mod conn;
+mod uring;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, S
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::metrics::CoreMetrics;
-use crate::serve::config::ServeConfig;
+use crate::serve::config::{NetPath, ServeConfig};
 use crate::serve::setup::{now_ms, CoreSetup, Prepared};
 use crate::shake::engine::{Engine, OpenRequest, Route};
 use crate::store::WriteBatch;
@@ -163,12 +164,12 @@ impl Core {
     }
 
     /// A shake of `uid`, decided on the user's home core.
-    pub fn shake(&self, uid: u64) -> Slot {
+    pub fn shake(&self, uid: u64, now: u64) -> Slot {
         let home = crate::serve::setup::home_core(uid, self.shared.cores) as u16;
         let from = self.id;
         self.dispatch(
             home,
-            |engine, route| engine.shake(uid, now_ms(), route),
+            |engine, route| engine.shake(uid, now, route),
             |id| Msg::Shake { uid, from, id },
         )
     }
@@ -360,6 +361,20 @@ async fn bus_loop(
     }
 }
 
+/// A listening socket that shares its port with the other cores' (SO_REUSEPORT: the kernel
+/// spreads new connections over the cores).
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // The kernel caps the backlog at net.core.somaxconn (docs/TUNING.md).
+    socket.listen(65_535)?;
+    Ok(socket.into())
+}
+
 fn shutdown_fd(fd: RawFd, how: libc::c_int) {
     // SAFETY: plain syscall on a descriptor this core registered and still owns; a stale fd
     // is removed from the table before its socket is closed (same thread).
@@ -428,6 +443,10 @@ struct CoreOwn {
     lists: KeyLists,
     auth_keys: TokenKeys,
     token_keys: TokenKeys,
+    /// Binary and HTTP addresses.
+    listen: (SocketAddr, SocketAddr),
+    net: NetPath,
+    recv_buffers: u16,
 }
 
 async fn core_main(
@@ -436,10 +455,27 @@ async fn core_main(
     own: CoreOwn,
     bells_out: Vec<Option<SharedSender<()>>>,
     bells_in: Vec<Option<SharedReceiver<()>>>,
-    listen: (SocketAddr, SocketAddr),
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let id = setup.parts.core;
+    let listen = own.listen;
+    let ring = match own.net {
+        NetPath::Uring => {
+            match uring::NetRing::new(own.recv_buffers, shared.metrics[id as usize].clone()) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    if id == 0 {
+                        eprintln!(
+                            "warning: the io_uring network path is not available here ({e}; it \
+                         needs Linux 6.0 or later); using glommio's sockets"
+                        );
+                    }
+                    None
+                }
+            }
+        }
+        NetPath::Glommio => None,
+    };
     let mut engine = Engine::new(setup.parts);
     engine.warm_up();
     let (commit_wake, commit_rx) = local_channel::new_bounded(1);
@@ -494,10 +530,7 @@ async fn core_main(
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     };
-    let listeners = (
-        glommio::net::TcpListener::bind(addrs.0),
-        glommio::net::TcpListener::bind(addrs.1),
-    );
+    let listeners = (bind_reuseport(addrs.0), bind_reuseport(addrs.1));
     let (binary, http) = match listeners {
         (Ok(b), Ok(h)) => (b, h),
         (Err(e), _) => {
@@ -516,13 +549,52 @@ async fn core_main(
         );
         *shared.bound.lock().expect("not poisoned") = Some(bound);
     }
-    let accept_binary = glommio::spawn_local(conn::accept_loop(
-        core.clone(),
-        binary,
-        conn::Protocol::Binary,
-    ));
-    let accept_http =
-        glommio::spawn_local(conn::accept_loop(core.clone(), http, conn::Protocol::Http));
+    let mut accept_tasks = Vec::new();
+    if let Some(ring) = &ring {
+        glommio::spawn_local(ring.clone().drive()).detach();
+        for (fd, protocol, addr) in [
+            (binary.as_raw_fd(), conn::Protocol::Binary, addrs.0),
+            (http.as_raw_fd(), conn::Protocol::Http, addrs.1),
+        ] {
+            let c = core.clone();
+            let listening = ring.listen(
+                fd,
+                Rc::new(move |stream| {
+                    if c.conn_count() >= c.shared.connections_max {
+                        // Over the bound: close at once rather than grow without limit.
+                        return;
+                    }
+                    let fd = stream.fd();
+                    conn::spawn_conn(&c, stream, fd, protocol);
+                }),
+            );
+            if let Err(e) = listening {
+                let _ = ready.send(Err(format!("accepting on {addr}: {e}")));
+                return;
+            }
+        }
+    } else {
+        for (listener, protocol) in [
+            (&binary, conn::Protocol::Binary),
+            (&http, conn::Protocol::Http),
+        ] {
+            // SAFETY: a fresh duplicate of a listening socket, owned by glommio from here.
+            let fd = listener
+                .try_clone()
+                .map(|l| unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) });
+            match fd {
+                Ok(l) => accept_tasks.push(glommio::spawn_local(conn::accept_loop(
+                    core.clone(),
+                    l,
+                    protocol,
+                ))),
+                Err(e) => {
+                    let _ = ready.send(Err(format!("listener: {e}")));
+                    return;
+                }
+            }
+        }
+    }
     let _ = ready.send(Ok(()));
 
     // Run until asked to stop.
@@ -530,8 +602,10 @@ async fn core_main(
 
     // Shutdown: stop accepting, let connections finish what they read, cut their reads.
     core.stopping.set(true);
-    drop(accept_binary);
-    drop(accept_http);
+    drop(accept_tasks);
+    if let Some(ring) = &ring {
+        ring.stop_accepting();
+    }
     let fds: Vec<RawFd> = core.conns.borrow().values().copied().collect();
     for fd in fds {
         shutdown_fd(fd, libc::SHUT_RD);
@@ -560,6 +634,9 @@ async fn core_main(
         core.flush();
         core.wake_commit();
         glommio::timer::sleep(TICK).await;
+    }
+    if let Some(ring) = &ring {
+        ring.stop();
     }
 }
 
@@ -644,14 +721,16 @@ pub fn run(
             lists: prepared.key_lists.clone(),
             auth_keys: prepared.auth_keys.clone(),
             token_keys: prepared.token_keys.clone(),
+            listen: (config.listen, config.http),
+            net: config.net,
+            recv_buffers: config.recv_buffers,
         };
         let ready = ready_tx.clone();
-        let listen = (config.listen, config.http);
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("hongbao-core-{k}"))
             .io_memory(IO_MEMORY)
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
-            .spawn(move || core_main(setup, shared, own, out, inn, listen, ready))
+            .spawn(move || core_main(setup, shared, own, out, inn, ready))
             .map_err(|e| format!("starting core {k}: {e}"))?;
         handles.push(handle);
     }

@@ -44,6 +44,11 @@ pub struct ServerSection {
     pub rehearse: Option<bool>,
     pub connections_max: Option<usize>,
     pub bus_capacity: Option<usize>,
+    /// Socket path: "uring" (default) or "glommio".
+    pub net: Option<NetPath>,
+    /// 4 KiB receive buffers per core shared by its connections on the io_uring path
+    /// (a power of two, 1 to 32768).
+    pub recv_buffers: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -90,6 +95,8 @@ pub struct ServeConfig {
     pub rehearse_slot: Option<String>,
     pub connections_max: usize,
     pub bus_capacity: usize,
+    pub net: NetPath,
+    pub recv_buffers: u16,
     pub pacing_enabled: bool,
     pub pacing: PacingConfig,
     pub caps: CapsConfig,
@@ -98,6 +105,22 @@ pub struct ServeConfig {
     /// Stop by itself after this long (bounded runs: demos, benchmarks, tests).
     pub run_for: Option<std::time::Duration>,
 }
+
+/// How a core does its socket I/O (docs/ARCHITECTURE.md, "Network path").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NetPath {
+    /// The core's own io_uring: multishot receives into provided buffers, batched sends, no
+    /// interrupt per completion. Falls back to `glommio` (with a warning) on kernels before 6.0.
+    #[default]
+    Uring,
+    /// glommio's sockets (a poll and a `recv` per read): the path before the io_uring one,
+    /// kept for older kernels and for A/B measurements.
+    Glommio,
+}
+
+/// Receive buffers per core (x 4 KiB = 8 MiB).
+pub const RECV_BUFFERS_DEFAULT: u16 = 2048;
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
 pub const HTTP_DEFAULT: &str = "127.0.0.1:7780";
@@ -163,6 +186,12 @@ impl ConfigFile {
                 "store.segment_bytes = {segment_bytes} is below 4 MiB"
             ));
         }
+        let recv_buffers = s.recv_buffers.unwrap_or(RECV_BUFFERS_DEFAULT);
+        if !recv_buffers.is_power_of_two() || recv_buffers > 32_768 {
+            return Err(format!(
+                "server.recv_buffers = {recv_buffers} must be a power of two from 1 to 32768"
+            ));
+        }
         let pending_bytes = self.store.pending_bytes.unwrap_or(PENDING_BYTES_DEFAULT);
         if pending_bytes < 64 << 10 {
             return Err(format!(
@@ -184,6 +213,8 @@ impl ConfigFile {
             rehearse_slot: s.rehearse_slot,
             connections_max: s.connections_max.unwrap_or(CONNECTIONS_MAX_DEFAULT).max(1),
             bus_capacity: s.bus_capacity.unwrap_or(BUS_CAPACITY_DEFAULT).max(64),
+            net: s.net.unwrap_or_default(),
+            recv_buffers,
             pacing_enabled: p.enabled.unwrap_or(true),
             pacing,
             caps,

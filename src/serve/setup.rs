@@ -79,7 +79,8 @@ fn parse_ms(text: &str) -> Result<u64, String> {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        // Not `as_millis`: its u128 division shows in profiles of the request path.
+        .map(|d| d.as_secs() * 1000 + u64::from(d.subsec_millis()))
         .unwrap_or(0)
 }
 
