@@ -640,6 +640,46 @@ async fn core_main(
     }
 }
 
+/// Descriptors kept out of the connections' reach: log segments and their directory, glommio's
+/// rings, eventfds and timers, key-list reloads, the metrics and health endpoints.
+const FD_RESERVE: u64 = 128;
+
+/// Connections per core that fit the process's descriptor limit (raised to its hard limit
+/// first) with `FD_RESERVE` to spare, so that connections can never starve the log of a
+/// descriptor (a log that cannot open its next segment must stop the server).
+fn connections_budget(configured: usize, cores: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if got != 0 {
+        return configured;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let fit = (lim.rlim_cur.saturating_sub(FD_RESERVE) / cores.max(1) as u64) as usize;
+    if fit < configured {
+        eprintln!(
+            "note: the descriptor limit ({}) allows {fit} connections per core (server.\
+             connections_max is {configured}); raise it with `ulimit -n` (docs/TUNING.md)",
+            lim.rlim_cur
+        );
+        fit.max(1)
+    } else {
+        configured
+    }
+}
+
 /// What a finished server reports.
 pub struct Finished {
     pub shakes: u64,
@@ -685,7 +725,7 @@ pub fn run(
         shutdown: shutdown.clone(),
         draining: AtomicUsize::new(cores),
         key_lists_path: config.key_lists.clone(),
-        connections_max: config.connections_max,
+        connections_max: connections_budget(config.connections_max, cores),
         bound: Mutex::new(None),
     });
     // Doorbells: bells[src][dst].

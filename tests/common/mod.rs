@@ -68,7 +68,21 @@ impl Event {
 
     /// Starts a server on this event with data in `data` (relative to the event dir).
     pub fn serve(&self, data: &str, extra: &[&str]) -> Server {
-        let mut args = vec![
+        self.serve_under(&[], data, extra)
+    }
+
+    /// As `serve`, with the server started through `wrapper` (e.g. `prlimit --nofile=..`).
+    pub fn serve_under(&self, wrapper: &[&str], data: &str, extra: &[&str]) -> Server {
+        let mut args: Vec<&str> = wrapper[1.min(wrapper.len())..].to_vec();
+        let program = if wrapper.is_empty() {
+            bin()
+        } else {
+            wrapper[0]
+        };
+        if !wrapper.is_empty() {
+            args.push(bin());
+        }
+        args.extend_from_slice(&[
             "serve",
             "--tickets",
             "d/event/A",
@@ -83,9 +97,9 @@ impl Event {
             "--http",
             "127.0.0.1:0",
             "--rehearse",
-        ];
+        ]);
         args.extend_from_slice(extra);
-        Server::start(self.path(), &args)
+        Server::start_program(program, self.path(), &args)
     }
 
     /// Durable claims as (envelope id, uid), in log order, read with `hongbao claims`.
@@ -117,8 +131,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(cwd: &Path, args: &[&str]) -> Server {
+        Server::start_program(bin(), cwd, args)
+    }
+
+    pub fn start_program(program: &str, cwd: &Path, args: &[&str]) -> Server {
         let log = cwd.join(format!("serve-{}.err", rand_suffix()));
-        let mut child = Command::new(bin())
+        let mut child = Command::new(program)
             .args(args)
             .current_dir(cwd)
             .stdout(Stdio::piped())
