@@ -86,7 +86,7 @@ fn auth_error(e: TokenError) -> ErrorCode {
 }
 
 /// The checks of an open that need no shard state, then the claim on the owner core.
-fn open(core: &Core, uid: u64, token: &[u8], now: u64) -> Slot {
+fn open(core: &Rc<Core>, uid: u64, token: &[u8], now: u64) -> Slot {
     let shared = &core.shared;
     let refuse = |code| Slot::Ready(OpResult::error(code));
     let Ok(shake) = Shake::decode(token, &core.token_keys) else {
@@ -127,8 +127,7 @@ fn current_uid(auth: &Option<Auth>, now: u64) -> Result<u64, ErrorCode> {
 async fn finish(slot: Slot) -> OpResult {
     match slot {
         Slot::Ready(r) => r,
-        // The answering side went away (shutdown): the request was not done.
-        Slot::Wait(rx) => rx.await.unwrap_or(OpResult::error(ErrorCode::ShuttingDown)),
+        Slot::Wait(answer) => answer.await,
     }
 }
 
@@ -294,7 +293,7 @@ fn http_uid(
     }
 }
 
-fn http_request(core: &Core, req: &Request<'_>, cache: &mut AuthCache, now: u64) -> HttpSlot {
+fn http_request(core: &Rc<Core>, req: &Request<'_>, cache: &mut AuthCache, now: u64) -> HttpSlot {
     let close = req.close;
     match (req.method, req.path) {
         (Method::Get, "/healthz") => {

@@ -9,6 +9,7 @@
 //! handles a read or a commit, pushes them, then rings the destination's doorbell once (a
 //! glommio shared channel of capacity 1, which wakes a parked executor through its eventfd).
 
+mod answers;
 mod conn;
 mod uring;
 
@@ -23,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
 use foldhash::{HashMap, HashMapExt};
-use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -86,7 +86,7 @@ pub struct Shared {
 /// A request in a connection's pipeline, in request order.
 pub(crate) enum Slot {
     Ready(OpResult),
-    Wait(oneshot::Receiver<OpResult>),
+    Wait(answers::Answer),
 }
 
 /// One core's runtime state; every task of the core holds an `Rc` of it.
@@ -97,8 +97,7 @@ pub(crate) struct Core {
     /// This core's copies of the MAC keys (their MAC states are per core, see `token`).
     pub auth_keys: TokenKeys,
     pub token_keys: TokenKeys,
-    pending: RefCell<HashMap<u64, oneshot::Sender<OpResult>>>,
-    next_id: Cell<u64>,
+    answers: answers::Answers,
     outbox: RefCell<Vec<VecDeque<Msg>>>,
     doorbells: RefCell<Vec<Option<ConnectedSender<()>>>>,
     commit_wake: LocalSender<()>,
@@ -113,23 +112,11 @@ impl Core {
         &self.shared.metrics[self.id as usize]
     }
 
-    fn register(&self) -> (u64, oneshot::Receiver<OpResult>) {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        let (tx, rx) = oneshot::channel();
-        self.pending.borrow_mut().insert(id, tx);
-        (id, rx)
-    }
-
     /// Hands an answer to whoever waits for it: a local request, or another core.
     fn deliver(&self, route: Route, result: OpResult) {
         match route {
-            Route::Local(id) => {
-                if let Some(tx) = self.pending.borrow_mut().remove(&id) {
-                    // The connection may be gone; the answer then has no reader.
-                    let _ = tx.send(result);
-                }
-            }
+            // The connection may be gone; the answer then frees its entry.
+            Route::Local(id) => self.answers.deliver(id, result),
             Route::Remote { core, id } => {
                 self.outbox.borrow_mut()[core as usize].push_back(Msg::Reply { id, result });
             }
@@ -139,32 +126,30 @@ impl Core {
     /// Runs a request on core `target`: here through `local` (answered at once, or later by
     /// the commit loop), or on another core as the message `remote(id)` makes.
     fn dispatch(
-        &self,
+        self: &Rc<Self>,
         target: u16,
         local: impl FnOnce(&mut Engine, Route) -> Option<OpResult>,
         remote: impl FnOnce(u64) -> Msg,
     ) -> Slot {
+        let id = self.answers.register();
         if target == self.id {
-            let id = self.next_id.get();
             let answer = local(&mut self.engine.borrow_mut(), Route::Local(id));
             match answer {
-                Some(result) => Slot::Ready(result),
-                None => {
-                    let (registered, rx) = self.register();
-                    debug_assert_eq!(registered, id);
-                    Slot::Wait(rx)
+                Some(result) => {
+                    self.answers.cancel(id);
+                    Slot::Ready(result)
                 }
+                None => Slot::Wait(answers::Answer::new(self.clone(), id)),
             }
         } else {
-            let (id, rx) = self.register();
             self.outbox.borrow_mut()[target as usize].push_back(remote(id));
             self.metrics().forwarded_out.fetch_add(1, Ordering::Relaxed);
-            Slot::Wait(rx)
+            Slot::Wait(answers::Answer::new(self.clone(), id))
         }
     }
 
     /// A shake of `uid`, decided on the user's home core.
-    pub fn shake(&self, uid: u64, now: u64) -> Slot {
+    pub fn shake(self: &Rc<Self>, uid: u64, now: u64) -> Slot {
         let home = crate::serve::setup::home_core(uid, self.shared.cores) as u16;
         let from = self.id;
         self.dispatch(
@@ -175,7 +160,7 @@ impl Core {
     }
 
     /// An open that passed the stateless checks, claimed on the shard's owner core.
-    pub fn open(&self, req: OpenRequest, owner: u16) -> Slot {
+    pub fn open(self: &Rc<Self>, req: OpenRequest, owner: u16) -> Slot {
         let from = self.id;
         self.dispatch(
             owner,
@@ -486,8 +471,7 @@ async fn core_main(
         engine: RefCell::new(engine),
         auth_keys: own.auth_keys,
         token_keys: own.token_keys,
-        pending: RefCell::new(HashMap::new()),
-        next_id: Cell::new(1),
+        answers: answers::Answers::default(),
         doorbells: RefCell::new((0..shared.cores).map(|_| None).collect()),
         commit_wake,
         lists: RefCell::new(own.lists),
