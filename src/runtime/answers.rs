@@ -126,6 +126,22 @@ impl Answers {
         }
     }
 
+    /// The answer, if it is there (frees the entry).
+    fn try_take(&self, id: u64) -> Option<OpResult> {
+        let (index, gen) = split(id);
+        let mut slab = self.slab.borrow_mut();
+        let e = &mut slab.entries[index];
+        debug_assert_eq!(e.gen, gen);
+        if !matches!(e.state, State::Done(_)) {
+            return None;
+        }
+        let State::Done(result) = std::mem::replace(&mut e.state, State::Free) else {
+            unreachable!()
+        };
+        Self::release(&mut slab, index);
+        Some(result)
+    }
+
     fn abandon(&self, id: u64) {
         let (index, gen) = split(id);
         let mut slab = self.slab.borrow_mut();
@@ -164,6 +180,18 @@ impl Answer {
             id,
             done: false,
         }
+    }
+}
+
+impl Answer {
+    /// The answer if it has arrived, without waiting.
+    pub fn try_take(&mut self) -> Option<OpResult> {
+        if self.done {
+            return None;
+        }
+        let result = self.core.answers.try_take(self.id);
+        self.done = result.is_some();
+        result
     }
 }
 

@@ -6,6 +6,7 @@
 //! replies in request order with one write. Pipelined requests therefore share one read, one
 //! queue push per destination, one fdatasync and one write.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
@@ -26,6 +27,10 @@ use crate::wire::ops::{
     encode_binary, encode_http, encode_pong, ErrorCode, HelloReply, OpResult, OP_HELLO, OP_OPEN,
     OP_PING, OP_SHAKE, PING_BYTES_MAX,
 };
+
+/// Requests a connection may have started and not yet answered; beyond it, it stops reading
+/// until answers go out.
+const PENDING_MAX: usize = 4096;
 
 /// Bytes read per connection per read call.
 const READ_BYTES: usize = 16 << 10;
@@ -124,13 +129,6 @@ fn current_uid(auth: &Option<Auth>, now: u64) -> Result<u64, ErrorCode> {
     }
 }
 
-async fn finish(slot: Slot) -> OpResult {
-    match slot {
-        Slot::Ready(r) => r,
-        Slot::Wait(answer) => answer.await,
-    }
-}
-
 enum BinarySlot {
     Op(u8, u64, Slot, &'static str),
     Pong(u64, bytes::Bytes),
@@ -142,16 +140,36 @@ async fn binary_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut str
     let mut auth: Option<Auth> = None;
     let mut buf = vec![0u8; READ_BYTES];
     let mut out = BytesMut::new();
-    let mut slots: Vec<BinarySlot> = Vec::new();
+    let mut slots: VecDeque<BinarySlot> = VecDeque::new();
+    let mut close = false;
     loop {
-        let n = match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        // Answer, in request order, everything that is ready, with one write.
+        while let Some(front) = slots.front_mut() {
+            if !encode_binary_slot(core, front, &mut out) {
+                break;
+            }
+            slots.pop_front();
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        let reading = !close && slots.len() < PENDING_MAX;
+        let head = slots.front_mut().and_then(|s| match s {
+            BinarySlot::Op(_, _, slot, _) => Some(slot),
+            _ => None,
+        });
+        let n = match next_event(&mut stream, &mut buf, head, reading).await {
+            Wake::Read(n) => n,
+            Wake::Answer => continue,
+            Wake::Done => return,
         };
         decoder.extend(&buf[..n]);
         // One clock read per read: every request of a pipelined batch arrived at once.
         let now = now_ms();
-        let mut close = false;
+        let mut started = 0usize;
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
@@ -194,8 +212,9 @@ async fn binary_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut str
                         OP_PING => BinarySlot::Fail(rid, ErrorCode::TooLarge, format!("PING payload over {PING_BYTES_MAX} bytes")),
                         op => BinarySlot::Fail(rid, ErrorCode::UnknownOp, format!("op 0x{op:02x} is not known")),
                     };
-                    slots.push(slot);
-                    if slots.len() % REQUESTS_PER_YIELD == 0 {
+                    slots.push_back(slot);
+                    started += 1;
+                    if started % REQUESTS_PER_YIELD == 0 {
                         // Let woken tasks (the commit loop with a finished sync, other
                         // connections) run between slices of a large pipelined read.
                         futures_lite::future::yield_now().await;
@@ -208,7 +227,7 @@ async fn binary_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut str
                         FrameError::TooLong(_) => ErrorCode::TooLarge,
                         FrameError::TooShort(_) => ErrorCode::Malformed,
                     };
-                    slots.push(BinarySlot::Fail(
+                    slots.push_back(BinarySlot::Fail(
                         e.request_id().unwrap_or(0),
                         code,
                         e.to_string(),
@@ -222,32 +241,28 @@ async fn binary_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut str
         }
         core.flush();
         core.wake_commit();
-        for slot in slots.drain(..) {
-            match slot {
-                BinarySlot::Op(op, rid, slot, message) => {
-                    let result = finish(slot).await;
-                    if let OpResult::Error { code, .. } = result {
-                        core.metrics().error(code);
-                    }
-                    encode_binary(op, rid, &result, message, &mut out);
-                }
-                BinarySlot::Pong(rid, payload) => encode_pong(rid, &payload, &mut out),
-                BinarySlot::Fail(rid, code, message) => {
-                    core.metrics().error(code);
-                    encode_binary(0, rid, &OpResult::error(code), &message, &mut out);
-                }
+    }
+}
+
+/// Encodes a binary request's answer if it is there; false while it is not.
+fn encode_binary_slot(core: &Core, slot: &mut BinarySlot, out: &mut BytesMut) -> bool {
+    match slot {
+        BinarySlot::Op(op, rid, slot, message) => {
+            let Some(result) = slot.try_take() else {
+                return false;
+            };
+            if let OpResult::Error { code, .. } = result {
+                core.metrics().error(code);
             }
+            encode_binary(*op, *rid, &result, message, out);
         }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
-        if close {
-            return;
+        BinarySlot::Pong(rid, payload) => encode_pong(*rid, payload, out),
+        BinarySlot::Fail(rid, code, message) => {
+            core.metrics().error(*code);
+            encode_binary(0, *rid, &OpResult::error(*code), message, out);
         }
     }
+    true
 }
 
 enum HttpSlot {
@@ -371,16 +386,36 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut strea
     let mut cache: AuthCache = None;
     let mut buf = vec![0u8; READ_BYTES];
     let mut out = BytesMut::new();
-    let mut slots: Vec<HttpSlot> = Vec::new();
+    let mut slots: VecDeque<HttpSlot> = VecDeque::new();
+    let mut close = false;
     loop {
-        let n = match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        // Answer, in request order, everything that is ready, with one write.
+        while let Some(front) = slots.front_mut() {
+            if !encode_http_slot(core, front, &mut out) {
+                break;
+            }
+            slots.pop_front();
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        let reading = !close && slots.len() < PENDING_MAX;
+        let head = slots.front_mut().and_then(|s| match s {
+            HttpSlot::Op(slot, _) => Some(slot),
+            _ => None,
+        });
+        let n = match next_event(&mut stream, &mut buf, head, reading).await {
+            Wake::Read(n) => n,
+            Wake::Answer => continue,
+            Wake::Done => return,
         };
         decoder.extend(&buf[..n]);
         // One clock read per read: every request of a pipelined batch arrived at once.
         let now = now_ms();
-        let mut close = false;
+        let mut started = 0usize;
         loop {
             match decoder.next_request() {
                 Ok(Some((req, span))) => {
@@ -390,8 +425,9 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut strea
                         slot,
                         HttpSlot::Op(_, true) | HttpSlot::Raw(.., true) | HttpSlot::Fail(.., true)
                     );
-                    slots.push(slot);
-                    if slots.len() % REQUESTS_PER_YIELD == 0 {
+                    slots.push_back(slot);
+                    started += 1;
+                    if started % REQUESTS_PER_YIELD == 0 {
                         // Let woken tasks (the commit loop with a finished sync, other
                         // connections) run between slices of a large pipelined read.
                         futures_lite::future::yield_now().await;
@@ -413,7 +449,7 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut strea
                     } else {
                         ErrorCode::Malformed
                     });
-                    slots.push(HttpSlot::Raw(
+                    slots.push_back(HttpSlot::Raw(
                         status,
                         "application/json",
                         body.into_bytes(),
@@ -426,32 +462,72 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut strea
         }
         core.flush();
         core.wake_commit();
-        for slot in slots.drain(..) {
-            match slot {
-                HttpSlot::Op(slot, close) => {
-                    let result = finish(slot).await;
-                    if let OpResult::Error { code, .. } = result {
-                        core.metrics().error(code);
-                    }
-                    encode_http(&result, "", close, &mut out);
-                }
-                HttpSlot::Raw(status, content_type, body, close) => {
-                    encode_response(status, content_type, &[], &body, close, &mut out)
-                }
-                HttpSlot::Fail(code, message, close) => {
-                    core.metrics().error(code);
-                    encode_http(&OpResult::error(code), &message, close, &mut out);
-                }
+    }
+}
+
+/// Encodes an HTTP request's answer if it is there; false while it is not.
+fn encode_http_slot(core: &Core, slot: &mut HttpSlot, out: &mut BytesMut) -> bool {
+    match slot {
+        HttpSlot::Op(slot, close) => {
+            let Some(result) = slot.try_take() else {
+                return false;
+            };
+            if let OpResult::Error { code, .. } = result {
+                core.metrics().error(code);
             }
+            encode_http(&result, "", *close, out);
         }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
+        HttpSlot::Raw(status, content_type, body, close) => {
+            encode_response(*status, content_type, &[], body, *close, out)
         }
-        if close {
-            return;
+        HttpSlot::Fail(code, message, close) => {
+            core.metrics().error(*code);
+            encode_http(&OpResult::error(*code), message, *close, out);
         }
+    }
+    true
+}
+
+/// What a connection acts on next.
+enum Wake {
+    /// `n` bytes were read.
+    Read(usize),
+    /// The answer at the head of the pipeline arrived.
+    Answer,
+    /// The peer closed or failed, or the connection is closing and everything is answered.
+    Done,
+}
+
+/// Waits for input (while `reading`) or for the answer at the head of the pipeline, whichever
+/// comes first: a connection keeps reading and starting requests while earlier ones wait for
+/// their group commit, so a client's next requests join the next batch instead of waiting for
+/// the answers before them to be written.
+async fn next_event<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+    head: Option<&mut Slot>,
+    reading: bool,
+) -> Wake {
+    let read = |r: std::io::Result<usize>| match r {
+        Ok(0) | Err(_) => Wake::Done,
+        Ok(n) => Wake::Read(n),
+    };
+    match (reading, head) {
+        (true, None) => read(stream.read(buf).await),
+        (true, Some(slot)) => {
+            futures_lite::future::or(
+                async {
+                    slot.ready().await;
+                    Wake::Answer
+                },
+                async { read(stream.read(buf).await) },
+            )
+            .await
+        }
+        (false, Some(slot)) => {
+            slot.ready().await;
+            Wake::Answer
+        }
+        (false, None) => Wake::Done,
     }
 }

@@ -89,6 +89,24 @@ pub(crate) enum Slot {
     Wait(answers::Answer),
 }
 
+impl Slot {
+    /// The result if it is there (once: a slot is answered once).
+    pub fn try_take(&mut self) -> Option<OpResult> {
+        match self {
+            Slot::Ready(r) => Some(*r),
+            Slot::Wait(a) => a.try_take(),
+        }
+    }
+
+    /// Waits until the result is there (cancel-safe: dropped early, the slot still waits).
+    pub async fn ready(&mut self) {
+        if let Slot::Wait(a) = self {
+            let result = a.await;
+            *self = Slot::Ready(result);
+        }
+    }
+}
+
 /// One core's runtime state; every task of the core holds an `Rc` of it.
 pub(crate) struct Core {
     pub id: u16,
