@@ -13,13 +13,9 @@ CONNS=${2:-16}
 for tool in valgrind callgrind_control wrk taskset; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install valgrind wrk)"; exit 2; }
 done
-cargo build --release --quiet
-BIN=$PWD/target/release/hongbao
-WORK=$(mktemp -d)
-trap 'kill -9 $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-(cd "$WORK" && "$BIN" demo --dir ev --no-serve --seed 1 >/dev/null)
-"$BIN" auth-keys --out "$WORK/auth.keys" >/dev/null
-"$BIN" auth-token --auth-keys "$WORK/auth.keys" --uid 1 --count 10000 > "$WORK/tokens.txt"
+KILL_SIGNAL=KILL
+# shellcheck source=bench/http-event.sh
+source bench/http-event.sh
 
 measure() { # net depth -> instructions per request
   local net=$1 depth=$2 out="$WORK/cg-$1-$2"

@@ -17,13 +17,8 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 for tool in wrk nginx taskset; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install wrk nginx-light)"; exit 2; }
 done
-cargo build --release --quiet
-BIN=$PWD/target/release/hongbao
-WORK=$(mktemp -d)
-trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-(cd "$WORK" && "$BIN" demo --dir ev --no-serve --seed 1 >/dev/null)
-"$BIN" auth-keys --out "$WORK/auth.keys" >/dev/null
-"$BIN" auth-token --auth-keys "$WORK/auth.keys" --uid 1 --count 10000 > "$WORK/tokens.txt"
+# shellcheck source=bench/http-event.sh
+source bench/http-event.sh
 
 cpu_ticks() { # utime + stime of a process and its threads, in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat"

@@ -65,6 +65,12 @@ impl Answers {
         (u64::from(e.gen) << 32) | index as u64
     }
 
+    /// The live entry of `id`, if its generation still matches.
+    fn entry(slab: &mut Slab, id: u64) -> Option<&mut Entry> {
+        let (index, gen) = split(id);
+        slab.entries.get_mut(index).filter(|e| e.gen == gen)
+    }
+
     fn release(slab: &mut Slab, index: usize) {
         slab.entries[index].state = State::Free;
         slab.free.push(index as u32);
@@ -72,23 +78,18 @@ impl Answers {
 
     /// Frees an entry whose request was answered at once (never delivered).
     pub fn cancel(&self, id: u64) {
-        let (index, gen) = split(id);
         let mut slab = self.slab.borrow_mut();
-        if slab.entries.get(index).is_some_and(|e| e.gen == gen) {
-            Self::release(&mut slab, index);
+        if Self::entry(&mut slab, id).is_some() {
+            Self::release(&mut slab, split(id).0);
         }
     }
 
     /// Hands the answer to its waiter. Unknown or stale ids are ignored.
     pub fn deliver(&self, id: u64, result: OpResult) {
-        let (index, gen) = split(id);
         let mut slab = self.slab.borrow_mut();
-        let Some(e) = slab.entries.get_mut(index) else {
+        let Some(e) = Self::entry(&mut slab, id) else {
             return;
         };
-        if e.gen != gen {
-            return;
-        }
         match std::mem::replace(&mut e.state, State::Free) {
             State::Waiting(waker) => {
                 e.state = State::Done(result);
@@ -97,63 +98,46 @@ impl Answers {
                     w.wake();
                 }
             }
-            State::Abandoned => Self::release(&mut slab, index),
+            State::Abandoned => Self::release(&mut slab, split(id).0),
             other => e.state = other,
         }
     }
 
     fn poll(&self, id: u64, cx: &Context<'_>) -> Poll<OpResult> {
-        let (index, gen) = split(id);
-        let mut slab = self.slab.borrow_mut();
-        let e = &mut slab.entries[index];
-        debug_assert_eq!(e.gen, gen);
-        match &mut e.state {
-            State::Waiting(waker) => {
-                match waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-            State::Done(_) => {
-                let State::Done(result) = std::mem::replace(&mut e.state, State::Free) else {
-                    unreachable!()
-                };
-                Self::release(&mut slab, index);
-                Poll::Ready(result)
-            }
-            State::Free | State::Abandoned => unreachable!("an answer is polled once"),
+        if let Some(result) = self.try_take(id) {
+            return Poll::Ready(result);
         }
+        let mut slab = self.slab.borrow_mut();
+        let e = Self::entry(&mut slab, id).expect("a waiting answer's entry is live");
+        match &mut e.state {
+            State::Waiting(waker) => match waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            },
+            _ => unreachable!("an answer is polled until it is taken, once"),
+        }
+        Poll::Pending
     }
 
     /// The answer, if it is there (frees the entry).
     fn try_take(&self, id: u64) -> Option<OpResult> {
-        let (index, gen) = split(id);
         let mut slab = self.slab.borrow_mut();
-        let e = &mut slab.entries[index];
-        debug_assert_eq!(e.gen, gen);
-        if !matches!(e.state, State::Done(_)) {
+        let e = Self::entry(&mut slab, id)?;
+        let State::Done(result) = e.state else {
             return None;
-        }
-        let State::Done(result) = std::mem::replace(&mut e.state, State::Free) else {
-            unreachable!()
         };
-        Self::release(&mut slab, index);
+        Self::release(&mut slab, split(id).0);
         Some(result)
     }
 
     fn abandon(&self, id: u64) {
-        let (index, gen) = split(id);
         let mut slab = self.slab.borrow_mut();
-        let Some(e) = slab.entries.get_mut(index) else {
+        let Some(e) = Self::entry(&mut slab, id) else {
             return;
         };
-        if e.gen != gen {
-            return;
-        }
         match e.state {
             State::Waiting(_) => e.state = State::Abandoned,
-            State::Done(_) => Self::release(&mut slab, index),
+            State::Done(_) => Self::release(&mut slab, split(id).0),
             _ => {}
         }
     }

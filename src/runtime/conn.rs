@@ -143,18 +143,8 @@ async fn binary_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut str
     let mut slots: VecDeque<BinarySlot> = VecDeque::new();
     let mut close = false;
     loop {
-        // Answer, in request order, everything that is ready, with one write.
-        while let Some(front) = slots.front_mut() {
-            if !encode_binary_slot(core, front, &mut out) {
-                break;
-            }
-            slots.pop_front();
-        }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
+        if !answer_ready(core, &mut stream, &mut slots, encode_binary_slot, &mut out).await {
+            return;
         }
         let reading = !close && slots.len() < PENDING_MAX;
         let head = slots.front_mut().and_then(|s| match s {
@@ -389,18 +379,8 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut strea
     let mut slots: VecDeque<HttpSlot> = VecDeque::new();
     let mut close = false;
     loop {
-        // Answer, in request order, everything that is ready, with one write.
-        while let Some(front) = slots.front_mut() {
-            if !encode_http_slot(core, front, &mut out) {
-                break;
-            }
-            slots.pop_front();
-        }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
+        if !answer_ready(core, &mut stream, &mut slots, encode_http_slot, &mut out).await {
+            return;
         }
         let reading = !close && slots.len() < PENDING_MAX;
         let head = slots.front_mut().and_then(|s| match s {
@@ -484,6 +464,30 @@ fn encode_http_slot(core: &Core, slot: &mut HttpSlot, out: &mut BytesMut) -> boo
             core.metrics().error(*code);
             encode_http(&OpResult::error(*code), message, *close, out);
         }
+    }
+    true
+}
+
+/// Answers, in request order, every request at the head of `slots` whose answer is there, with
+/// one write. False when the write failed (the connection is gone).
+async fn answer_ready<S: AsyncWrite + Unpin, T>(
+    core: &Core,
+    stream: &mut S,
+    slots: &mut VecDeque<T>,
+    encode: fn(&Core, &mut T, &mut BytesMut) -> bool,
+    out: &mut BytesMut,
+) -> bool {
+    while let Some(front) = slots.front_mut() {
+        if !encode(core, front, out) {
+            break;
+        }
+        slots.pop_front();
+    }
+    if !out.is_empty() {
+        if stream.write_all(out).await.is_err() {
+            return false;
+        }
+        out.clear();
     }
     true
 }
