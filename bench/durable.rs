@@ -269,6 +269,9 @@ fn main() {
         metric(&after, "hongbao_log_commits_total") - metric(&before, "hongbao_log_commits_total");
     let commit_seconds = metric(&after, "hongbao_log_commit_seconds_sum")
         - metric(&before, "hongbao_log_commit_seconds_sum");
+    let disk_seconds = (metric(&after, "hongbao_log_disk_microseconds_total")
+        - metric(&before, "hongbao_log_disk_microseconds_total"))
+        / 1e6;
     assert_eq!(all.len(), total, "every open answered");
     assert!(
         opens >= total as f64,
@@ -301,10 +304,10 @@ fn main() {
         common::machine(),
         common::today()
     );
-    println!("| what | opens/s | p50 µs | p99 µs | p99.9 µs | max µs | claims per fdatasync | commits/s | write+fdatasync µs | server CPU busy | server CPU µs/open | vs peer |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| what | opens/s | p50 µs | p99 µs | p99.9 µs | max µs | claims per fdatasync | commits/s | commit cycle µs | of which in write+fdatasync µs | server CPU busy | server CPU µs/open | vs peer |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| durable opens, {conns} conns x depth {depth} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.2} | {:.0}x |",
+        "| durable opens, {conns} conns x depth {depth} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.2} | {:.0}x |",
         rate,
         all.value_at_quantile(0.5),
         all.value_at_quantile(0.99),
@@ -313,9 +316,12 @@ fn main() {
         opens / commits.max(1.0),
         commits / seconds,
         1e6 * commit_seconds / commits.max(1.0),
+        1e6 * disk_seconds / commits.max(1.0),
         100.0 * server_cpu / seconds,
         1e6 * server_cpu / total as f64,
         rate / peer
     );
-    println!("| peer: 64-byte append + fdatasync per op | {peer:.0} | | | | | 1 | | | | | 1.0x |");
+    println!(
+        "| peer: 64-byte append + fdatasync per op | {peer:.0} | | | | | 1 | | | | | | 1.0x |"
+    );
 }

@@ -300,18 +300,24 @@ async fn commit_loop(
             let started = Instant::now();
             let bytes = batch.bytes.len() as u64;
             let end = batch.end;
-            if let Err(e) = write_batch(&dir, &mut file, batch).await {
-                // The log's state on disk is unknown: stop, and let recovery decide. Nothing
-                // of this batch was answered, so nothing acknowledged is lost.
-                eprintln!(
-                    "fatal: core {} could not make its log durable: {e}; stopping without \
+            let disk = match write_batch(&dir, &mut file, batch).await {
+                Ok(disk) => disk,
+                Err(e) => {
+                    // The log's state on disk is unknown: stop, and let recovery decide. Nothing
+                    // of this batch was answered, so nothing acknowledged is lost.
+                    eprintln!(
+                        "fatal: core {} could not make its log durable: {e}; stopping without \
                      answering the claims in flight (recovery on restart keeps what is durable)",
-                    core.id
-                );
-                std::process::exit(3);
-            }
-            core.metrics()
-                .commit(bytes, started.elapsed().as_micros() as u64);
+                        core.id
+                    );
+                    std::process::exit(3);
+                }
+            };
+            core.metrics().commit(
+                bytes,
+                started.elapsed().as_micros() as u64,
+                disk.as_micros() as u64,
+            );
             core.engine
                 .borrow_mut()
                 .batch_done(end, now_ms(), &mut answers);
@@ -330,18 +336,20 @@ type SegmentFile = Option<(u64, std::fs::File)>;
 /// glommio's blocking thread pool. Plain blocking calls on a helper thread measured 2-3x faster
 /// per commit than the same work as io_uring operations through glommio's `BufferedFile`
 /// (which the kernel runs on io-wq worker threads anyway), and they keep the core's thread free
-/// to serve while the disk works (docs/BENCHMARKS.md).
+/// to serve while the disk works (docs/BENCHMARKS.md). Returns the time spent in the system
+/// calls themselves.
 async fn write_batch(
     dir: &std::path::Path,
     file: &mut SegmentFile,
     batch: WriteBatch,
-) -> Result<(), String> {
+) -> Result<std::time::Duration, String> {
     let dir = dir.to_path_buf();
     let mut open = file.take();
     let (open, result) = glommio::executor()
         .spawn_blocking(move || {
+            let started = Instant::now();
             let result = crate::store::file::write_batch_durably(&dir, &mut open, &batch);
-            (open, result)
+            (open, result.map(|()| started.elapsed()))
         })
         .await;
     *file = open;
