@@ -23,6 +23,7 @@
 //! - [`runtime`]: the glommio executors, listeners, connections, commit loops, queues.
 //! - [`client`]: a blocking binary-protocol client (demo, tests, reference).
 //! - [`metrics`]: per-core counters and the Prometheus exposition.
+//! - [`load`]: `hongbao load`, the io_uring load generator and its reports.
 //!
 //! docs/ARCHITECTURE.md explains the design and its reasons; docs/formats/ every file format.
 
@@ -33,6 +34,7 @@ pub mod fsutil;
 pub mod gen;
 pub mod inspect;
 pub mod ledger;
+pub mod load;
 pub mod manifest;
 pub mod metrics;
 pub mod plan;

@@ -99,6 +99,11 @@ enum Command {
     /// Serve a generated event: shakes and opens over the binary protocol and HTTP, one pinned
     /// executor per core, claims made durable in per-core logs (docs/PROTOCOL.md).
     Serve(Box<ServeArgs>),
+    /// Load a server: closed loop (connections x pipeline depth) or open loop at a fixed rate
+    /// (latency from intended send times), io_uring threads pinned to CPUs, per-second
+    /// progress, HdrHistogram percentiles per operation and outcome; --out writes
+    /// summary.json, report.md and .hgrm files (docs/formats/load-report.md).
+    Load(Box<hongbao::load::LoadArgs>),
     /// Create an auth key file (mode 0600): the key the login side signs auth tokens with.
     AuthKeys {
         #[arg(long)]
@@ -336,6 +341,23 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 return Ok(code);
             }
             demo_serve(&dir, listen, http, serve_for)
+        }
+        Command::Load(args) => {
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            let outcome = hongbao::load::run(&args, command)?;
+            print!("{}", hongbao::load::stats::markdown(&outcome.summary));
+            for path in &outcome.written {
+                eprintln!("wrote {}", path.display());
+            }
+            if let Some(reason) = &outcome.summary.stop_reason {
+                eprintln!(
+                    "hongbao load: the run ended early ({reason}); the results above cover \
+                     the {:.1} s measured",
+                    outcome.summary.measured_s
+                );
+                return Ok(ExitCode::from(3));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => {
             let config = serve_config(*args)?;

@@ -779,6 +779,7 @@ pub fn run(
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("hongbao-core-{k}"))
             .io_memory(IO_MEMORY)
+            .preempt_timer(Duration::from_micros(config.preempt_us as u64))
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
             .spawn(move || core_main(setup, shared, own, out, inn, ready))
             .map_err(|e| format!("starting core {k}: {e}"))?;

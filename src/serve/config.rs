@@ -49,6 +49,10 @@ pub struct ServerSection {
     /// 4 KiB receive buffers per core shared by its connections on the io_uring path
     /// (a power of two, 1 to 32768).
     pub recv_buffers: Option<u16>,
+    /// How long (microseconds) a core runs its tasks before it looks for finished I/O again
+    /// (glommio's preemption timer): bounds how long a finished log commit waits to be
+    /// answered while the core is saturated. 100 to 100000.
+    pub preempt_us: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -97,6 +101,7 @@ pub struct ServeConfig {
     pub bus_capacity: usize,
     pub net: NetPath,
     pub recv_buffers: u16,
+    pub preempt_us: u32,
     pub pacing_enabled: bool,
     pub pacing: PacingConfig,
     pub caps: CapsConfig,
@@ -121,6 +126,9 @@ pub enum NetPath {
 
 /// Receive buffers per core (x 4 KiB = 8 MiB).
 pub const RECV_BUFFERS_DEFAULT: u16 = 2048;
+/// glommio's own default is 100 ms: a saturated core then noticed a finished log commit up to
+/// 100 ms late, and every open behind it waited (found with `hongbao load`; docs/BENCHMARKS.md).
+pub const PREEMPT_US_DEFAULT: u32 = 1000;
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
 pub const HTTP_DEFAULT: &str = "127.0.0.1:7780";
@@ -192,6 +200,12 @@ impl ConfigFile {
                 "server.recv_buffers = {recv_buffers} must be a power of two from 1 to 32768"
             ));
         }
+        let preempt_us = s.preempt_us.unwrap_or(PREEMPT_US_DEFAULT);
+        if !(100..=100_000).contains(&preempt_us) {
+            return Err(format!(
+                "server.preempt_us = {preempt_us} must be from 100 to 100000"
+            ));
+        }
         let pending_bytes = self.store.pending_bytes.unwrap_or(PENDING_BYTES_DEFAULT);
         if pending_bytes < 64 << 10 {
             return Err(format!(
@@ -215,6 +229,7 @@ impl ConfigFile {
             bus_capacity: s.bus_capacity.unwrap_or(BUS_CAPACITY_DEFAULT).max(64),
             net: s.net.unwrap_or_default(),
             recv_buffers,
+            preempt_us,
             pacing_enabled: p.enabled.unwrap_or(true),
             pacing,
             caps,

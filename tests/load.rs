@@ -1,0 +1,259 @@
+//! `hongbao load` against a real server on loopback: its counts agree with the server's
+//! metrics and the durable claims; the files it writes parse; an unreachable target and a server
+//! killed mid-run give clear messages (and the partial results are kept).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{bin, http, Event};
+
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| {
+            let rest = &l[name.len()..];
+            rest.starts_with('{') || rest.starts_with(' ')
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap_or(0.0) as u64)
+        .sum()
+}
+
+fn load(event: &Event, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .arg("load")
+        .args(args)
+        .current_dir(event.path())
+        .output()
+        .expect("load runs")
+}
+
+fn summary(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path.join("summary.json")).unwrap()).unwrap()
+}
+
+fn series<'a>(s: &'a serde_json::Value, op: &str, outcome: &str) -> Option<&'a serde_json::Value> {
+    s["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["op"] == op && x["outcome"] == outcome)
+}
+
+#[test]
+fn closed_loop_counts_agree_with_the_server_and_the_log() {
+    let event = Event::new();
+    let mut server = event.serve("data", &["--cores", "2", "--no-pacing"]);
+    let target = server.binary.to_string();
+    let out = load(
+        &event,
+        &[
+            "--target",
+            &target,
+            "--auth-keys",
+            "auth.keys",
+            "--conns",
+            "8",
+            "--depth",
+            "4",
+            "--uids",
+            "40",
+            "--warmup",
+            "0",
+            "--duration",
+            "1",
+            "--out",
+            "run1",
+            "--quiet",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| shake | all |"), "{stdout}");
+
+    let s = summary(&event.path().join("run1"));
+    assert_eq!(s["complete"], true);
+    assert_eq!(s["config"]["mode"], "closed");
+    let shakes = series(&s, "shake", "all").expect("shakes ran")["count"]
+        .as_u64()
+        .unwrap();
+    // No pacing: every shake wins while tickets last, and every envelope is opened.
+    let won = series(&s, "shake", "envelope").expect("envelopes won")["count"]
+        .as_u64()
+        .unwrap();
+    let opened = series(&s, "open", "ok").expect("opens answered")["count"]
+        .as_u64()
+        .unwrap();
+    assert!(shakes > 100 && won > 100, "{s}");
+    assert!(opened > 0 && opened <= won, "{opened} opened of {won}");
+    assert!(s["errors"].as_object().unwrap().is_empty(), "{s}");
+    // 40 users over 8 connections: connections switch users with HELLO.
+    assert!(series(&s, "hello", "ok").is_some(), "{s}");
+
+    // The server answered at least what the loader counted, and at most what was in flight
+    // when the run ended on top (8 connections x 4).
+    let (_, metrics) = http(server.http, "GET", "/metrics", None, "");
+    let server_shakes = metric_sum(&metrics, "hongbao_shakes_total");
+    let server_opens = metric_sum(&metrics, "hongbao_opens_total");
+    assert!(
+        server_shakes >= shakes && server_shakes <= shakes + 32,
+        "server {server_shakes} vs loader {shakes}"
+    );
+    assert!(
+        server_opens >= opened && server_opens <= opened + 32,
+        "server {server_opens} vs loader {opened}"
+    );
+    // Every open the loader saw answered is a durable claim, once.
+    server.terminate();
+    let claims = event.claims("data");
+    assert_eq!(claims.len() as u64, server_opens);
+    let mut ids: Vec<u64> = claims.iter().map(|c| c.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), claims.len(), "an envelope claimed twice");
+
+    // The files: percentile distributions and the markdown report.
+    let hgrm = std::fs::read_to_string(event.path().join("run1/shake.hgrm")).unwrap();
+    assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+    assert!(
+        hgrm.contains(&format!("Total count    = {shakes:>12}]")),
+        "{hgrm}"
+    );
+    let md = std::fs::read_to_string(event.path().join("run1/report.md")).unwrap();
+    assert!(md.contains("| open | ok |"), "{md}");
+}
+
+#[test]
+fn open_loop_sends_on_schedule_and_obeys_back_off() {
+    let event = Event::new();
+    // Every shake reply says: wait 200 ms.
+    let cfg = event.path().join("serve.toml");
+    std::fs::write(&cfg, "[pacing]\nbackoff_ms = 200\n").unwrap();
+    let _server = event.serve("data", &["--config", cfg.to_str().unwrap()]);
+    let target = _server.binary.to_string();
+    let out = load(
+        &event,
+        &[
+            "--target",
+            &target,
+            "--auth-keys",
+            "auth.keys",
+            "--rate",
+            "2000",
+            "--conns",
+            "4",
+            "--uids",
+            "40",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+            "--obey-backoff",
+            "--out",
+            "run2",
+            "--quiet",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s = summary(&event.path().join("run2"));
+    assert_eq!(s["config"]["mode"], "open");
+    let shakes = series(&s, "shake", "all").unwrap()["count"]
+        .as_u64()
+        .unwrap();
+    let held = s["held_back"].as_u64().unwrap();
+    // 2,000 requests are due in the measured second. 40 users each allowed one shake per
+    // 200 ms can make at most 40 x 5 (+ 40 at the start) of them; the rest are held back.
+    assert!(
+        shakes <= 40 * 6 + 8,
+        "{shakes} shakes sent through back-off"
+    );
+    assert!(shakes >= 40, "{shakes}");
+    assert!(
+        shakes + held >= 1_500 && shakes + held <= 2_010,
+        "{shakes} sent + {held} held back of 2,000 due"
+    );
+    // Open loop writes the uncorrected distribution too.
+    assert!(event.path().join("run2/shake.uncorrected.hgrm").exists());
+}
+
+#[test]
+fn unreachable_target_is_a_clear_error() {
+    let event = Event::new();
+    // A port nobody listens on: bind one, then close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let out = load(
+        &event,
+        &[
+            "--target",
+            &target,
+            "--auth-keys",
+            "auth.keys",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect to") && stderr.contains("refused"),
+        "{stderr}"
+    );
+    // And a shake load without auth keys says what it needs.
+    let out = load(&event, &["--target", &target]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--auth-keys"));
+}
+
+#[test]
+fn server_killed_mid_run_keeps_partial_results() {
+    let event = Event::new();
+    let mut server = event.serve("data", &[]);
+    let target = server.binary.to_string();
+    let child = Command::new(bin())
+        .args([
+            "load",
+            "--target",
+            &target,
+            "--op",
+            "ping",
+            "--conns",
+            "4",
+            "--warmup",
+            "0",
+            "--duration",
+            "30",
+            "--out",
+            "run3",
+            "--quiet",
+        ])
+        .current_dir(event.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill9();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("ended early"), "{stderr}");
+    let s = summary(&event.path().join("run3"));
+    assert_eq!(s["complete"], false);
+    assert!(s["stop_reason"]
+        .as_str()
+        .unwrap()
+        .contains("every connection was lost"));
+    assert_eq!(s["connections_lost"], 4);
+    let pings = series(&s, "ping", "ok").unwrap()["count"].as_u64().unwrap();
+    assert!(pings > 0);
+    let measured = s["measured_s"].as_f64().unwrap();
+    assert!(measured > 0.5 && measured < 29.0, "{measured}");
+}
