@@ -25,9 +25,10 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 HZ=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-(cd "$WORK" && taskset -c "$SERVER_CPU" "$BIN" serve --tickets ev/event/A --keyring ev/keys/demo.keyring \
-  --data data --auth-keys auth.keys --cores 1 --cpus "$SERVER_CPU" --rehearse \
-  --listen 127.0.0.1:0 --http 127.0.0.1:0 > serve.out 2> serve.err & echo $! > "$WORK/server.pid")
+(cd "$WORK" && exec taskset -c "$SERVER_CPU" "$BIN" serve --tickets ev/event/A \
+  --keyring ev/keys/demo.keyring --data data --auth-keys auth.keys --cores 1 --cpus "$SERVER_CPU" \
+  --rehearse --listen 127.0.0.1:0 --http 127.0.0.1:0 > serve.out 2> serve.err) &
+echo $! > "$WORK/server.pid"
 for _ in $(seq 100); do grep -q ready "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
 TARGET=$(awk '/ready/ {print $5}' "$WORK/serve.out")
 SPID=$(cat "$WORK/server.pid")
@@ -40,7 +41,8 @@ run() { # name, then hongbao load arguments
   s0=$(cpu_ticks "$SPID")
   t0=$(mktemp)
   /usr/bin/time -f "%U %S" -o "$t0" "$BIN" load --target "$TARGET" --cpus "$CLIENT_CPU" \
-    --warmup 2 --duration "$DUR" --quiet --label "$name" --out "$OUT/$name" "$@" >/dev/null
+    --warmup 2 --duration "$DUR" --quiet --label "$name" --out "$OUT/$name" "$@" >/dev/null \
+    2>"$OUT/$name.err" || { cat "$OUT/$name.err"; exit 1; }
   local s1; s1=$(cpu_ticks "$SPID")
   python3 - "$OUT/$name/summary.json" "$(( s1 - s0 ))" "$HZ" "$(cat "$t0")" "$name" <<'EOF'
 import json, sys
