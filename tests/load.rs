@@ -94,9 +94,21 @@ fn closed_loop_counts_agree_with_the_server_and_the_log() {
 
     // The server answered at least what the loader counted, and at most what was in flight
     // when the run ended on top (8 connections x 4).
-    let (_, metrics) = http(server.http, "GET", "/metrics", None, "");
-    let server_shakes = metric_sum(&metrics, "hongbao_shakes_total");
-    let server_opens = metric_sum(&metrics, "hongbao_opens_total");
+    // Requests still in flight when the loader stopped are finished by the server: wait until
+    // its counters stop moving.
+    let mut last = (u64::MAX, u64::MAX);
+    let (server_shakes, server_opens) = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let (_, metrics) = http(server.http, "GET", "/metrics", None, "");
+        let now = (
+            metric_sum(&metrics, "hongbao_shakes_total"),
+            metric_sum(&metrics, "hongbao_opens_total"),
+        );
+        if now == last {
+            break now;
+        }
+        last = now;
+    };
     assert!(
         server_shakes >= shakes && server_shakes <= shakes + 32,
         "server {server_shakes} vs loader {shakes}"
