@@ -184,6 +184,16 @@ pub fn connect_all(plan: &ThreadPlan) -> Result<Vec<TcpStream>, String> {
         .collect()
 }
 
+/// The binary protocol's op code of a request.
+fn wire_op(op: Op) -> u8 {
+    match op {
+        Op::Shake => OP_SHAKE,
+        Op::Open => OP_OPEN,
+        Op::Hello => OP_HELLO,
+        Op::Ping => OP_PING,
+    }
+}
+
 const SECOND: u64 = 1_000_000_000;
 
 /// Where the tick starting at `start` ends: ticks are whole seconds from the start of the run
@@ -216,6 +226,8 @@ struct Worker {
     alive: usize,
     /// Earliest time a backing-off uid may shake again (closed loop with obey_backoff).
     wake_at: u64,
+    /// Completions of one round, reused.
+    reaped: Vec<(u64, i32)>,
 }
 
 /// Runs one thread's share of the load on connections already made.
@@ -278,6 +290,7 @@ pub fn run(
         rr: 0,
         alive,
         wake_at: u64::MAX,
+        reaped: Vec::new(),
     };
     w.main_loop(&stop, &ticks);
     w.shutdown();
@@ -503,13 +516,7 @@ impl Worker {
         let c = &mut self.conns[i];
         let id = c.next_id;
         c.next_id += 1;
-        let code = match op {
-            Op::Shake => OP_SHAKE,
-            Op::Open => OP_OPEN,
-            Op::Hello => OP_HELLO,
-            Op::Ping => OP_PING,
-        };
-        push_frame(&mut c.out, code, id, payload);
+        push_frame(&mut c.out, wire_op(op), id, payload);
         c.pending.push_back(Pending {
             id,
             op,
@@ -574,15 +581,18 @@ impl Worker {
     }
 
     fn reap(&mut self) {
-        let mut done = Vec::new();
-        for cqe in self.ring.completion() {
-            done.push((cqe.user_data(), cqe.result()));
-        }
+        let mut done = std::mem::take(&mut self.reaped);
+        done.extend(
+            self.ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result())),
+        );
         if done.is_empty() {
+            self.reaped = done;
             return;
         }
         let now = self.now();
-        for (data, res) in done {
+        for &(data, res) in &done {
             let i = (data & 0xffff_ffff) as usize;
             match data >> 32 {
                 KIND_RECV => {
@@ -627,6 +637,8 @@ impl Worker {
                 _ => {}
             }
         }
+        done.clear();
+        self.reaped = done;
     }
 
     /// Handles every whole reply frame in connection `i`'s receive buffer.
@@ -685,12 +697,7 @@ impl Worker {
             let code = u16::from_le_bytes([body[0], body[1]]);
             ErrorCode::from_u16(code).map_or("unknown_error", |e| e.name())
         } else {
-            let expected = match p.op {
-                Op::Shake => OP_SHAKE,
-                Op::Open => OP_OPEN,
-                Op::Hello => OP_HELLO,
-                Op::Ping => OP_PING,
-            } | OP_REPLY;
+            let expected = wire_op(p.op) | OP_REPLY;
             if op != expected {
                 return Err(format!("reply op 0x{op:02x} to a {} request", p.op.name()));
             }
