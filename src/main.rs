@@ -102,8 +102,20 @@ enum Command {
     /// Load a server: closed loop (connections x pipeline depth) or open loop at a fixed rate
     /// (latency from intended send times), io_uring threads pinned to CPUs, per-second
     /// progress, HdrHistogram percentiles per operation and outcome; --out writes
-    /// summary.json, report.md and .hgrm files (docs/formats/load-report.md).
+    /// summary.json, report.md, report.html with SVG charts and .hgrm files
+    /// (docs/formats/load-report.md).
     Load(Box<hongbao::load::LoadArgs>),
+    /// Render runs of `hongbao load` side by side: a markdown table per operation with ratios
+    /// against the first run (standard output) and, with --out, report.html with SVG charts.
+    Report {
+        /// summary.json files (or the --out directories of `hongbao load` holding them); the
+        /// first is the baseline of the ratios.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Write report.md, report.html and the SVG charts into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Create an auth key file (mode 0600): the key the login side signs auth tokens with.
     AuthKeys {
         #[arg(long)]
@@ -356,6 +368,20 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     outcome.summary.measured_s
                 );
                 return Ok(ExitCode::from(3));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { runs, out } => {
+            let mut summaries = Vec::new();
+            for path in &runs {
+                summaries.push(hongbao::load::report::read_summary(path)?);
+            }
+            let report = hongbao::load::report::render(&summaries);
+            print!("{}", report.markdown);
+            if let Some(dir) = out {
+                for path in hongbao::load::report::write(&report, &dir)? {
+                    eprintln!("wrote {}", path.display());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -135,6 +135,53 @@ fn closed_loop_counts_agree_with_the_server_and_the_log() {
     );
     let md = std::fs::read_to_string(event.path().join("run1/report.md")).unwrap();
     assert!(md.contains("| open | ok |"), "{md}");
+    let html = std::fs::read_to_string(event.path().join("run1/report.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    assert!(html.matches("<svg ").count() >= 4, "charts embedded");
+    let latency = std::fs::read_to_string(event.path().join("run1/latency.svg")).unwrap();
+    assert!(latency.contains("<title>shake</title>") && latency.contains("<title>open</title>"));
+
+    // `hongbao report` puts runs side by side: the run against itself is 1.00x everywhere.
+    let out = Command::new(bin())
+        .args(["report", "run1", "run1/summary.json", "--out", "cmp"])
+        .current_dir(event.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Rows of the side-by-side tables: run, load, replies/s, vs first, p50, p99, p99.9, max,
+    // p99 vs first, p99.9 vs first, errors.
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| hongbao shake closed loop"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert!(
+        rows.len() >= 4,
+        "shake and open (and hello), two runs each: {stdout}"
+    );
+    for row in &rows {
+        assert_eq!([row[4], row[9], row[10]], ["1.00x"; 3], "{row:?}");
+    }
+    assert!(event.path().join("cmp/report.html").exists());
+    assert!(event.path().join("cmp/p99-over-time.svg").exists());
+    // A file that is not a summary: exit 2, named.
+    std::fs::write(event.path().join("junk.json"), "[1, 2]").unwrap();
+    let out = Command::new(bin())
+        .args(["report", "run1", "junk.json"])
+        .current_dir(event.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("junk.json: not a hongbao load summary"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -2,13 +2,16 @@
 //! every connection, starts one pinned io_uring thread per CPU asked for ([`worker`]), prints
 //! one progress line per second from the threads' ticks, and at the end merges their
 //! histograms into the summary ([`stats`]): a markdown table on standard output and, with
-//! `--out DIR`, `summary.json`, `.hgrm` percentile distributions and `report.md`
-//! (docs/formats/load-report.md).
+//! `--out DIR`, `summary.json`, `.hgrm` percentile distributions, `report.md` and a
+//! self-contained `report.html` with SVG charts ([`report`], [`chart`];
+//! docs/formats/load-report.md).
 //!
 //! Closed loop (`--conns C --depth D`: C x D requests always in flight) or open loop
 //! (`--rate R`: requests are due at fixed intended times and latency counts from those times,
 //! so a stalled server is charged for the requests it held up; [`schedule`]).
 
+pub mod chart;
+pub mod report;
 pub mod schedule;
 pub mod stats;
 pub mod worker;
@@ -367,7 +370,7 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         measured_ns = measured_ns.max(r.measured_ns);
     }
     let measured_s = measured_ns as f64 / 1e9;
-    let series = stats::summarize_series(&recorder, measured_s);
+    let series = stats::summarize_series(&recorder, measured_s, args.rate.is_some());
     let replies: u64 = series
         .iter()
         .filter(|s| s.outcome == "all")
@@ -474,7 +477,7 @@ fn short_us(v: f64) -> String {
     }
 }
 
-/// Writes summary.json, report.md and the .hgrm files.
+/// Writes summary.json, report.md, report.html with its SVG charts, and the .hgrm files.
 fn write_outputs(
     dir: &std::path::Path,
     summary: &Summary,
@@ -490,7 +493,12 @@ fn write_outputs(
     };
     let json = serde_json::to_vec_pretty(summary).expect("summary serializes");
     put("summary.json".into(), &json)?;
-    put("report.md".into(), stats::markdown(summary).as_bytes())?;
+    let rendered = report::render(std::slice::from_ref(summary));
+    put("report.md".into(), rendered.markdown.as_bytes())?;
+    put("report.html".into(), rendered.html.as_bytes())?;
+    for (name, svg) in &rendered.charts {
+        put(name.clone(), svg.as_bytes())?;
+    }
     for op in [Op::Shake, Op::Open, Op::Hello, Op::Ping] {
         if let Some(h) = recorder.op_total(op, true) {
             put(format!("{}.hgrm", op.name()), stats::hgrm(&h).as_bytes())?;

@@ -189,6 +189,9 @@ pub struct SeriesSummary {
     pub latency_uncorrected: Percentiles,
     /// Percentile curve (percentile, µs) of `latency`.
     pub curve: Vec<(f64, f64)>,
+    /// Percentile curve of `latency_uncorrected`; open-loop runs only (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curve_uncorrected: Vec<(f64, f64)>,
 }
 
 impl SeriesSummary {
@@ -207,6 +210,7 @@ impl SeriesSummary {
             latency: Percentiles::of(corrected),
             latency_uncorrected: Percentiles::of(uncorrected),
             curve: curve(corrected),
+            curve_uncorrected: Vec::new(),
         }
     }
 }
@@ -222,6 +226,16 @@ pub struct Second {
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+    /// Error replies by code name (absent in summaries written before this field existed).
+    #[serde(default)]
+    pub errors_by_code: BTreeMap<String, u64>,
+}
+
+impl Second {
+    /// How long this second lasted: 1 s, except the last one of a run that ended mid-second.
+    pub fn length_s(&self, measured_s: f64) -> f64 {
+        (measured_s - (self.second.saturating_sub(1)) as f64).clamp(1e-3, 1.0)
+    }
 }
 
 /// What one second of one load thread measured (sent to the main thread each second).
@@ -252,10 +266,14 @@ impl Tick {
 pub fn merge_ticks(ticks: &[Tick]) -> Second {
     let mut h = histogram();
     let (mut replies, mut errors) = (0, 0);
+    let mut errors_by_code = BTreeMap::new();
     for t in ticks {
         h.add(&t.latency).expect("same bounds");
         replies += t.replies;
         errors += t.errors;
+        for (k, v) in &t.error_codes {
+            *errors_by_code.entry(k.to_string()).or_default() += v;
+        }
     }
     Second {
         second: ticks.first().map_or(0, |t| t.second),
@@ -265,6 +283,7 @@ pub fn merge_ticks(ticks: &[Tick]) -> Second {
         p99_us: us(h.value_at_quantile(0.99)),
         p999_us: us(h.value_at_quantile(0.999)),
         max_us: us(h.max()),
+        errors_by_code,
     }
 }
 
@@ -329,14 +348,19 @@ impl Summary {
     }
 }
 
-/// Builds the per-operation and per-outcome series of a merged recorder.
-pub fn summarize_series(rec: &Recorder, seconds: f64) -> Vec<SeriesSummary> {
+/// Builds the per-operation and per-outcome series of a merged recorder; `open_loop` adds the
+/// uncorrected percentile curve of each operation.
+pub fn summarize_series(rec: &Recorder, seconds: f64, open_loop: bool) -> Vec<SeriesSummary> {
     let mut out = Vec::new();
     for op in [Op::Shake, Op::Open, Op::Hello, Op::Ping] {
         let (Some(c), Some(u)) = (rec.op_total(op, true), rec.op_total(op, false)) else {
             continue;
         };
-        out.push(SeriesSummary::of(op, "all", &c, &u, seconds));
+        let mut all = SeriesSummary::of(op, "all", &c, &u, seconds);
+        if open_loop {
+            all.curve_uncorrected = curve(&u);
+        }
+        out.push(all);
         for s in rec.series.iter().filter(|s| s.op == op) {
             out.push(SeriesSummary::of(
                 op,
@@ -400,7 +424,8 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
     out
 }
 
-fn fmt_us(v: f64) -> String {
+/// A latency in microseconds as a person reads it: `12.3 µs`, `456 µs`, `12.3 ms`.
+pub fn fmt_us(v: f64) -> String {
     if v >= 10_000.0 {
         format!("{:.1} ms", v / 1e3)
     } else if v >= 100.0 {
@@ -410,13 +435,10 @@ fn fmt_us(v: f64) -> String {
     }
 }
 
-/// The markdown table of one run: one row per operation and outcome.
-pub fn markdown(s: &Summary) -> String {
-    let mut out = String::new();
-    let c = &s.config;
-    let _ = writeln!(out, "### {}\n", s.label);
-    let _ = writeln!(out, "- command: `{}`", s.command);
-    let load = match c.rate {
+/// The load of a run in a sentence: `closed loop, 64 connections x depth 1` or
+/// `open loop at 1000000 requests/s (64 connections, at most 16 in flight each)`.
+pub fn load_phrase(c: &RunConfig) -> String {
+    match c.rate {
         Some(rate) => format!(
             "open loop at {rate:.0} requests/s ({} connections, at most {} in flight each)",
             c.connections, c.depth
@@ -425,7 +447,16 @@ pub fn markdown(s: &Summary) -> String {
             "closed loop, {} connections x depth {}",
             c.connections, c.depth
         ),
-    };
+    }
+}
+
+/// The markdown table of one run: one row per operation and outcome.
+pub fn markdown(s: &Summary) -> String {
+    let mut out = String::new();
+    let c = &s.config;
+    let _ = writeln!(out, "### {}\n", s.label);
+    let _ = writeln!(out, "- command: `{}`", s.command);
+    let load = load_phrase(c);
     let _ = writeln!(
         out,
         "- load: {load}; {} threads; {:.0} s measured after {:.0} s warm-up{}",
@@ -442,28 +473,7 @@ pub fn markdown(s: &Summary) -> String {
         }
     );
     let _ = writeln!(out, "- machine: {}\n- date: {}\n", s.machine, s.date);
-    let _ = writeln!(
-        out,
-        "| op | outcome | count | per s | p50 | p90 | p99 | p99.9 | max | p99 uncorrected |"
-    );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &s.series {
-        let l = &r.latency;
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
-            r.op.name(),
-            r.outcome,
-            r.count,
-            r.per_second,
-            fmt_us(l.p50_us),
-            fmt_us(l.p90_us),
-            fmt_us(l.p99_us),
-            fmt_us(l.p999_us),
-            fmt_us(l.max_us),
-            fmt_us(r.latency_uncorrected.p99_us)
-        );
-    }
+    out.push_str(&super::report::run_table(s).markdown());
     if !s.errors.is_empty() || s.connections_lost > 0 || s.held_back > 0 {
         let errors: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
@@ -520,7 +530,7 @@ mod tests {
         b.record(Op::Shake, "nothing", 30_000, 1_000);
         b.record(Op::Open, "ok", 1_000_000, 1_000_000);
         a.merge(&b);
-        let series = summarize_series(&a, 2.0);
+        let series = summarize_series(&a, 2.0, false);
         let names: Vec<(Op, &str, u64)> = series
             .iter()
             .map(|s| (s.op, s.outcome.as_str(), s.count))
@@ -600,9 +610,19 @@ mod tests {
         }
         a.replies = 50;
         b.replies = 50;
+        a.errors = 1;
+        a.error_codes.push(("busy", 1));
         b.errors = 2;
+        b.error_codes.push(("busy", 1));
+        b.error_codes.push(("bad_token", 1));
         let s = merge_ticks(&[a, b]);
-        assert_eq!((s.second, s.replies, s.errors), (3, 100, 2));
+        assert_eq!((s.second, s.replies, s.errors), (3, 100, 3));
+        let codes: Vec<(&str, u64)> = s
+            .errors_by_code
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(codes, vec![("bad_token", 1), ("busy", 2)]);
         assert!(close(s.p50_us, 50.0) && close(s.p99_us, 99.0) && close(s.max_us, 100.0));
     }
 }
