@@ -316,3 +316,93 @@ fn server_killed_mid_run_keeps_partial_results() {
     let measured = s["measured_s"].as_f64().unwrap();
     assert!(measured > 0.5 && measured < 29.0, "{measured}");
 }
+
+/// A stand-in for redis-server: answers each `LPOP tickets` with one of `values` 26-byte
+/// values while they last, then with RESP's nil. Returns its address.
+fn fake_redis(values: usize) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let left = Arc::new(AtomicUsize::new(values));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let left = left.clone();
+            std::thread::spawn(move || {
+                const REQUEST: &[u8] = b"*2\r\n$4\r\nLPOP\r\n$7\r\ntickets\r\n";
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut out = Vec::new();
+                    while buf.len() >= REQUEST.len() {
+                        assert_eq!(
+                            &buf[..REQUEST.len()],
+                            REQUEST,
+                            "the loader sent LPOP tickets"
+                        );
+                        buf.drain(..REQUEST.len());
+                        let took = left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+                            .is_ok();
+                        if took {
+                            out.extend_from_slice(b"$26\r\nabcdefghijklmnopqrstuvwxyz\r\n");
+                        } else {
+                            out.extend_from_slice(b"$-1\r\n");
+                        }
+                    }
+                    if stream.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn redis_lpop_mode_counts_values_and_empty_pops() {
+    let event = Event::new();
+    let addr = fake_redis(1_000).to_string();
+    let out = load(
+        &event,
+        &[
+            "--target",
+            &addr,
+            "--op",
+            "redis-lpop",
+            "--conns",
+            "4",
+            "--depth",
+            "8",
+            "--warmup",
+            "0",
+            "--duration",
+            "0.5",
+            "--out",
+            "lpop",
+            "--quiet",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s = summary(&event.path().join("lpop"));
+    assert_eq!(s["config"]["op"], "lpop");
+    // Every value handed out was counted once; the rest of the pops found the list empty.
+    assert_eq!(series(&s, "lpop", "ok").unwrap()["count"], 1_000);
+    let empty = series(&s, "lpop", "empty").unwrap()["count"]
+        .as_u64()
+        .unwrap();
+    let all = series(&s, "lpop", "all").unwrap()["count"]
+        .as_u64()
+        .unwrap();
+    assert!(empty > 0 && all == 1_000 + empty, "{all} = 1000 + {empty}");
+    assert!(s["errors"].as_object().unwrap().is_empty());
+}

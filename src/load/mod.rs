@@ -35,6 +35,10 @@ pub enum LoadOp {
     Shake,
     /// PING: the protocol's cost without the money path (no auth needed).
     Ping,
+    /// Redis `LPOP --redis-key` over RESP, against a redis-server (the peer benchmark: the same
+    /// client, pipelining and accounting as for hongbao). A popped value is outcome `ok`, an
+    /// empty list `empty`.
+    RedisLpop,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -48,6 +52,9 @@ pub struct LoadArgs {
     pub auth_keys: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "shake")]
     pub op: LoadOp,
+    /// --op redis-lpop: the list to pop from.
+    #[arg(long, default_value = "tickets")]
+    pub redis_key: String,
     /// Do not open the envelopes won.
     #[arg(long)]
     pub no_open: bool,
@@ -174,11 +181,18 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
             args.conns
         ));
     }
-    let cpus_online = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if let Some(bad) = args.cpus.iter().find(|&&c| c >= cpus_online) {
+    // The CPUs this process may run on (all of them, unless started under taskset or a
+    // cgroup cpuset).
+    let allowed: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if let Some(bad) = args.cpus.iter().find(|c| !allowed.contains(c)) {
+        let list: Vec<String> = allowed.iter().map(|c| c.to_string()).collect();
         return Err(format!(
-            "--cpus {bad}: this machine has CPUs 0..{}",
-            cpus_online - 1
+            "--cpus {bad}: this process may run on CPUs {} only",
+            list.join(",")
         ));
     }
     if let Some(rate) = args.rate {
@@ -199,8 +213,10 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
     let op = match args.op {
         LoadOp::Shake => Op::Shake,
         LoadOp::Ping => Op::Ping,
+        LoadOp::RedisLpop => Op::Lpop,
     };
     let auth_keys = match (&args.auth_keys, op) {
+        (_, Op::Lpop) => None,
         (Some(path), _) => Some(
             crate::serve::keys::load_key_file(path)
                 .map_err(|e| format!("--auth-keys {}: {e}", path.display()))?
@@ -248,6 +264,7 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
             obey_backoff: args.obey_backoff,
             auth_keys: auth_keys.clone(),
             expires_unix,
+            redis_key: args.redis_key.clone().into_bytes(),
         });
     }
 
@@ -381,7 +398,8 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         version: env!("CARGO_PKG_VERSION").into(),
         label: args.label.clone().unwrap_or_else(|| {
             format!(
-                "hongbao {} {mode} loop, {}",
+                "{} {} {mode} loop, {}",
+                if op == Op::Lpop { "redis" } else { "hongbao" },
                 op.name(),
                 match args.rate {
                     Some(r) => format!("{r:.0}/s over {} connections", args.conns),
@@ -499,7 +517,7 @@ fn write_outputs(
     for (name, svg) in &rendered.charts {
         put(name.clone(), svg.as_bytes())?;
     }
-    for op in [Op::Shake, Op::Open, Op::Hello, Op::Ping] {
+    for op in Op::ALL {
         if let Some(h) = recorder.op_total(op, true) {
             put(format!("{}.hgrm", op.name()), stats::hgrm(&h).as_bytes())?;
         }

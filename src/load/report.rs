@@ -209,7 +209,7 @@ pub fn comparison_tables(runs: &[Summary]) -> Vec<(Op, Table)> {
 fn is_error(outcome: &str) -> bool {
     !matches!(
         outcome,
-        "ok" | "envelope" | "nothing" | "sponsor" | "closed" | "too_soon" | "capped"
+        "ok" | "envelope" | "nothing" | "sponsor" | "closed" | "too_soon" | "capped" | "empty"
     )
 }
 

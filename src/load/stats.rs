@@ -27,15 +27,21 @@ pub enum Op {
     Open,
     Hello,
     Ping,
+    /// Redis `LPOP key` (RESP), for the peer benchmark against redis-server.
+    Lpop,
 }
 
 impl Op {
+    /// Every operation, in the order reports list them.
+    pub const ALL: [Op; 5] = [Op::Shake, Op::Open, Op::Hello, Op::Ping, Op::Lpop];
+
     pub fn name(self) -> &'static str {
         match self {
             Op::Shake => "shake",
             Op::Open => "open",
             Op::Hello => "hello",
             Op::Ping => "ping",
+            Op::Lpop => "lpop",
         }
     }
 }
@@ -352,7 +358,7 @@ impl Summary {
 /// uncorrected percentile curve of each operation.
 pub fn summarize_series(rec: &Recorder, seconds: f64, open_loop: bool) -> Vec<SeriesSummary> {
     let mut out = Vec::new();
-    for op in [Op::Shake, Op::Open, Op::Hello, Op::Ping] {
+    for op in Op::ALL {
         let (Some(c), Some(u)) = (rec.op_total(op, true), rec.op_total(op, false)) else {
             continue;
         };

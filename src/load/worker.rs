@@ -5,6 +5,9 @@
 //! receive buffer, without allocating. Requests are produced either in a closed loop (each
 //! connection keeps `depth` requests in flight) or from an open-loop [`OpenLoop`] schedule.
 //!
+//! `--op redis-lpop` speaks RESP instead (`LPOP key`, replies matched in order), so redis-server
+//! is measured by the same client with the same pipelining and accounting.
+//!
 //! Users: each connection speaks for a few uids, switching with a HELLO when its next request
 //! is for another uid; an envelope won is opened by the same uid. Latencies go to a
 //! [`Recorder`] (whole run) and a per-second [`Tick`] sent to the main thread.
@@ -64,6 +67,8 @@ pub struct ThreadPlan {
     pub obey_backoff: bool,
     pub auth_keys: Option<TokenKeys>,
     pub expires_unix: u32,
+    /// `Op::Lpop`: the Redis list popped from.
+    pub redis_key: Vec<u8>,
 }
 
 /// What one thread measured.
@@ -172,13 +177,17 @@ pub fn connect_all(plan: &ThreadPlan) -> Result<Vec<TcpStream>, String> {
     plan.conn_uids
         .iter()
         .map(|uids| {
-            let hello = plan.auth_keys.as_ref().map(|keys| {
-                Auth {
-                    uid: uids[0],
-                    expires_unix: plan.expires_unix,
-                }
-                .encode(keys)
-            });
+            let hello = plan
+                .auth_keys
+                .as_ref()
+                .filter(|_| plan.op != Op::Lpop)
+                .map(|keys| {
+                    Auth {
+                        uid: uids[0],
+                        expires_unix: plan.expires_unix,
+                    }
+                    .encode(keys)
+                });
             connect(plan.target, hello).map_err(|e| format!("{}: {e}", plan.target))
         })
         .collect()
@@ -191,6 +200,62 @@ fn wire_op(op: Op) -> u8 {
         Op::Open => OP_OPEN,
         Op::Hello => OP_HELLO,
         Op::Ping => OP_PING,
+        Op::Lpop => unreachable!("LPOP is sent as RESP, not as a frame"),
+    }
+}
+
+/// `LPOP key` as a RESP array of bulk strings.
+pub fn resp_lpop(key: &[u8]) -> Vec<u8> {
+    let mut out = format!("*2\r\n$4\r\nLPOP\r\n${}\r\n", key.len()).into_bytes();
+    out.extend_from_slice(key);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// One RESP reply to LPOP at the start of `buf`: `Ok(Some((bytes, outcome, is_error)))`,
+/// `Ok(None)` when it is not all there yet, `Err` for anything LPOP cannot answer.
+pub fn resp_reply(buf: &[u8]) -> Result<Option<(usize, &'static str, bool)>, String> {
+    const LINE_MAX: usize = 1024;
+    let Some(nl) = buf.iter().take(LINE_MAX).position(|&b| b == b'\n') else {
+        if buf.len() >= LINE_MAX {
+            return Err("RESP reply line longer than 1 KiB".into());
+        }
+        return Ok(None);
+    };
+    if nl == 0 || buf[nl - 1] != b'\r' {
+        return Err("RESP reply line without CR LF".into());
+    }
+    let line = &buf[..nl - 1];
+    let rest = nl + 1;
+    match line.first() {
+        Some(b'$') => {
+            let n: i64 = std::str::from_utf8(&line[1..])
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| {
+                    format!("bad RESP bulk length {:?}", String::from_utf8_lossy(line))
+                })?;
+            if n == -1 {
+                return Ok(Some((rest, "empty", false)));
+            }
+            if !(0..=(RECV_BYTES / 2) as i64).contains(&n) {
+                return Err(format!("RESP bulk length {n} out of bounds"));
+            }
+            let end = rest + n as usize + 2;
+            if buf.len() < end {
+                return Ok(None);
+            }
+            if &buf[end - 2..end] != b"\r\n" {
+                return Err("RESP bulk string not ended by CR LF".into());
+            }
+            Ok(Some((end, "ok", false)))
+        }
+        Some(b'_') => Ok(Some((rest, "empty", false))),
+        Some(b'-') => Ok(Some((rest, "redis_error", true))),
+        _ => Err(format!(
+            "unexpected RESP reply to LPOP: {:?}",
+            String::from_utf8_lossy(&line[..line.len().min(64)])
+        )),
     }
 }
 
@@ -228,6 +293,8 @@ struct Worker {
     wake_at: u64,
     /// Completions of one round, reused.
     reaped: Vec<(u64, i32)>,
+    /// `Op::Lpop`: the request's RESP bytes.
+    resp_request: Vec<u8>,
 }
 
 /// Runs one thread's share of the load on connections already made.
@@ -265,7 +332,11 @@ pub fn run(
             uids: uids.clone(),
             not_before: vec![0; uids.len()],
             next_uid: 0,
-            current_uid: plan.auth_keys.as_ref().map(|_| 0),
+            current_uid: plan
+                .auth_keys
+                .as_ref()
+                .filter(|_| plan.op != Op::Lpop)
+                .map(|_| 0),
             opens: VecDeque::new(),
             out: Vec::with_capacity(4096),
             sending: Vec::with_capacity(4096),
@@ -291,7 +362,9 @@ pub fn run(
         alive,
         wake_at: u64::MAX,
         reaped: Vec::new(),
+        resp_request: Vec::new(),
     };
+    w.resp_request = resp_lpop(&w.plan.redis_key);
     w.main_loop(&stop, &ticks);
     w.shutdown();
     let mut result = std::mem::take(&mut w.result);
@@ -462,6 +535,10 @@ impl Worker {
                 self.push(i, Op::Ping, 0, &PING_PAYLOAD, intended, now);
                 true
             }
+            Op::Lpop => {
+                self.push(i, Op::Lpop, 0, &[], intended, now);
+                true
+            }
             _ => {
                 let Some(u) = self.pick_uid(i, now) else {
                     return false;
@@ -516,7 +593,11 @@ impl Worker {
         let c = &mut self.conns[i];
         let id = c.next_id;
         c.next_id += 1;
-        push_frame(&mut c.out, wire_op(op), id, payload);
+        if op == Op::Lpop {
+            c.out.extend_from_slice(&self.resp_request);
+        } else {
+            push_frame(&mut c.out, wire_op(op), id, payload);
+        }
         c.pending.push_back(Pending {
             id,
             op,
@@ -641,8 +722,11 @@ impl Worker {
         self.reaped = done;
     }
 
-    /// Handles every whole reply frame in connection `i`'s receive buffer.
+    /// Handles every whole reply in connection `i`'s receive buffer.
     fn parse(&mut self, i: usize, now: u64) -> Result<(), String> {
+        if self.plan.op == Op::Lpop {
+            return self.parse_resp(i, now);
+        }
         let mut at = 0;
         loop {
             let c = &self.conns[i];
@@ -662,6 +746,26 @@ impl Worker {
             let payload_range = at + FRAME_HEADER_BYTES..at + len;
             self.reply(i, h.op, h.request_id.get(), payload_range, now)?;
             at += len;
+        }
+        let c = &mut self.conns[i];
+        c.recv.copy_within(at..c.recv_len, 0);
+        c.recv_len -= at;
+        Ok(())
+    }
+
+    /// Handles every whole RESP reply in connection `i`'s receive buffer (in request order).
+    fn parse_resp(&mut self, i: usize, now: u64) -> Result<(), String> {
+        let mut at = 0;
+        loop {
+            let c = &mut self.conns[i];
+            let Some((len, outcome, is_error)) = resp_reply(&c.recv[at..c.recv_len])? else {
+                break;
+            };
+            at += len;
+            let Some(p) = c.pending.pop_front() else {
+                return Err("RESP reply to no request".into());
+            };
+            self.complete(p, outcome, is_error, now);
         }
         let c = &mut self.conns[i];
         c.recv.copy_within(at..c.recv_len, 0);
@@ -724,6 +828,13 @@ impl Worker {
             let u = p.uid_index as usize;
             c.not_before[u] = c.not_before[u].max(now + backoff_ms as u64 * 1_000_000);
         }
+        self.complete(p, outcome, is_error, now);
+        Ok(())
+    }
+
+    /// Counts one reply: the run's histograms (unless intended during warm-up) and this
+    /// second's tick.
+    fn complete(&mut self, p: Pending, outcome: &'static str, is_error: bool, now: u64) {
         if p.intended >= self.plan.warmup_ns {
             let corrected = now.saturating_sub(p.intended);
             let uncorrected = now.saturating_sub(p.sent);
@@ -750,7 +861,6 @@ impl Worker {
                 None => self.tick.error_codes.push((outcome, 1)),
             }
         }
-        Ok(())
     }
 
     fn lose(&mut self, i: usize, why: String) {
@@ -796,5 +906,40 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lpop_is_a_resp_array() {
+        assert_eq!(
+            resp_lpop(b"tickets"),
+            b"*2\r\n$4\r\nLPOP\r\n$7\r\ntickets\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn resp_replies_to_lpop() {
+        let value = b"$26\r\nabcdefghijklmnopqrstuvwxyz\r\n";
+        assert_eq!(resp_reply(value), Ok(Some((value.len(), "ok", false))));
+        // Not all there yet: wait for more, whatever the cut.
+        for cut in 0..value.len() {
+            assert_eq!(resp_reply(&value[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(resp_reply(b"$-1\r\n$3"), Ok(Some((5, "empty", false))));
+        assert_eq!(resp_reply(b"_\r\n"), Ok(Some((3, "empty", false))));
+        assert_eq!(
+            resp_reply(b"-WRONGTYPE Operation against a key\r\n"),
+            Ok(Some((36, "redis_error", true)))
+        );
+        assert!(resp_reply(b"+OK\r\n").is_err());
+        assert!(resp_reply(b"$x\r\n").is_err());
+        assert!(resp_reply(b"$3\r\nabcXY").is_err());
+        assert!(resp_reply(b"$99999999\r\n").is_err());
+        assert!(resp_reply(&[b'$'; 2000]).is_err());
+        assert!(resp_reply(b"$3\n").is_err());
     }
 }
