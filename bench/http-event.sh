@@ -9,3 +9,26 @@ trap 'kill -"${KILL_SIGNAL:-TERM}" $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null 
 (cd "$WORK" && "$BIN" demo --dir ev --no-serve --seed 1 >/dev/null)
 "$BIN" auth-keys --out "$WORK/auth.keys" >/dev/null
 "$BIN" auth-token --auth-keys "$WORK/auth.keys" --uid 1 --count 10000 > "$WORK/tokens.txt"
+
+# start_nginx PORT: nginx with one worker pinned to SERVER_CPU, access log off, answering
+# `return 200 "ok"` on 127.0.0.1:PORT; sets NG_WORKER to the worker's PID.
+start_nginx() {
+  cat > "$WORK/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pidfile;
+error_log $WORK/nginx.err;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  server { listen 127.0.0.1:$1 reuseport; location / { return 200 "ok"; } }
+}
+CONF
+  (exec taskset -c "${SERVER_CPU:-0}" nginx -c "$WORK/nginx.conf" -p "$WORK") &
+  echo $! > "$WORK/nginx.pid"
+  for _ in $(seq 50); do
+    NG_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1) && [ -n "$NG_WORKER" ] && break
+    sleep 0.1
+  done
+}

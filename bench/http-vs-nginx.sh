@@ -49,24 +49,7 @@ start_hongbao() { # net -> sets URL_<net> and PID_<net>
 start_hongbao uring
 start_hongbao glommio
 
-# nginx: one worker, pinned to the same CPU, access log off.
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pidfile;
-error_log $WORK/nginx.err;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server { listen 127.0.0.1:18089 reuseport; location / { return 200 "ok"; } }
-}
-CONF
-taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK" &
-echo $! > "$WORK/nginx.pid"
-sleep 1
-NG_MASTER=$(cat "$WORK/nginx.pid")
-NG_WORKER=$(pgrep -P "$NG_MASTER" | head -1)
+start_nginx 18089
 
 echo "## HTTP shakes vs nginx return 200 (wrk, $CONNS connections, ${DUR}s each)"
 echo

@@ -44,20 +44,7 @@ HB_BIN=$(awk '/ready/ {print $5}' "$WORK/serve.out")
 HB_HTTP="http://$(grep -o 'http [0-9.:]*' "$WORK/serve.out" | cut -d' ' -f2)"
 
 NG_PORT=$(free_port)
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pidfile;
-error_log $WORK/nginx.err;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server { listen 127.0.0.1:$NG_PORT reuseport; location / { return 200 "ok"; } }
-}
-CONF
-(exec taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK") &
-echo $! > "$WORK/nginx.pid"
+start_nginx "$NG_PORT"
 
 RD_PORT=$(free_port)
 (cd "$WORK" && exec taskset -c "$SERVER_CPU" redis-server --port "$RD_PORT" --bind 127.0.0.1 \
@@ -66,7 +53,6 @@ echo $! > "$WORK/redis.pid"
 RD_PID=$(cat "$WORK/redis.pid")
 for _ in $(seq 100); do redis-cli -p "$RD_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 sleep 0.5
-NG_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
 
 # Enough 26-byte values (a ticket record's size) that no LPOP below finds the list empty:
 # generous estimates of each run's rate x its time, pushed 64 at a time.
