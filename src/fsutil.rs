@@ -1,4 +1,5 @@
-//! Small filesystem helpers for durable publication of files (any thread, blocking I/O).
+//! Small filesystem helpers for durable publication of files, and the process's descriptor
+//! limit (any thread, blocking I/O).
 
 use std::fs::File;
 use std::io;
@@ -36,4 +37,28 @@ pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(path)
+}
+
+/// Raises this process's soft descriptor limit (RLIMIT_NOFILE) to its hard limit and returns
+/// the soft limit now in force (`None` if it cannot be read).
+pub fn raise_nofile_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Some(lim.rlim_cur)
 }

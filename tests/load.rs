@@ -406,3 +406,46 @@ fn redis_lpop_mode_counts_values_and_empty_pops() {
     assert!(empty > 0 && all == 1_000 + empty, "{all} = 1000 + {empty}");
     assert!(s["errors"].as_object().unwrap().is_empty());
 }
+
+#[test]
+fn idle_connections_are_held_through_the_run() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2", "--no-pacing"]);
+    let target = server.binary.to_string();
+    let out = load(
+        &event,
+        &[
+            "--target",
+            &target,
+            "--auth-keys",
+            "auth.keys",
+            "--conns",
+            "4",
+            "--idle",
+            "300",
+            "--warmup",
+            "0",
+            "--duration",
+            "0.5",
+            "--out",
+            "idle",
+            "--quiet",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s = summary(&event.path().join("idle"));
+    let idle = &s["idle"];
+    assert_eq!(idle["asked"], 300, "{idle}");
+    assert_eq!(idle["held"], 300, "{idle}");
+    assert_eq!(idle["lost"], 0, "{idle}");
+    assert_eq!(idle["authenticated"], true);
+    // Opened from 127.0.0.2 (a loopback target's first default source address).
+    assert_eq!(idle["sources"][0], "127.0.0.2");
+    // The server accepted them all, and the active connections still shook.
+    let metrics = http(server.http, "GET", "/metrics", None, "").1;
+    assert!(metric_sum(&metrics, "hongbao_connections_accepted_total") >= 304);
+    assert!(series(&s, "shake", "all").unwrap()["count"].as_u64().unwrap() > 0);
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("- idle connections: 300 asked, 300 held to the end, 0 lost"), "{md}");
+}

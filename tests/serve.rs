@@ -583,3 +583,41 @@ fn receive_buffer_exhaustion_loses_nothing() {
         .sum();
     assert!(nobufs > 0, "no receive ran out of buffers:\n{metrics}");
 }
+
+/// Far more small requests in one read than a connection may have in flight (4,096): the rest
+/// wait in the decoder and are started as answers go out; every one is answered, in order.
+/// Run on both network paths.
+#[test]
+fn a_read_with_more_requests_than_may_be_in_flight_is_answered_in_full() {
+    let event = Event::new();
+    for net in ["uring", "glommio"] {
+        let data = format!("data-{net}");
+        let server = event.serve(&data, &["--cores", "1", "--no-pacing", "--net", net]);
+        let stream = TcpStream::connect(server.binary).unwrap();
+        const N: u64 = 20_000;
+        let mut batch = Vec::with_capacity(16 * N as usize);
+        for id in 0..N {
+            batch.extend_from_slice(&16u32.to_le_bytes());
+            batch.extend_from_slice(&[hongbao::wire::frame::PROTOCOL_VERSION, OP_PING, 0, 0]);
+            batch.extend_from_slice(&id.to_le_bytes());
+        }
+        let mut writer = stream.try_clone().unwrap();
+        let sending = std::thread::spawn(move || writer.write_all(&batch).unwrap());
+        let mut reader = stream;
+        reader
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut header = [0u8; 16];
+        for expected in 0..N {
+            reader.read_exact(&mut header).unwrap();
+            let len = u32::from_le_bytes(header[..4].try_into().unwrap());
+            let id = u64::from_le_bytes(header[8..16].try_into().unwrap());
+            assert_eq!(
+                (len, id, header[5]),
+                (16, expected, OP_REPLY | OP_PING),
+                "{net}: answer {expected}"
+            );
+        }
+        sending.join().unwrap();
+    }
+}

@@ -11,6 +11,7 @@
 //! so a stalled server is charged for the requests it held up; [`schedule`]).
 
 pub mod chart;
+pub mod idle;
 pub mod report;
 pub mod schedule;
 pub mod stats;
@@ -90,6 +91,16 @@ pub struct LoadArgs {
     pub uids: Option<u64>,
     #[arg(long, default_value_t = 1)]
     pub uid_first: u64,
+    /// Also hold this many idle connections open during the run (the connection-scale test):
+    /// each authenticated with one HELLO as its own user (after the --uids users) when
+    /// --auth-keys is given, then silent; checked still open at the end.
+    #[arg(long, default_value_t = 0)]
+    pub idle: usize,
+    /// Source addresses for the idle connections, round robin (e.g. 127.0.0.2,127.0.0.3).
+    /// Default for a loopback target: 127.0.0.2 and up, as many as the ephemeral port range
+    /// needs.
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<std::net::IpAddr>,
     /// Do not shake for a user again before the server's back-off hint has passed (as a real
     /// client must); without it, the hints are ignored (a stress test).
     #[arg(long)]
@@ -238,6 +249,15 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         .next()
         .ok_or_else(|| format!("--target {}: no address", args.target))?;
     let expires_unix = (crate::gen::now_unix() as u64 + 86_400).min(u32::MAX as u64) as u32;
+    let limit = crate::fsutil::raise_nofile_limit().unwrap_or(1024);
+    let needed = (args.conns + args.idle) as u64 + 64;
+    if needed > limit {
+        return Err(format!(
+            "{} connections need about {needed} descriptors; this process may open {limit}: \
+             raise the limit (ulimit -n, tuning/limits.sh)",
+            args.conns + args.idle
+        ));
+    }
 
     let mut plans = Vec::with_capacity(threads);
     for t in 0..threads {
@@ -288,6 +308,41 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
     for (plan, streams) in connected {
         ready.push((plan, streams.map_err(|e| format!("cannot connect to {e}"))?));
     }
+
+    let idle_set = if args.idle > 0 {
+        let sources = if args.sources.is_empty() {
+            idle::default_sources(target, args.idle, idle::per_source())
+        } else {
+            args.sources.clone()
+        };
+        if !args.quiet {
+            eprintln!(
+                "hongbao load: opening {} idle connections{}",
+                args.idle,
+                if sources.is_empty() {
+                    String::new()
+                } else {
+                    format!(" from {} source addresses", sources.len())
+                }
+            );
+        }
+        let auth = auth_keys
+            .as_ref()
+            .filter(|_| op != Op::Lpop)
+            .map(|k| (k, expires_unix));
+        let set = idle::open(target, args.idle, &sources, auth, args.uid_first + uids)?;
+        if !args.quiet {
+            eprintln!(
+                "hongbao load: {} idle connections open in {:.1} s ({:.0}/s)",
+                set.len(),
+                set.open_s,
+                set.len() as f64 / set.open_s.max(1e-9)
+            );
+        }
+        Some(set)
+    } else {
+        None
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -436,6 +491,7 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         connection_errors,
         series,
         timeline,
+        idle: idle_set.as_ref().map(|set| set.summary(args.idle)),
     };
     let mut written = Vec::new();
     if let Some(dir) = &args.out {

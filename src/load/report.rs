@@ -454,6 +454,9 @@ fn run_facts(s: &Summary) -> Vec<(String, String)> {
             format!("{} ({:.0}/s)", s.replies, s.replies_per_second),
         ),
     ];
+    if let Some(i) = &s.idle {
+        facts.push(("idle connections".into(), super::stats::idle_phrase(i)));
+    }
     if !s.complete {
         facts.push((
             "ended early".into(),
@@ -710,6 +713,7 @@ mod tests {
                     errors_by_code: codes,
                 },
             ],
+            idle: None,
         }
     }
 

@@ -343,6 +343,9 @@ pub struct Summary {
     /// Per operation: all outcomes together (`outcome: all`), then each outcome.
     pub series: Vec<SeriesSummary>,
     pub timeline: Vec<Second>,
+    /// `--idle`: the idle connections held during the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<super::idle::IdleSummary>,
 }
 
 impl Summary {
@@ -456,6 +459,27 @@ pub fn load_phrase(c: &RunConfig) -> String {
     }
 }
 
+/// The idle connections of a run in a sentence.
+pub fn idle_phrase(i: &super::idle::IdleSummary) -> String {
+    format!(
+        "{} asked, {} held to the end, {} lost; opened{} in {:.1} s{}",
+        i.asked,
+        i.held,
+        i.lost,
+        if i.authenticated {
+            " and authenticated"
+        } else {
+            ""
+        },
+        i.open_s,
+        if i.sources.is_empty() {
+            String::new()
+        } else {
+            format!(" from {} source addresses", i.sources.len())
+        }
+    )
+}
+
 /// The markdown table of one run: one row per operation and outcome.
 pub fn markdown(s: &Summary) -> String {
     let mut out = String::new();
@@ -478,6 +502,9 @@ pub fn markdown(s: &Summary) -> String {
             )
         }
     );
+    if let Some(i) = &s.idle {
+        let _ = writeln!(out, "- idle connections: {}", idle_phrase(i));
+    }
     let _ = writeln!(out, "- machine: {}\n- date: {}\n", s.machine, s.date);
     out.push_str(&super::report::run_table(s).markdown());
     if !s.errors.is_empty() || s.connections_lost > 0 || s.held_back > 0 {

@@ -121,9 +121,36 @@ struct Conn {
     alive: bool,
 }
 
-/// Opens a connection and authenticates it as its first uid (blocking; before the run).
-fn connect(target: SocketAddr, hello: Option<[u8; 32]>) -> io::Result<TcpStream> {
-    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+/// Opens a connection (from `source`, if given) and authenticates it with `hello`, an auth
+/// token, if given (blocking; before the run).
+pub fn connect(
+    target: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    hello: Option<[u8; 32]>,
+) -> io::Result<TcpStream> {
+    let mut stream = match source {
+        None => TcpStream::connect_timeout(&target, Duration::from_secs(5))?,
+        Some(ip) => {
+            use socket2::{Domain, Socket, Type};
+            let socket = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+            // The port is chosen at connect, per (source, target): 64 K connections per
+            // source address and target instead of 64 K per source address.
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt with a pointer to a live c_int of the stated size.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    &one as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+            socket.connect_timeout(&target.into(), Duration::from_secs(5))?;
+            socket.into()
+        }
+    };
     stream.set_nodelay(true)?;
     if let Some(token) = hello {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -188,7 +215,7 @@ pub fn connect_all(plan: &ThreadPlan) -> Result<Vec<TcpStream>, String> {
                     }
                     .encode(keys)
                 });
-            connect(plan.target, hello).map_err(|e| format!("{}: {e}", plan.target))
+            connect(plan.target, None, hello).map_err(|e| format!("{}: {e}", plan.target))
         })
         .collect()
 }

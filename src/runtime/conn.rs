@@ -7,11 +7,13 @@
 //! queue push per destination, one fdatasync and one write.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpListener;
 
 use super::{Core, Slot};
@@ -32,8 +34,67 @@ use crate::wire::ops::{
 /// until answers go out.
 const PENDING_MAX: usize = 4096;
 
-/// Bytes read per connection per read call.
+/// glommio path: bytes read per connection per read call (the io_uring path has no read buffer
+/// per connection: its receive buffer is handed over).
 const READ_BYTES: usize = 16 << 10;
+
+/// Where a connection's loop gets its input: whatever has arrived, appended to `into` (the
+/// decoder's buffer). `Ok(0)` at end of stream.
+pub(crate) trait Input {
+    fn poll_input(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut BytesMut,
+    ) -> Poll<std::io::Result<usize>>;
+}
+
+/// A socket read through a buffer of its own (glommio's sockets): 16 KiB per connection,
+/// copied on into the decoder's buffer.
+pub(crate) struct Copying<S> {
+    stream: S,
+    buf: Box<[u8]>,
+}
+
+impl<S> Copying<S> {
+    pub fn new(stream: S) -> Copying<S> {
+        Copying {
+            stream,
+            buf: vec![0u8; READ_BYTES].into_boxed_slice(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> Input for Copying<S> {
+    fn poll_input(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut BytesMut,
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_read(cx, &mut self.buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            into.extend_from_slice(&self.buf[..n]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Copying<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_close(cx)
+    }
+}
 
 #[derive(Clone, Copy)]
 pub(crate) enum Protocol {
@@ -53,7 +114,7 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, protocol:
                 let _ = stream.set_nodelay(true);
                 use std::os::fd::AsRawFd;
                 let fd = stream.as_raw_fd();
-                spawn_conn(&core, stream, fd, protocol);
+                spawn_conn(&core, Copying::new(stream), fd, protocol);
             }
             Err(e) => {
                 // Out of descriptors or memory: say so, wait a little, go on.
@@ -65,7 +126,7 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, protocol:
 }
 
 /// Runs a connection's protocol loop as a task of the core (either network path).
-pub(crate) fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+pub(crate) fn spawn_conn<S: Input + AsyncWrite + Unpin + 'static>(
     core: &Rc<Core>,
     stream: S,
     fd: std::os::fd::RawFd,
@@ -135,32 +196,48 @@ enum BinarySlot {
     Fail(u64, ErrorCode, String),
 }
 
-async fn binary_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S) {
+/// The answer a binary request waits for, if it waits for one.
+fn binary_head(s: &mut BinarySlot) -> Option<&mut Slot> {
+    match s {
+        BinarySlot::Op(_, _, slot, _) => Some(slot),
+        _ => None,
+    }
+}
+
+async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S) {
     let mut decoder = FrameDecoder::new();
     let mut auth: Option<Auth> = None;
-    let mut buf = vec![0u8; READ_BYTES];
     let mut out = BytesMut::new();
     let mut slots: VecDeque<BinarySlot> = VecDeque::new();
     let mut close = false;
+    // Whole requests may be waiting in the decoder (a read brought more than PENDING_MAX).
+    let mut backlog = false;
     loop {
         if !answer_ready(core, &mut stream, &mut slots, encode_binary_slot, &mut out).await {
             return;
         }
-        let reading = !close && slots.len() < PENDING_MAX;
-        let head = slots.front_mut().and_then(|s| match s {
-            BinarySlot::Op(_, _, slot, _) => Some(slot),
-            _ => None,
-        });
-        let n = match next_event(&mut stream, &mut buf, head, reading).await {
-            Wake::Read(n) => n,
+        match next_event(
+            &mut stream,
+            decoder.input(),
+            &mut slots,
+            binary_head,
+            close,
+            backlog,
+        )
+        .await
+        {
+            Wake::Read => backlog = false,
             Wake::Answer => continue,
             Wake::Done => return,
-        };
-        decoder.extend(&buf[..n]);
+        }
         // One clock read per read: every request of a pipelined batch arrived at once.
         let now = now_ms();
         let mut started = 0usize;
         loop {
+            if slots.len() >= PENDING_MAX {
+                backlog = true;
+                break;
+            }
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
                     let rid = frame.request_id;
@@ -229,6 +306,7 @@ async fn binary_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut str
                 }
             }
         }
+        decoder.release_if_empty();
         core.flush();
         core.wake_commit();
     }
@@ -371,32 +449,48 @@ fn http_request(core: &Rc<Core>, req: &Request<'_>, cache: &mut AuthCache, now: 
     }
 }
 
-async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S) {
+/// The answer an HTTP request waits for, if it waits for one.
+fn http_head(s: &mut HttpSlot) -> Option<&mut Slot> {
+    match s {
+        HttpSlot::Op(slot, _) => Some(slot),
+        _ => None,
+    }
+}
+
+async fn http_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S) {
     let mut decoder = HttpDecoder::new();
     let mut cache: AuthCache = None;
-    let mut buf = vec![0u8; READ_BYTES];
     let mut out = BytesMut::new();
     let mut slots: VecDeque<HttpSlot> = VecDeque::new();
     let mut close = false;
+    // Whole requests may be waiting in the decoder (a read brought more than PENDING_MAX).
+    let mut backlog = false;
     loop {
         if !answer_ready(core, &mut stream, &mut slots, encode_http_slot, &mut out).await {
             return;
         }
-        let reading = !close && slots.len() < PENDING_MAX;
-        let head = slots.front_mut().and_then(|s| match s {
-            HttpSlot::Op(slot, _) => Some(slot),
-            _ => None,
-        });
-        let n = match next_event(&mut stream, &mut buf, head, reading).await {
-            Wake::Read(n) => n,
+        match next_event(
+            &mut stream,
+            decoder.input(),
+            &mut slots,
+            http_head,
+            close,
+            backlog,
+        )
+        .await
+        {
+            Wake::Read => backlog = false,
             Wake::Answer => continue,
             Wake::Done => return,
-        };
-        decoder.extend(&buf[..n]);
+        }
         // One clock read per read: every request of a pipelined batch arrived at once.
         let now = now_ms();
         let mut started = 0usize;
         loop {
+            if slots.len() >= PENDING_MAX {
+                backlog = true;
+                break;
+            }
             match decoder.next_request() {
                 Ok(Some((req, span))) => {
                     let slot = http_request(core, &req, &mut cache, now);
@@ -440,6 +534,7 @@ async fn http_conn<S: AsyncRead + AsyncWrite + Unpin>(core: &Rc<Core>, mut strea
                 }
             }
         }
+        decoder.release_if_empty();
         core.flush();
         core.wake_commit();
     }
@@ -494,8 +589,8 @@ async fn answer_ready<S: AsyncWrite + Unpin, T>(
 
 /// What a connection acts on next.
 enum Wake {
-    /// `n` bytes were read.
-    Read(usize),
+    /// Input arrived (appended to the decoder's buffer), or requests wait in the decoder.
+    Read,
     /// The answer at the head of the pipeline arrived.
     Answer,
     /// The peer closed or failed, or the connection is closing and everything is answered.
@@ -505,26 +600,36 @@ enum Wake {
 /// Waits for input (while `reading`) or for the answer at the head of the pipeline, whichever
 /// comes first: a connection keeps reading and starting requests while earlier ones wait for
 /// their group commit, so a client's next requests join the next batch instead of waiting for
-/// the answers before them to be written.
-async fn next_event<S: AsyncRead + Unpin>(
+/// the answers before them to be written. Input is appended to `into` only when the read
+/// completes, so dropping the read for an answer loses nothing. The connection reads while it
+/// is not closing and has fewer than `PENDING_MAX` requests in flight; requests already in the
+/// decoder (`backlog`) come before a new read.
+async fn next_event<S: Input, T>(
     stream: &mut S,
-    buf: &mut [u8],
-    head: Option<&mut Slot>,
-    reading: bool,
+    into: &mut BytesMut,
+    slots: &mut VecDeque<T>,
+    head: fn(&mut T) -> Option<&mut Slot>,
+    close: bool,
+    backlog: bool,
 ) -> Wake {
+    let reading = !close && slots.len() < PENDING_MAX;
+    if reading && backlog {
+        return Wake::Read;
+    }
+    let head = slots.front_mut().and_then(head);
     let read = |r: std::io::Result<usize>| match r {
         Ok(0) | Err(_) => Wake::Done,
-        Ok(n) => Wake::Read(n),
+        Ok(_) => Wake::Read,
     };
     match (reading, head) {
-        (true, None) => read(stream.read(buf).await),
+        (true, None) => read(std::future::poll_fn(|cx| stream.poll_input(cx, into)).await),
         (true, Some(slot)) => {
             futures_lite::future::or(
                 async {
                     slot.ready().await;
                     Wake::Answer
                 },
-                async { read(stream.read(buf).await) },
+                async { read(std::future::poll_fn(|cx| stream.poll_input(cx, into)).await) },
             )
             .await
         }

@@ -658,31 +658,15 @@ const FD_RESERVE: u64 = 128;
 /// first) with `FD_RESERVE` to spare, so that connections can never starve the log of a
 /// descriptor (a log that cannot open its next segment must stop the server).
 fn connections_budget(configured: usize, cores: usize) -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
-    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    if got != 0 {
+    let Some(limit) = crate::fsutil::raise_nofile_limit() else {
         return configured;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
-        }
-    }
-    let fit = (lim.rlim_cur.saturating_sub(FD_RESERVE) / cores.max(1) as u64) as usize;
+    };
+    let fit = (limit.saturating_sub(FD_RESERVE) / cores.max(1) as u64) as usize;
     if fit < configured {
         eprintln!(
             "note: the descriptor limit ({}) allows {fit} connections per core (server.\
              connections_max is {configured}); raise it with `ulimit -n` (docs/TUNING.md)",
-            lim.rlim_cur
+            limit
         );
         fit.max(1)
     } else {

@@ -1,8 +1,9 @@
 //! A core's socket I/O on its own io_uring (the default network path of `hongbao serve`).
 //!
 //! Runs on the core's thread, inside its glommio executor: one driver task owns the ring; the
-//! connection tasks see [`UringStream`]s (futures-io `AsyncRead` + `AsyncWrite`), so the
-//! protocol loops in `conn` are the same code on this path and on glommio's sockets.
+//! connection tasks see [`UringStream`]s (`conn::Input`, which hands over the receive buffer
+//! itself, and futures-io `AsyncWrite`), so the protocol loops in `conn` are the same code on
+//! this path and on glommio's sockets.
 //!
 //! Why a second ring beside glommio's: glommio 0.9 arms a one-shot poll on its ring after every
 //! read of a socket, and its ring is set up without `COOP_TASKRUN`, so every incoming request
@@ -36,7 +37,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 /// Submission queue entries; the completion queue is four times larger, and the kernel keeps
@@ -667,24 +668,22 @@ fn set_nodelay(fd: RawFd) {
     }
 }
 
-impl futures_lite::io::AsyncRead for UringStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
+impl super::conn::Input for UringStream {
+    /// Hands over everything received so far: the connection's receive buffer itself when
+    /// `into` is empty (no copy, and the ring keeps no buffer for an idle connection).
+    fn poll_input(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>> {
         let ring = self.ring.clone();
         let poll = self.with(|inner, slot| {
             let c = &mut inner.conns[slot as usize];
             if !c.input.is_empty() {
-                let n = buf.len().min(c.input.len());
-                buf[..n].copy_from_slice(&c.input[..n]);
-                c.input.advance(n);
-                if c.input.is_empty() {
-                    // Give an idle connection's input buffer back.
+                let n = c.input.len();
+                if into.is_empty() {
+                    *into = std::mem::take(&mut c.input);
+                } else {
+                    into.extend_from_slice(&c.input);
                     c.input = BytesMut::new();
                 }
-                if c.paused && c.input.len() < INPUT_MAX / 2 {
+                if c.paused {
                     c.paused = false;
                     inner.arm_recv(slot);
                 }

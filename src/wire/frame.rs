@@ -88,6 +88,20 @@ impl FrameDecoder {
         self.buffer.extend_from_slice(bytes);
     }
 
+    /// The buffer input is appended to (a reader may hand its own buffer over when this one is
+    /// empty, without a copy).
+    pub fn input(&mut self) -> &mut BytesMut {
+        &mut self.buffer
+    }
+
+    /// Lets go of the buffer's memory when nothing is buffered (an idle connection then holds
+    /// none; frames already decoded keep their own reference).
+    pub fn release_if_empty(&mut self) {
+        if self.buffer.is_empty() && self.buffer.capacity() > 0 {
+            self.buffer = BytesMut::new();
+        }
+    }
+
     /// Bytes held for an incomplete frame (bounded by FRAME_BYTES_MAX once a header is seen).
     pub fn buffered(&self) -> usize {
         self.buffer.len()

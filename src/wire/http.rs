@@ -79,6 +79,18 @@ impl HttpDecoder {
         self.buffer.extend_from_slice(bytes);
     }
 
+    /// The buffer input is appended to (see `FrameDecoder::input`).
+    pub fn input(&mut self) -> &mut BytesMut {
+        &mut self.buffer
+    }
+
+    /// Lets go of the buffer's memory when nothing is buffered.
+    pub fn release_if_empty(&mut self) {
+        if self.buffer.is_empty() && self.buffer.capacity() > 0 {
+            self.buffer = BytesMut::new();
+        }
+    }
+
     pub fn buffered(&self) -> usize {
         self.buffer.len()
     }
