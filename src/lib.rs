@@ -23,7 +23,7 @@
 //! - [`runtime`]: the glommio executors, listeners, connections, commit loops, queues.
 //! - [`client`]: a blocking binary-protocol client (demo, tests, reference).
 //! - [`metrics`]: per-core counters and the Prometheus exposition.
-//! - [`load`]: `hongbao load`, the io_uring load generator and its reports.
+//! - [`load`]: `hongbao load`, the io_uring load generator, and its reports (`hongbao report`).
 //!
 //! docs/ARCHITECTURE.md explains the design and its reasons; docs/formats/ every file format.
 

@@ -445,7 +445,15 @@ fn idle_connections_are_held_through_the_run() {
     // The server accepted them all, and the active connections still shook.
     let metrics = http(server.http, "GET", "/metrics", None, "").1;
     assert!(metric_sum(&metrics, "hongbao_connections_accepted_total") >= 304);
-    assert!(series(&s, "shake", "all").unwrap()["count"].as_u64().unwrap() > 0);
+    assert!(
+        series(&s, "shake", "all").unwrap()["count"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     let md = String::from_utf8_lossy(&out.stdout);
-    assert!(md.contains("- idle connections: 300 asked, 300 held to the end, 0 lost"), "{md}");
+    assert!(
+        md.contains("- idle connections: 300 asked, 300 held to the end, 0 lost"),
+        "{md}"
+    );
 }
