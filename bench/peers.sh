@@ -2,6 +2,7 @@
 # hongbao against its peers, in one run, on loopback, each server on one core:
 #   HTTP:   hongbao POST /shake  vs  nginx `return 200`          (wrk, unpipelined and depth 16)
 #   binary: hongbao SHAKE        vs  redis-server LPOP of 26-byte values pushed beforehand
+#           (unpipelined, depth 16 and depth 64)
 #           (the same load generator, `hongbao load`, speaking our protocol and RESP; and
 #           redis-benchmark -P 1 / -P 16 against redis as redis measures itself)
 # Every server is pinned to SERVER_CPU (default 0) and every client to CLIENT_CPU (default 1).
@@ -55,11 +56,13 @@ for _ in $(seq 100); do redis-cli -p "$RD_PORT" ping >/dev/null 2>&1 && break; s
 sleep 0.5
 
 # Enough 26-byte values (a ticket record's size) that no LPOP below finds the list empty:
-# generous estimates of each run's rate x its time, pushed 64 at a time.
-P1_N=$((150000 * DUR)); P16_N=$((1500000 * DUR))
-PUSH=$(( (300000 + 2500000) * (DUR + 2) + P1_N + P16_N ))
-taskset -c "$CLIENT_CPU" redis-benchmark -p "$RD_PORT" -c 64 -P 64 -n "$PUSH" -d 26 -t lpush -q \
-  >/dev/null 2>&1
+# generous estimates of each run's rate x its time. Pushed 100 per RPUSH command.
+rb_n() { case $1 in 1) echo $((150000 * DUR)) ;; 16) echo $((1500000 * DUR)) ;; *) echo $((2000000 * DUR)) ;; esac; }
+PUSH=$(( (300000 + 2500000 + 3000000) * (DUR + 2) + $(rb_n 1) + $(rb_n 16) + $(rb_n 64) ))
+VALUE=$(printf 'x%.0s' $(seq 26))
+# shellcheck disable=SC2046
+taskset -c "$CLIENT_CPU" redis-benchmark -p "$RD_PORT" -c 16 -P 16 -n $(( PUSH / 100 + 1 )) \
+  RPUSH mylist $(for _ in $(seq 100); do echo "$VALUE"; done) >/dev/null 2>&1
 PUSHED=$(redis-cli -p "$RD_PORT" llen mylist)
 
 # --- measurements ---------------------------------------------------------------------------
@@ -120,12 +123,12 @@ for depth in 1 16; do
   wrk_run http "hongbao HTTP shake" "$HB_PID" "$HB_HTTP" "$depth"
   wrk_run http "nginx return 200" "$NG_WORKER" "http://127.0.0.1:$NG_PORT/" "$depth"
 done
-for depth in 1 16; do
+for depth in 1 16 64; do
   load_run binary "hongbao SHAKE" "$HB_PID" "$depth" "hongbao-shake-d$depth" \
     --target "$HB_BIN" --auth-keys "$WORK/auth.keys" --no-open
   load_run binary "redis LPOP" "$RD_PID" "$depth" "redis-lpop-d$depth" \
     --target "127.0.0.1:$RD_PORT" --op redis-lpop --redis-key mylist
-  if [ "$depth" = 1 ]; then rb_run 1 "$P1_N"; else rb_run 16 "$P16_N"; fi
+  rb_run "$depth" "$(rb_n "$depth")"
 done
 LEFT=$(redis-cli -p "$RD_PORT" llen mylist)
 
@@ -169,5 +172,6 @@ echo "- vs peer: against nginx (HTTP) or redis LPOP measured by the same client 
 echo "- redis: $PUSHED values pushed before, $LEFT left after (never empty: every LPOP returned a value)"
 echo "- latency: wrk's and redis-benchmark's own figures, from actual send times (wrk does not time"
 echo "  pipelined requests: left out); hongbao load's from intended send times (closed loop: the same)"
-"$BIN" report "$OUT"/hongbao-shake-d16 "$OUT"/redis-lpop-d16 "$OUT"/hongbao-shake-d1 "$OUT"/redis-lpop-d1 \
+"$BIN" report "$OUT"/hongbao-shake-d64 "$OUT"/redis-lpop-d64 "$OUT"/hongbao-shake-d16 \
+  "$OUT"/redis-lpop-d16 "$OUT"/hongbao-shake-d1 "$OUT"/redis-lpop-d1 \
   --out "$OUT/report" >/dev/null 2>&1 && echo "- side-by-side report: $OUT/report/report.html"
