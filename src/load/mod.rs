@@ -568,10 +568,8 @@ fn write_outputs(
     let json = serde_json::to_vec_pretty(summary).expect("summary serializes");
     put("summary.json".into(), &json)?;
     let rendered = report::render(std::slice::from_ref(summary));
-    put("report.md".into(), rendered.markdown.as_bytes())?;
-    put("report.html".into(), rendered.html.as_bytes())?;
-    for (name, svg) in &rendered.charts {
-        put(name.clone(), svg.as_bytes())?;
+    for (name, text) in rendered.files() {
+        put(name.to_string(), text.as_bytes())?;
     }
     for op in Op::ALL {
         if let Some(h) = recorder.op_total(op, true) {

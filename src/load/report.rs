@@ -221,6 +221,18 @@ pub struct Report {
     pub charts: Vec<(String, String)>,
 }
 
+impl Report {
+    /// Every file of the report: (file name, text).
+    pub fn files(&self) -> impl Iterator<Item = (&str, &str)> {
+        [
+            ("report.md", self.markdown.as_str()),
+            ("report.html", self.html.as_str()),
+        ]
+        .into_iter()
+        .chain(self.charts.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+    }
+}
+
 fn latency_chart(title: &str, lines: Vec<Line>) -> Chart {
     Chart {
         title: title.into(),
@@ -603,15 +615,7 @@ pub fn read_summary(path: &Path) -> Result<Summary, String> {
 pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut written = Vec::new();
-    let files = [
-        ("report.md".to_string(), &report.markdown),
-        ("report.html".to_string(), &report.html),
-    ];
-    for (name, text) in files
-        .iter()
-        .map(|(n, t)| (n, *t))
-        .chain(report.charts.iter().map(|(n, t)| (n, t)))
-    {
+    for (name, text) in report.files() {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
         written.push(path);
