@@ -16,7 +16,7 @@ if ! command -v valgrind >/dev/null; then
   apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
 fi
 exe=$(cargo bench --bench serve --no-run --message-format=json 2>/dev/null \
-  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/deps/serve-' | tail -1)
 [ -x "$exe" ] || { echo "could not build the serve bench" >&2; exit 1; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
