@@ -621,3 +621,63 @@ fn a_read_with_more_requests_than_may_be_in_flight_is_answered_in_full() {
         sending.join().unwrap();
     }
 }
+
+/// Runs `hongbao serve` expected to refuse to start; returns its exit code and standard error
+/// (killed after 20 s if it wrongly starts serving).
+fn serve_refused(event: &Event, data: &str, listen: &str, http: &str) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(common::bin())
+        .args(common::serve_args(data, listen, http))
+        .current_dir(event.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// One server per data directory (two would issue the same tickets twice), and a server never
+/// joins another's port (SO_REUSEPORT would let it, and clients would be spread over both).
+/// After the first server is killed with -9, its data directory can be served again.
+#[test]
+fn a_second_server_on_the_same_data_or_port_is_refused() {
+    let event = Event::new();
+    let mut first = event.serve("data", &["--cores", "1"]);
+    let (code, err) = serve_refused(&event, "data", "127.0.0.1:0", "127.0.0.1:0");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("is in use by another hongbao serve")
+            && err.contains(&format!("(pid {})", first.child.id())),
+        "{err}"
+    );
+    let (code, err) = serve_refused(&event, "data2", &first.binary.to_string(), "127.0.0.1:0");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the port is in use by another process"),
+        "{err}"
+    );
+    let (code, err) = serve_refused(&event, "data3", "127.0.0.1:0", &first.http.to_string());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("HTTP listener") && err.contains("in use"),
+        "{err}"
+    );
+    // The first server still serves; once it is gone, its directory and port are free again.
+    let mut c = first.client(&event.auth(9));
+    assert!(matches!(c.ping(b"x").unwrap(), Reply::Pong(_)));
+    first.kill9();
+    let again = event.serve("data", &["--cores", "1"]);
+    let mut c = again.client(&event.auth(9));
+    assert!(matches!(c.shake().unwrap(), Reply::Shake(_)));
+}

@@ -372,6 +372,29 @@ async fn bus_loop(
     }
 }
 
+/// Fails when another process listens on `addr`: SO_REUSEPORT would otherwise let a second
+/// server join this one's port silently, and the kernel would spread clients over both. A
+/// probe without SO_REUSEPORT cannot bind beside a listener (it can beside TIME_WAIT sockets).
+fn port_free(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                e.kind(),
+                "the port is in use by another process (another hongbao serve?); each server \
+                 needs ports of its own",
+            )
+        } else {
+            e
+        }
+    })
+}
+
 /// A listening socket that shares its port with the other cores' (SO_REUSEPORT: the kernel
 /// spreads new connections over the cores).
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -540,7 +563,15 @@ async fn core_main(
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
     };
-    let listeners = (bind_reuseport(addrs.0), bind_reuseport(addrs.1));
+    let listeners = if id == 0 {
+        // Only core 0 checks: the other cores join the ports it holds.
+        (
+            port_free(addrs.0).and_then(|_| bind_reuseport(addrs.0)),
+            port_free(addrs.1).and_then(|_| bind_reuseport(addrs.1)),
+        )
+    } else {
+        (bind_reuseport(addrs.0), bind_reuseport(addrs.1))
+    };
     let (binary, http) = match listeners {
         (Ok(b), Ok(h)) => (b, h),
         (Err(e), _) => {
@@ -689,6 +720,8 @@ pub fn run(
     prepared: Prepared,
     on_ready: impl FnOnce(SocketAddr, SocketAddr, usize),
 ) -> Result<Finished, String> {
+    // Held until every core has stopped and its log is durable.
+    let _data_lock = prepared.data_lock;
     let cores = prepared.cores.len();
     let cpus: Vec<usize> = match &config.cpus {
         Some(list) => list.clone(),

@@ -68,6 +68,8 @@ pub struct Prepared {
     pub slots: Vec<SlotWindow>,
     /// Lines for the operator: what recovery found, warnings.
     pub report: Vec<String>,
+    /// The data directory's lock (`<data>/lock`), held while the server runs.
+    pub data_lock: std::fs::File,
 }
 
 fn parse_ms(text: &str) -> Result<u64, String> {
@@ -215,6 +217,7 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
 
     // Data directory identity and token keys.
     std::fs::create_dir_all(&config.data).map_err(|e| format!("{}: {e}", config.data.display()))?;
+    let data_lock = lock_data_dir(&config.data)?;
     let identity = DataIdentity {
         format: DATA_FORMAT.into(),
         event: manifest.event.clone(),
@@ -411,7 +414,52 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
         event: manifest.event.clone(),
         slots,
         report,
+        data_lock,
     })
+}
+
+/// The lock file of a data directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// Takes the data directory's exclusive lock (flock on `<data>/lock`, which then holds this
+/// process's id): one server per data directory. Two would each replay the same log into their
+/// own cursors and bitmaps and append to the same files, issuing tickets twice. The kernel
+/// drops the lock when the process ends, however it ends, so a restart after kill -9 is free
+/// to take it.
+pub fn lock_data_dir(data: &Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = data.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(format!(
+                "{} is in use by another hongbao serve{}: one server per data directory (two \
+                 would issue the same tickets twice); stop it, or use another --data directory",
+                data.display(),
+                match holder.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                }
+            ));
+        }
+        return Err(format!("locking {}: {err}", path.display()));
+    }
+    file.set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| writeln!(file, "{}", std::process::id()))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(file)
 }
 
 /// The directory of a core's log.

@@ -82,22 +82,7 @@ impl Event {
         if !wrapper.is_empty() {
             args.push(bin());
         }
-        args.extend_from_slice(&[
-            "serve",
-            "--tickets",
-            "d/event/A",
-            "--keyring",
-            "d/keys/demo.keyring",
-            "--data",
-            data,
-            "--auth-keys",
-            "auth.keys",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--rehearse",
-        ]);
+        args.extend(serve_args(data, "127.0.0.1:0", "127.0.0.1:0"));
         args.extend_from_slice(extra);
         Server::start_program(program, self.path(), &args)
     }
@@ -241,4 +226,25 @@ pub fn http(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// `hongbao serve` arguments for this event's demo tickets (a rehearsal), data in `data`,
+/// listening on `listen` (binary) and `http`.
+pub fn serve_args<'a>(data: &'a str, listen: &'a str, http: &'a str) -> [&'a str; 14] {
+    [
+        "serve",
+        "--tickets",
+        "d/event/A",
+        "--keyring",
+        "d/keys/demo.keyring",
+        "--data",
+        data,
+        "--auth-keys",
+        "auth.keys",
+        "--listen",
+        listen,
+        "--http",
+        http,
+        "--rehearse",
+    ]
 }
