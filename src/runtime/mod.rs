@@ -481,6 +481,7 @@ struct CoreOwn {
     listen: (SocketAddr, SocketAddr),
     net: NetPath,
     recv_buffers: u16,
+    spin_us: u32,
 }
 
 async fn core_main(
@@ -495,7 +496,11 @@ async fn core_main(
     let listen = own.listen;
     let ring = match own.net {
         NetPath::Uring => {
-            match uring::NetRing::new(own.recv_buffers, shared.metrics[id as usize].clone()) {
+            match uring::NetRing::new(
+                own.recv_buffers,
+                own.spin_us,
+                shared.metrics[id as usize].clone(),
+            ) {
                 Ok(ring) => Some(ring),
                 Err(e) => {
                     if id == 0 {
@@ -791,6 +796,7 @@ pub fn run(
             listen: (config.listen, config.http),
             net: config.net,
             recv_buffers: config.recv_buffers,
+            spin_us: config.spin_us,
         };
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)

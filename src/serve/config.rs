@@ -53,6 +53,9 @@ pub struct ServerSection {
     /// (glommio's preemption timer): bounds how long a finished log commit waits to be
     /// answered while the core is saturated. 100 to 100000.
     pub preempt_us: Option<u32>,
+    /// How long (microseconds) an idle core keeps polling its network ring before it sleeps
+    /// (io_uring path). 0 to 10000.
+    pub spin_us: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -102,6 +105,7 @@ pub struct ServeConfig {
     pub net: NetPath,
     pub recv_buffers: u16,
     pub preempt_us: u32,
+    pub spin_us: u32,
     pub pacing_enabled: bool,
     pub pacing: PacingConfig,
     pub caps: CapsConfig,
@@ -129,6 +133,8 @@ pub const RECV_BUFFERS_DEFAULT: u16 = 2048;
 /// glommio's own default is 100 ms: a saturated core then noticed a finished log commit up to
 /// 100 ms late, and every open behind it waited (found with `hongbao load`; docs/BENCHMARKS.md).
 pub const PREEMPT_US_DEFAULT: u32 = 1000;
+/// `server.spin_us` by default: an idle core polls its ring this long before sleeping.
+pub const SPIN_US_DEFAULT: u32 = 50;
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
 pub const HTTP_DEFAULT: &str = "127.0.0.1:7780";
@@ -206,6 +212,12 @@ impl ConfigFile {
                 "server.preempt_us = {preempt_us} must be from 100 to 100000"
             ));
         }
+        let spin_us = s.spin_us.unwrap_or(SPIN_US_DEFAULT);
+        if spin_us > 10_000 {
+            return Err(format!(
+                "server.spin_us = {spin_us} must be from 0 to 10000"
+            ));
+        }
         let pending_bytes = self.store.pending_bytes.unwrap_or(PENDING_BYTES_DEFAULT);
         if pending_bytes < 64 << 10 {
             return Err(format!(
@@ -230,6 +242,7 @@ impl ConfigFile {
             net: s.net.unwrap_or_default(),
             recv_buffers,
             preempt_us,
+            spin_us,
             pacing_enabled: p.enabled.unwrap_or(true),
             pacing,
             caps,
@@ -264,6 +277,26 @@ mod tests {
         assert_eq!(c.caps.envelopes_per_user, 3);
         assert_eq!(c.listen.to_string(), LISTEN_DEFAULT);
         assert!(c.pacing_enabled && !c.rehearse);
+    }
+
+    #[test]
+    fn timing_settings_are_bounded() {
+        let base = "[server]\ntickets = \"t\"\nkeyring = \"k\"\ndata = \"d\"\nauth_keys = \"a\"\n";
+        let resolve = |extra: &str| {
+            toml::from_str::<ConfigFile>(&format!("{base}{extra}"))
+                .unwrap()
+                .resolve()
+        };
+        let c = resolve("").unwrap();
+        assert_eq!(
+            (c.preempt_us, c.spin_us),
+            (PREEMPT_US_DEFAULT, SPIN_US_DEFAULT)
+        );
+        assert_eq!(resolve("spin_us = 0\n").unwrap().spin_us, 0);
+        let e = resolve("spin_us = 10001\n").unwrap_err();
+        assert!(e.contains("server.spin_us = 10001"), "{e}");
+        let e = resolve("preempt_us = 50\n").unwrap_err();
+        assert!(e.contains("server.preempt_us = 50"), "{e}");
     }
 
     #[test]
