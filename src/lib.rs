@@ -20,6 +20,7 @@
 //! - [`wire`]: the client protocols (binary frames, HTTP/1.1 subset, op payloads), sans-IO.
 //! - [`shake`]: one core's shake/open engine (sans-IO) and per-user caps.
 //! - [`serve`]: `hongbao serve` settings, key files, start-up and recovery.
+//! - [`im`]: the IM message system: per-user seq streams, diffusion write, groups (sans-IO).
 //! - [`runtime`]: the glommio executors, listeners, connections, commit loops, queues.
 //! - [`client`]: a blocking binary-protocol client (demo, tests, reference).
 //! - [`metrics`]: per-core counters and the Prometheus exposition.
@@ -32,6 +33,7 @@ pub mod claims;
 pub mod client;
 pub mod fsutil;
 pub mod gen;
+pub mod im;
 pub mod inspect;
 pub mod ledger;
 pub mod load;

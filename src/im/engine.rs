@@ -1,0 +1,1158 @@
+//! One core's IM engine (R16-R18, R21, R23), sans-IO: the message streams of the users homed
+//! on this core, the groups homed here, the appinfo memory of senders homed here, and the
+//! fan-outs this core still owes.
+//!
+//! A send runs on the sender's home core: a retried appinfo is answered with the original
+//! result (R18); a group target is expanded by the group's home core; the message is appended
+//! to the sender's own stream (a SENT record) and answered once that is durable; only then is
+//! it handed to every core that homes recipients. Each such core appends the messages waiting
+//! for the same recipients as one DELIVERY record (R21: backlogged messages to the same members
+//! merge into one insert), exposes the new seqs once durable, announces them (push, R17), and
+//! tells the sender's core, which logs FANOUT_DONE when every core has. After a crash, SENT
+//! records without FANOUT_DONE are delivered again, to exactly the recipients whose streams
+//! lack them ([`ImRecovery`]).
+//!
+//! The runtime (or a test) feeds requests and cross-core messages in, executes the log's
+//! batches, and carries out the [`Effects`]: replies, messages to cores (this one included),
+//! and pushes. Seqs of a stream are contiguous from 1, and nothing is visible before it is
+//! durable, so no client ever sees a seq that a crash could take back.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+
+use super::model::*;
+use super::record::{
+    decode_delivery, decode_group, decode_sent, delivery_len, encode_delivery, encode_group,
+    encode_sent, message_len, Delivery, GroupChange, KIND_DELIVERY, KIND_FANOUT_DONE, KIND_GROUP,
+    KIND_SENT,
+};
+use crate::serve::setup::home_core;
+use crate::shake::engine::Route;
+use crate::store::record::RECORD_PAYLOAD_MAX;
+use crate::store::{AppendError, LogPosition, LogWriter};
+
+/// Groups of this many members or more are huge (R22): control messages to them are dropped.
+pub const HUGE_GROUP: usize = 2000;
+/// First retry of a delivery a busy core refused; doubles up to [`RETRY_MAX_MS`] (R23).
+pub const RETRY_FIRST_MS: u64 = 10;
+pub const RETRY_MAX_MS: u64 = 30_000;
+
+/// The recipients of a message, by home core: `partition[core]` (the sender may be among
+/// them; a core skips a recipient's own messages).
+pub type Partition = Vec<Arc<[u64]>>;
+
+/// The home core of a user's stream or of a group.
+pub fn home(id: u64, cores: u16) -> u16 {
+    home_core(id, cores as usize) as u16
+}
+
+/// A message between cores' IM engines.
+#[derive(Debug, Clone)]
+pub enum ImMsg {
+    /// To a group's home core: the members to send to, or why not.
+    Expand {
+        gid: u64,
+        sender: u64,
+        class: Class,
+        token: u64,
+        from: u16,
+    },
+    Expanded {
+        token: u64,
+        result: Result<Arc<Partition>, ImError>,
+    },
+    /// Append `msg` to the streams of `recipients` (all homed on the receiving core).
+    Deliver {
+        msg: MessageRef,
+        recipients: Arc<[u64]>,
+        origin: u16,
+    },
+    /// To the sender's core: the receiving core holds the message durably.
+    Delivered { id: MsgId },
+    /// To the sender's core: the receiving core was too busy; try again later.
+    DeliverRefused {
+        id: MsgId,
+        recipients: Arc<[u64]>,
+        core: u16,
+    },
+}
+
+/// What a call asks the runtime to do.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub replies: Vec<(Route, ImReply)>,
+    /// Messages to cores, this core included.
+    pub messages: Vec<(u16, ImMsg)>,
+    /// (uid, newest durable seq): tell the user's connections to pull (R17).
+    pub pushes: Vec<(u64, u64)>,
+}
+
+/// One page of a stream.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// (seq, message), ascending.
+    pub entries: Vec<(u64, MessageRef)>,
+    /// Newest durable seq of the stream (0: empty).
+    pub max_seq: u64,
+}
+
+struct Stream {
+    /// Seq of `entries[0]`.
+    base: u64,
+    entries: Vec<MessageRef>,
+    /// Newest seq that is durable (0: none).
+    durable: u64,
+}
+
+impl Default for Stream {
+    fn default() -> Stream {
+        Stream {
+            base: 1,
+            entries: Vec::new(),
+            durable: 0,
+        }
+    }
+}
+
+impl Stream {
+    fn next_seq(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+}
+
+struct Group {
+    owner: u64,
+    /// Members including every change appended (durable or not): what changes are checked
+    /// against.
+    members: HashSet<u64>,
+    next_version: u64,
+    /// The durable membership, as sends see it (None until the creation is durable).
+    durable: Option<(u64, Arc<Partition>, usize)>,
+}
+
+enum SendState {
+    InFlight {
+        routes: Vec<Route>,
+        fingerprint: u32,
+    },
+    Done {
+        seq: u64,
+        sent_ms: u64,
+        fingerprint: u32,
+    },
+}
+
+enum Pending {
+    /// A new send waiting for its group's members.
+    Fresh { req: SendRequest, now_ms: u64 },
+    /// A recovered send being delivered again: skip who has it.
+    Redrive { msg: MessageRef, have: HashSet<u64> },
+}
+
+struct Outbox {
+    /// Cores that still have to confirm.
+    remaining: usize,
+}
+
+enum Waiter {
+    Sent {
+        key: (u64, u128),
+        msg: MessageRef,
+        partition: Arc<Partition>,
+    },
+    Delivery {
+        /// (uid, newest seq written for it).
+        streams: Vec<(u64, u64)>,
+        messages: Vec<(MsgId, u16)>,
+    },
+    Group {
+        gid: u64,
+        version: u64,
+        snapshot: Arc<Partition>,
+        members: usize,
+        route: Route,
+    },
+}
+
+struct Retry {
+    due_ms: u64,
+    core: u16,
+    msg: MessageRef,
+    recipients: Arc<[u64]>,
+}
+
+/// Counters of one core's IM engine.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ImStats {
+    pub sends: u64,
+    pub duplicates: u64,
+    pub delivery_records: u64,
+    pub stream_appends: u64,
+    pub merged_messages: u64,
+    pub refused_deliveries: u64,
+}
+
+pub struct ImCore {
+    core: u16,
+    cores: u16,
+    streams: HashMap<u64, Stream>,
+    groups: HashMap<u64, Group>,
+    sends: HashMap<(u64, u128), SendState>,
+    /// (sent_ms, key) in acceptance order, to forget appinfos after the dedupe window.
+    send_order: VecDeque<(u64, (u64, u128))>,
+    pending: HashMap<u64, Pending>,
+    next_token: u64,
+    outbox: HashMap<MsgId, Outbox>,
+    waiters: VecDeque<(LogPosition, Waiter)>,
+    /// Deliveries received since the last flush, merged by recipient list at the flush.
+    inbox: Vec<(MessageRef, Arc<[u64]>, u16)>,
+    retries: Vec<Retry>,
+    /// Current back-off of deliveries refused by a busy core, per (message, core).
+    backoffs: HashMap<(MsgId, u16), u64>,
+    /// Recovered sends to deliver again at start.
+    redrive: Vec<(MessageRef, HashSet<u64>)>,
+    scratch: Vec<u8>,
+    pub stats: ImStats,
+}
+
+fn fingerprint(to: Target, class: Class, body: &[u8]) -> u32 {
+    let mut head = [0u8; 10];
+    head[0] = to.code();
+    head[1] = class as u8;
+    head[2..].copy_from_slice(&to.id().to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&head), body)
+}
+
+fn user_partition(cores: u16, uid: u64) -> Arc<Partition> {
+    let mut p: Partition = (0..cores).map(|_| Arc::from(Vec::new())).collect();
+    p[home(uid, cores) as usize] = Arc::from(vec![uid]);
+    Arc::new(p)
+}
+
+fn partition(cores: u16, members: &HashSet<u64>) -> Arc<Partition> {
+    let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); cores as usize];
+    for &m in members {
+        by_core[home(m, cores) as usize].push(m);
+    }
+    Arc::new(
+        by_core
+            .into_iter()
+            .map(|mut v| {
+                v.sort_unstable();
+                Arc::from(v)
+            })
+            .collect(),
+    )
+}
+
+impl ImCore {
+    pub fn new(core: u16, cores: u16) -> ImCore {
+        assert!(core < cores);
+        ImCore {
+            core,
+            cores,
+            streams: HashMap::new(),
+            groups: HashMap::new(),
+            sends: HashMap::new(),
+            send_order: VecDeque::new(),
+            pending: HashMap::new(),
+            next_token: 1,
+            outbox: HashMap::new(),
+            waiters: VecDeque::new(),
+            inbox: Vec::new(),
+            retries: Vec::new(),
+            backoffs: HashMap::new(),
+            redrive: Vec::new(),
+            scratch: Vec::new(),
+            stats: ImStats::default(),
+        }
+    }
+
+    pub fn core(&self) -> u16 {
+        self.core
+    }
+
+    /// Starts the deliveries that a crash interrupted (from [`ImRecovery`]). Call once, after
+    /// every core is built and before anything else.
+    pub fn start(&mut self, log: &mut LogWriter, out: &mut Effects) {
+        for (msg, have) in std::mem::take(&mut self.redrive) {
+            self.outbox.insert(msg.id, Outbox { remaining: 0 });
+            match msg.to {
+                Target::User(uid) => {
+                    let p = user_partition(self.cores, uid);
+                    self.fan_out(&msg, &p, &have, log, out);
+                }
+                Target::Group(gid) => {
+                    let (sender, class) = (msg.id.sender, msg.class);
+                    self.expand_at_home(gid, sender, class, Pending::Redrive { msg, have }, out);
+                }
+            }
+        }
+    }
+
+    /// Asks the group's home core for the members a send goes to; `pending` waits for them.
+    fn expand_at_home(
+        &mut self,
+        gid: u64,
+        sender: u64,
+        class: Class,
+        pending: Pending,
+        out: &mut Effects,
+    ) {
+        let token = self.next_token;
+        self.next_token += 1;
+        out.messages.push((
+            home(gid, self.cores),
+            ImMsg::Expand {
+                gid,
+                sender,
+                class,
+                token,
+                from: self.core,
+            },
+        ));
+        self.pending.insert(token, pending);
+    }
+
+    /// A send by a user homed here.
+    pub fn send(
+        &mut self,
+        req: SendRequest,
+        route: Route,
+        now_ms: u64,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) {
+        debug_assert_eq!(home(req.sender, self.cores), self.core);
+        if req.body.len() > BODY_MAX {
+            out.replies
+                .push((route, ImReply::Error(ImError::BodyTooLarge)));
+            return;
+        }
+        let fp = fingerprint(req.to, req.class, &req.body);
+        let key = (req.sender, req.appinfo);
+        match self.sends.get_mut(&key) {
+            Some(SendState::Done {
+                seq,
+                sent_ms,
+                fingerprint,
+            }) => {
+                let reply = if *fingerprint == fp {
+                    self.stats.duplicates += 1;
+                    ImReply::Sent {
+                        seq: *seq,
+                        sent_ms: *sent_ms,
+                        duplicate: true,
+                    }
+                } else {
+                    ImReply::Error(ImError::AppinfoReused)
+                };
+                out.replies.push((route, reply));
+                return;
+            }
+            Some(SendState::InFlight {
+                routes,
+                fingerprint,
+            }) => {
+                if *fingerprint == fp {
+                    // Answered with the original when it completes.
+                    routes.push(route);
+                } else {
+                    out.replies
+                        .push((route, ImReply::Error(ImError::AppinfoReused)));
+                }
+                return;
+            }
+            None => {}
+        }
+        self.sends.insert(
+            key,
+            SendState::InFlight {
+                routes: vec![route],
+                fingerprint: fp,
+            },
+        );
+        match req.to {
+            Target::User(uid) => {
+                let p = user_partition(self.cores, uid);
+                self.commit_send(req, p, now_ms, log, out);
+            }
+            Target::Group(gid) => {
+                let (sender, class) = (req.sender, req.class);
+                self.expand_at_home(gid, sender, class, Pending::Fresh { req, now_ms }, out);
+            }
+        }
+    }
+
+    /// Ends a send that will not be stored.
+    fn fail_send(&mut self, key: (u64, u128), error: ImError, out: &mut Effects) {
+        if let Some(SendState::InFlight { routes, .. }) = self.sends.remove(&key) {
+            for r in routes {
+                out.replies.push((r, ImReply::Error(error)));
+            }
+        }
+    }
+
+    fn commit_send(
+        &mut self,
+        req: SendRequest,
+        partition: Arc<Partition>,
+        now_ms: u64,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) {
+        let key = (req.sender, req.appinfo);
+        let stream = self.streams.entry(req.sender).or_default();
+        let msg = Arc::new(Message {
+            id: MsgId {
+                sender: req.sender,
+                seq: stream.next_seq(),
+            },
+            appinfo: req.appinfo,
+            to: req.to,
+            class: req.class,
+            sent_ms: now_ms,
+            body: req.body,
+        });
+        self.scratch.clear();
+        encode_sent(&msg, &mut self.scratch);
+        match log.append(KIND_SENT, msg.id.sender, msg.id.seq, &self.scratch) {
+            Ok(appended) => {
+                stream.entries.push(msg.clone());
+                self.stats.sends += 1;
+                self.stats.stream_appends += 1;
+                self.waiters.push_back((
+                    appended.end,
+                    Waiter::Sent {
+                        key,
+                        msg,
+                        partition,
+                    },
+                ));
+            }
+            Err(AppendError::Backlog(_)) => self.fail_send(key, ImError::Busy, out),
+            Err(AppendError::TooLarge(_)) => unreachable!("bodies are bounded"),
+        }
+    }
+
+    /// A message from another core's engine (or this one's).
+    pub fn handle(&mut self, msg: ImMsg, now_ms: u64, log: &mut LogWriter, out: &mut Effects) {
+        match msg {
+            ImMsg::Expand {
+                gid,
+                sender,
+                class,
+                token,
+                from,
+            } => {
+                let result = self.expand(gid, sender, class);
+                out.messages.push((from, ImMsg::Expanded { token, result }));
+            }
+            ImMsg::Expanded { token, result } => match self.pending.remove(&token) {
+                Some(Pending::Fresh { req, now_ms: at }) => match result {
+                    Ok(p) => self.commit_send(req, p, now_ms.max(at), log, out),
+                    Err(e) => self.fail_send((req.sender, req.appinfo), e, out),
+                },
+                Some(Pending::Redrive { msg, have }) => {
+                    // A group that is gone, or left by the sender, since: nobody more to reach.
+                    let p = result.unwrap_or_else(|_| {
+                        Arc::new((0..self.cores).map(|_| Arc::from(Vec::new())).collect())
+                    });
+                    self.fan_out(&msg, &p, &have, log, out);
+                }
+                None => panic!("expansion answer for unknown token {token}"),
+            },
+            ImMsg::Deliver {
+                msg,
+                recipients,
+                origin,
+            } => self.inbox.push((msg, recipients, origin)),
+            ImMsg::Delivered { id } => self.delivered(id, log),
+            ImMsg::DeliverRefused {
+                id,
+                recipients,
+                core,
+            } => {
+                self.stats.refused_deliveries += 1;
+                let Some(msg) = self.find_sent(id) else {
+                    panic!("refused delivery of unknown message {id}");
+                };
+                let backoff_ms = self
+                    .backoffs
+                    .get(&(id, core))
+                    .map_or(RETRY_FIRST_MS, |b| (b * 2).min(RETRY_MAX_MS));
+                self.backoffs.insert((id, core), backoff_ms);
+                self.retries.push(Retry {
+                    due_ms: now_ms + backoff_ms,
+                    core,
+                    msg,
+                    recipients,
+                });
+            }
+        }
+    }
+
+    fn find_sent(&self, id: MsgId) -> Option<MessageRef> {
+        let s = self.streams.get(&id.sender)?;
+        let i = id.seq.checked_sub(s.base)? as usize;
+        s.entries.get(i).filter(|m| m.id == id).cloned()
+    }
+
+    fn expand(&self, gid: u64, sender: u64, class: Class) -> Result<Arc<Partition>, ImError> {
+        let Some(g) = self.groups.get(&gid) else {
+            return Err(ImError::NoSuchGroup);
+        };
+        let Some((_, snapshot, count)) = &g.durable else {
+            return Err(ImError::NoSuchGroup);
+        };
+        let home = home(sender, self.cores) as usize;
+        if snapshot[home].binary_search(&sender).is_err() {
+            return Err(ImError::NotMember);
+        }
+        if class == Class::Control && *count >= HUGE_GROUP {
+            return Err(ImError::ControlDropped);
+        }
+        Ok(snapshot.clone())
+    }
+
+    /// The sender's core hands a durable message to every core with recipients.
+    fn fan_out(
+        &mut self,
+        msg: &MessageRef,
+        partition: &Partition,
+        have: &HashSet<u64>,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) {
+        let mut remaining = 0;
+        for (core, members) in partition.iter().enumerate() {
+            let recipients: Arc<[u64]> = if have.is_empty() {
+                members.clone()
+            } else {
+                members
+                    .iter()
+                    .copied()
+                    .filter(|m| !have.contains(m))
+                    .collect()
+            };
+            if recipients.iter().all(|&m| m == msg.id.sender) {
+                continue;
+            }
+            remaining += 1;
+            out.messages.push((
+                core as u16,
+                ImMsg::Deliver {
+                    msg: msg.clone(),
+                    recipients,
+                    origin: self.core,
+                },
+            ));
+        }
+        self.outbox.insert(msg.id, Outbox { remaining });
+        if remaining == 0 {
+            self.delivered_all(msg.id, log);
+        }
+    }
+
+    fn delivered(&mut self, id: MsgId, log: &mut LogWriter) {
+        let Some(o) = self.outbox.get_mut(&id) else {
+            panic!("delivery confirmation for {id}, which has no fan-out in flight");
+        };
+        o.remaining -= 1;
+        if o.remaining == 0 {
+            self.delivered_all(id, log);
+        }
+    }
+
+    fn delivered_all(&mut self, id: MsgId, log: &mut LogWriter) {
+        self.outbox.remove(&id);
+        if !self.backoffs.is_empty() {
+            for core in 0..self.cores {
+                self.backoffs.remove(&(id, core));
+            }
+        }
+        // A control record: tiny, and it must not be starved by the backlog bound (without
+        // it, recovery would only deliver again to nobody).
+        log.append_control(KIND_FANOUT_DONE, id.sender, id.seq, &[])
+            .expect("an empty record fits");
+    }
+
+    /// Appends the deliveries received since the last flush: those for the same recipients
+    /// merge into one record (R21). Call after each batch of [`ImCore::handle`] calls.
+    pub fn flush(&mut self, log: &mut LogWriter, out: &mut Effects) {
+        if self.inbox.is_empty() {
+            return;
+        }
+        let inbox = std::mem::take(&mut self.inbox);
+        // Runs to merge: a delivery joins the newest run for the same recipient list (the same
+        // shared slice, as a group's snapshot is) unless its sender already has a message in
+        // a later run, so each sender's messages keep their order in every stream.
+        struct Run {
+            recipients: Arc<[u64]>,
+            messages: Vec<MessageRef>,
+            origins: Vec<(MsgId, u16)>,
+            bytes: usize,
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        let mut run_of_list: HashMap<usize, usize> = HashMap::new();
+        let mut run_of_sender: HashMap<u64, usize> = HashMap::new();
+        for (msg, recipients, origin) in inbox {
+            let key = recipients.as_ptr() as usize;
+            let len = message_len(&msg);
+            let join = run_of_list.get(&key).copied().filter(|&r| {
+                run_of_sender.get(&msg.id.sender).map_or(true, |&s| s <= r)
+                    && runs[r].bytes + len <= RECORD_PAYLOAD_MAX
+            });
+            let r = match join {
+                Some(r) => r,
+                None => {
+                    runs.push(Run {
+                        bytes: delivery_len(&[], recipients.len()),
+                        recipients,
+                        messages: Vec::new(),
+                        origins: Vec::new(),
+                    });
+                    run_of_list.insert(key, runs.len() - 1);
+                    runs.len() - 1
+                }
+            };
+            run_of_sender.insert(msg.id.sender, r);
+            runs[r].bytes += len;
+            runs[r].origins.push((msg.id, origin));
+            runs[r].messages.push(msg);
+        }
+        for run in runs {
+            self.deliver(run.messages, &run.recipients, run.origins, log, out);
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        messages: Vec<MessageRef>,
+        recipients: &Arc<[u64]>,
+        origins: Vec<(MsgId, u16)>,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) {
+        let mut list = Vec::with_capacity(recipients.len());
+        for &uid in recipients.iter() {
+            assert_eq!(
+                home(uid, self.cores),
+                self.core,
+                "delivery for user {uid} reached a core that is not its home"
+            );
+            let n = Delivery::count_for(&messages, uid);
+            if n == 0 {
+                continue;
+            }
+            let next = self.streams.get(&uid).map_or(1, |s| s.next_seq());
+            list.push((uid, next));
+        }
+        self.scratch.clear();
+        encode_delivery(&messages, &list, &mut self.scratch);
+        let first = messages[0].id;
+        match log.append(KIND_DELIVERY, first.sender, first.seq, &self.scratch) {
+            Ok(appended) => {
+                let mut streams = Vec::with_capacity(list.len());
+                for &(uid, first_seq) in &list {
+                    let s = self.streams.entry(uid).or_default();
+                    debug_assert_eq!(s.next_seq(), first_seq);
+                    for m in &messages {
+                        if m.id.sender != uid {
+                            s.entries.push(m.clone());
+                        }
+                    }
+                    streams.push((uid, s.next_seq() - 1));
+                }
+                self.stats.delivery_records += 1;
+                self.stats.merged_messages += messages.len() as u64 - 1;
+                self.stats.stream_appends += list
+                    .iter()
+                    .map(|&(uid, _)| Delivery::count_for(&messages, uid))
+                    .sum::<u64>();
+                self.waiters.push_back((
+                    appended.end,
+                    Waiter::Delivery {
+                        streams,
+                        messages: origins,
+                    },
+                ));
+            }
+            Err(AppendError::Backlog(_)) => {
+                for (id, origin) in origins {
+                    out.messages.push((
+                        origin,
+                        ImMsg::DeliverRefused {
+                            id,
+                            recipients: recipients.clone(),
+                            core: self.core,
+                        },
+                    ));
+                }
+            }
+            Err(AppendError::TooLarge(_)) => unreachable!("deliveries are sized to fit"),
+        }
+    }
+
+    /// Creates a group homed here.
+    pub fn create_group(
+        &mut self,
+        gid: u64,
+        owner: u64,
+        members: &[u64],
+        route: Route,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) {
+        debug_assert_eq!(home(gid, self.cores), self.core);
+        if self.groups.contains_key(&gid) {
+            out.replies
+                .push((route, ImReply::Error(ImError::GroupExists)));
+            return;
+        }
+        let mut set: HashSet<u64> = members.iter().copied().collect();
+        set.insert(owner);
+        if set.len() > GROUP_MEMBERS_MAX {
+            out.replies
+                .push((route, ImReply::Error(ImError::GroupFull)));
+            return;
+        }
+        let mut list: Vec<u64> = set.iter().copied().filter(|&m| m != owner).collect();
+        list.sort_unstable();
+        let change = GroupChange::Create {
+            owner,
+            members: list,
+        };
+        let group = Group {
+            owner,
+            members: set,
+            next_version: 1,
+            durable: None,
+        };
+        self.groups.insert(gid, group);
+        if !self.change_group(gid, change, route, log, out) {
+            self.groups.remove(&gid);
+        }
+    }
+
+    /// Adds or removes members of a group homed here (`change` is `Add` or `Remove`). Any
+    /// member may add; the owner may remove others; a member may remove itself (leave); the
+    /// owner stays.
+    pub fn update_group(
+        &mut self,
+        gid: u64,
+        change: GroupChange,
+        route: Route,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) {
+        let (add, actor, members) = match change {
+            GroupChange::Add { actor, members } => (true, actor, members),
+            GroupChange::Remove { actor, members } => (false, actor, members),
+            GroupChange::Create { .. } => panic!("creation is create_group"),
+        };
+        let Some(g) = self.groups.get(&gid) else {
+            out.replies
+                .push((route, ImReply::Error(ImError::NoSuchGroup)));
+            return;
+        };
+        let refusal = if !g.members.contains(&actor) {
+            Some(ImError::NotMember)
+        } else if add {
+            let new = members.iter().filter(|m| !g.members.contains(m)).count();
+            (g.members.len() + new > GROUP_MEMBERS_MAX).then_some(ImError::GroupFull)
+        } else if members.contains(&g.owner)
+            || (actor != g.owner && members.iter().any(|&m| m != actor))
+        {
+            Some(ImError::NotOwner)
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            out.replies.push((route, ImReply::Error(e)));
+            return;
+        }
+        let mut list = members;
+        list.sort_unstable();
+        list.dedup();
+        let change = if add {
+            GroupChange::Add {
+                actor,
+                members: list,
+            }
+        } else {
+            GroupChange::Remove {
+                actor,
+                members: list,
+            }
+        };
+        self.change_group(gid, change, route, log, out);
+    }
+
+    /// Logs a change and applies it to the projected membership; sends see it once durable.
+    fn change_group(
+        &mut self,
+        gid: u64,
+        change: GroupChange,
+        route: Route,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) -> bool {
+        let g = self.groups.get_mut(&gid).expect("checked");
+        let version = g.next_version;
+        self.scratch.clear();
+        encode_group(&change, &mut self.scratch);
+        match log.append(KIND_GROUP, gid, version, &self.scratch) {
+            Ok(appended) => {
+                match &change {
+                    GroupChange::Create { .. } => {}
+                    GroupChange::Add { members, .. } => g.members.extend(members),
+                    GroupChange::Remove { members, .. } => {
+                        for m in members {
+                            g.members.remove(m);
+                        }
+                    }
+                }
+                g.next_version += 1;
+                let snapshot = partition(self.cores, &g.members);
+                self.waiters.push_back((
+                    appended.end,
+                    Waiter::Group {
+                        gid,
+                        version,
+                        snapshot,
+                        members: g.members.len(),
+                        route,
+                    },
+                ));
+                true
+            }
+            Err(AppendError::Backlog(_)) => {
+                out.replies.push((route, ImReply::Error(ImError::Busy)));
+                false
+            }
+            Err(AppendError::TooLarge(_)) => unreachable!("groups are bounded"),
+        }
+    }
+
+    /// Members of a group homed here, as sends see them (durable), sorted.
+    pub fn group_members(&self, gid: u64) -> Option<(u64, Vec<u64>)> {
+        let (version, snapshot, _) = self.groups.get(&gid)?.durable.as_ref()?;
+        let mut all: Vec<u64> = snapshot.iter().flat_map(|p| p.iter().copied()).collect();
+        all.sort_unstable();
+        Some((*version, all))
+    }
+
+    /// The log made everything before `durable` durable: answer, expose and announce.
+    pub fn batch_done(&mut self, durable: LogPosition, log: &mut LogWriter, out: &mut Effects) {
+        while self.waiters.front().is_some_and(|(end, _)| *end <= durable) {
+            let (_, waiter) = self.waiters.pop_front().expect("checked");
+            match waiter {
+                Waiter::Sent {
+                    key,
+                    msg,
+                    partition,
+                } => {
+                    let s = self.streams.get_mut(&msg.id.sender).expect("appended");
+                    s.durable = s.durable.max(msg.id.seq);
+                    out.pushes.push((msg.id.sender, s.durable));
+                    let fingerprint = fingerprint(msg.to, msg.class, &msg.body);
+                    let done = SendState::Done {
+                        seq: msg.id.seq,
+                        sent_ms: msg.sent_ms,
+                        fingerprint,
+                    };
+                    if let Some(SendState::InFlight { routes, .. }) = self.sends.insert(key, done) {
+                        for r in routes {
+                            out.replies.push((
+                                r,
+                                ImReply::Sent {
+                                    seq: msg.id.seq,
+                                    sent_ms: msg.sent_ms,
+                                    duplicate: false,
+                                },
+                            ));
+                        }
+                    }
+                    self.send_order.push_back((msg.sent_ms, key));
+                    self.fan_out(&msg, &partition, &HashSet::new(), log, out);
+                }
+                Waiter::Delivery { streams, messages } => {
+                    for (uid, last) in streams {
+                        let s = self.streams.get_mut(&uid).expect("appended");
+                        s.durable = s.durable.max(last);
+                        out.pushes.push((uid, s.durable));
+                    }
+                    for (id, origin) in messages {
+                        out.messages.push((origin, ImMsg::Delivered { id }));
+                    }
+                }
+                Waiter::Group {
+                    gid,
+                    version,
+                    snapshot,
+                    members,
+                    route,
+                } => {
+                    let g = self.groups.get_mut(&gid).expect("appended");
+                    g.durable = Some((version, snapshot, members));
+                    out.replies.push((
+                        route,
+                        ImReply::Group {
+                            gid,
+                            version,
+                            members: members as u32,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Periodic work: deliveries to retry, appinfos to forget.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Effects) {
+        let mut i = 0;
+        while i < self.retries.len() {
+            if self.retries[i].due_ms <= now_ms {
+                let r = self.retries.swap_remove(i);
+                out.messages.push((
+                    r.core,
+                    ImMsg::Deliver {
+                        msg: r.msg,
+                        recipients: r.recipients,
+                        origin: self.core,
+                    },
+                ));
+            } else {
+                i += 1;
+            }
+        }
+        while let Some(&(sent_ms, key)) = self.send_order.front() {
+            if sent_ms.saturating_add(DEDUPE_WINDOW_MS) > now_ms {
+                break;
+            }
+            self.send_order.pop_front();
+            self.sends.remove(&key);
+        }
+    }
+
+    /// Entries of `uid`'s stream after seq `after`, at most `limit`, durable ones only.
+    pub fn sync(&self, uid: u64, after: u64, limit: usize) -> Page {
+        let Some(s) = self.streams.get(&uid) else {
+            return Page::default();
+        };
+        let from = after.max(s.base - 1) + 1;
+        let mut entries = Vec::new();
+        let mut seq = from;
+        while seq <= s.durable && entries.len() < limit {
+            entries.push((seq, s.entries[(seq - s.base) as usize].clone()));
+            seq += 1;
+        }
+        Page {
+            entries,
+            max_seq: s.durable,
+        }
+    }
+
+    /// Newest durable seq of a stream homed here (0: empty).
+    pub fn max_seq(&self, uid: u64) -> u64 {
+        self.streams.get(&uid).map_or(0, |s| s.durable)
+    }
+
+    /// Whether nothing is in flight: no send, expansion, delivery, retry or unlogged work.
+    pub fn is_idle(&self) -> bool {
+        self.waiters.is_empty()
+            && self.pending.is_empty()
+            && self.outbox.is_empty()
+            && self.inbox.is_empty()
+            && self.retries.is_empty()
+    }
+
+    /// Streams homed here.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+}
+
+/// Rebuilds every core's IM state from the records of every core's log (in any order of
+/// logs), then places each stream, group and send on its home core for the current core
+/// count (which may differ from the one that wrote the logs).
+#[derive(Default)]
+pub struct ImRecovery {
+    streams: HashMap<u64, Vec<(u64, MessageRef)>>,
+    sent: HashMap<MsgId, MessageRef>,
+    done: HashSet<MsgId>,
+    /// Recipients holding messages whose fan-out is not known to be done.
+    delivered_to: HashMap<MsgId, HashSet<u64>>,
+    groups: HashMap<u64, Vec<(u64, GroupChange)>>,
+}
+
+impl ImRecovery {
+    pub fn new() -> ImRecovery {
+        ImRecovery::default()
+    }
+
+    /// Whether `kind` is an IM record kind.
+    pub fn is_im(kind: u8) -> bool {
+        matches!(
+            kind,
+            KIND_SENT | KIND_DELIVERY | KIND_FANOUT_DONE | KIND_GROUP
+        )
+    }
+
+    /// Takes one record (others than IM kinds are ignored).
+    pub fn replay(
+        &mut self,
+        kind: u8,
+        stream: u64,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        match kind {
+            KIND_SENT => {
+                let m = Arc::new(decode_sent(stream, seq, payload).map_err(|e| e.0)?);
+                self.streams
+                    .entry(m.id.sender)
+                    .or_default()
+                    .push((m.id.seq, m.clone()));
+                if self.sent.insert(m.id, m).is_some() {
+                    return Err(format!("message {stream}#{seq} was sent twice"));
+                }
+            }
+            KIND_DELIVERY => {
+                let d = decode_delivery(payload).map_err(|e| e.0)?;
+                for &(uid, first) in &d.recipients {
+                    let s = self.streams.entry(uid).or_default();
+                    let mut seq = first;
+                    for m in &d.messages {
+                        if m.id.sender != uid {
+                            s.push((seq, m.clone()));
+                            seq += 1;
+                        }
+                    }
+                }
+                for m in &d.messages {
+                    if !self.done.contains(&m.id) {
+                        let to = self.delivered_to.entry(m.id).or_default();
+                        to.extend(d.recipients.iter().map(|&(u, _)| u));
+                    }
+                }
+            }
+            KIND_FANOUT_DONE => {
+                if !payload.is_empty() {
+                    return Err("fan-out record with a payload".into());
+                }
+                let id = MsgId {
+                    sender: stream,
+                    seq,
+                };
+                self.done.insert(id);
+                self.delivered_to.remove(&id);
+            }
+            KIND_GROUP => {
+                let change = decode_group(payload).map_err(|e| e.0)?;
+                self.groups.entry(stream).or_default().push((seq, change));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Builds the cores. Fails (naming what) when the records contradict each other: a seq
+    /// missing or doubled in a stream, a group change out of order.
+    pub fn finish(self, cores: u16, now_ms: u64) -> Result<Vec<ImCore>, String> {
+        let mut out: Vec<ImCore> = (0..cores).map(|k| ImCore::new(k, cores)).collect();
+        for (uid, mut entries) in self.streams {
+            entries.sort_unstable_by_key(|(seq, _)| *seq);
+            let base = entries[0].0;
+            if base != 1 {
+                return Err(format!("stream of user {uid} starts at seq {base}, not 1"));
+            }
+            for (i, (seq, _)) in entries.iter().enumerate() {
+                if *seq != base + i as u64 {
+                    return Err(format!(
+                        "stream of user {uid}: seq {} where {} belongs",
+                        seq,
+                        base + i as u64
+                    ));
+                }
+            }
+            let durable = entries.last().expect("non-empty").0;
+            out[home(uid, cores) as usize].streams.insert(
+                uid,
+                Stream {
+                    base,
+                    entries: entries.into_iter().map(|(_, m)| m).collect(),
+                    durable,
+                },
+            );
+        }
+        for (gid, mut changes) in self.groups {
+            changes.sort_unstable_by_key(|(v, _)| *v);
+            let mut g: Option<Group> = None;
+            for (i, (version, change)) in changes.into_iter().enumerate() {
+                if version != i as u64 + 1 {
+                    return Err(format!(
+                        "group {gid}: version {version} where {} belongs",
+                        i + 1
+                    ));
+                }
+                match (change, g.as_mut()) {
+                    (GroupChange::Create { owner, members }, None) => {
+                        let mut set: HashSet<u64> = members.into_iter().collect();
+                        set.insert(owner);
+                        g = Some(Group {
+                            owner,
+                            members: set,
+                            next_version: 1,
+                            durable: None,
+                        });
+                    }
+                    (GroupChange::Add { members, .. }, Some(g)) => g.members.extend(members),
+                    (GroupChange::Remove { members, .. }, Some(g)) => {
+                        for m in members {
+                            g.members.remove(&m);
+                        }
+                    }
+                    _ => return Err(format!("group {gid}: change {version} before creation")),
+                }
+                let g = g.as_mut().expect("created");
+                g.next_version = version + 1;
+            }
+            let mut g = g.expect("at least one change");
+            g.durable = Some((
+                g.next_version - 1,
+                partition(cores, &g.members),
+                g.members.len(),
+            ));
+            out[home(gid, cores) as usize].groups.insert(gid, g);
+        }
+        let mut sent: Vec<MessageRef> = self.sent.into_values().collect();
+        sent.sort_unstable_by_key(|m| (m.sent_ms, m.id));
+        for m in sent {
+            let core = &mut out[home(m.id.sender, cores) as usize];
+            if m.sent_ms.saturating_add(DEDUPE_WINDOW_MS) > now_ms {
+                let key = (m.id.sender, m.appinfo);
+                core.sends.insert(
+                    key,
+                    SendState::Done {
+                        seq: m.id.seq,
+                        sent_ms: m.sent_ms,
+                        fingerprint: fingerprint(m.to, m.class, &m.body),
+                    },
+                );
+                core.send_order.push_back((m.sent_ms, key));
+            }
+            if !self.done.contains(&m.id) {
+                let have = self.delivered_to.get(&m.id).cloned().unwrap_or_default();
+                core.redrive.push((m, have));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

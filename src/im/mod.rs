@@ -1,0 +1,15 @@
+//! The IM message system (R16-R24), inside the same thread-per-core appliance and the same
+//! per-core log as the envelopes: one seq-ordered stream per user homed on one core, diffusion
+//! write of every message into every recipient's stream, idempotent sends, groups.
+//!
+//! - [`model`]: messages, targets, classes, limits, errors.
+//! - [`record`]: the IM log records (docs/formats/log.md, kinds 16-19).
+//! - [`engine`]: one core's state machine (sans-IO) and the recovery that rebuilds every
+//!   core's state from the logs.
+
+pub mod engine;
+pub mod model;
+pub mod record;
+
+pub use engine::{home, Effects, ImCore, ImMsg, ImRecovery, Page};
+pub use model::*;

@@ -1,0 +1,433 @@
+//! IM log records (docs/formats/log.md, kinds 16-19): a sent message in its sender's stream, a
+//! delivery of one or more messages to the streams of the recipients homed on one core, the end
+//! of a message's fan-out, and a group change. Pure codecs: bytes in, values out, every length
+//! and field checked, so a damaged record is an error and never a panic. Used by the engine on
+//! each core ([`super::engine`]) and by recovery.
+
+use std::sync::Arc;
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::model::{Class, Message, MessageRef, MsgId, Target, BODY_MAX, GROUP_MEMBERS_MAX};
+use crate::store::record::RECORD_PAYLOAD_MAX;
+
+/// A message accepted from its sender: the sender's own stream entry, the dedupe memory of its
+/// appinfo, and the fan-out's to-do until a [`KIND_FANOUT_DONE`] follows. Stream: sender; seq:
+/// the sender's seq.
+pub const KIND_SENT: u8 = 16;
+/// Messages appended to the streams of recipients homed on the writing core. Stream and seq:
+/// the first message's id.
+pub const KIND_DELIVERY: u8 = 17;
+/// Every recipient of a message has it durably. Stream and seq: the message's id. No payload.
+pub const KIND_FANOUT_DONE: u8 = 18;
+/// A group change. Stream: the group id; seq: the group's version after the change.
+pub const KIND_GROUP: u8 = 19;
+
+/// Entry kind of an ordinary message (the only one so far; receipts and withdrawals follow).
+pub const ENTRY_MESSAGE: u8 = 1;
+
+/// The fixed part of a message inside SENT and DELIVERY records. 72 bytes.
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct MessageHeader {
+    pub sender: U64,
+    pub sender_seq: U64,
+    pub appinfo: [u8; 16],
+    pub sent_ms: U64,
+    pub target: U64,
+    pub body_bytes: U32,
+    pub target_kind: u8,
+    pub class: u8,
+    pub entry_kind: u8,
+    pub reserved: u8,
+    pub refer_sender: U64,
+    pub refer_seq: U64,
+}
+
+pub const MESSAGE_HEADER_BYTES: usize = 72;
+const _: () = assert!(std::mem::size_of::<MessageHeader>() == MESSAGE_HEADER_BYTES);
+
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct DeliveryHeader {
+    messages: U32,
+    recipients: U32,
+}
+
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct Recipient {
+    uid: U64,
+    first_seq: U64,
+}
+
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct GroupHeader {
+    op: u8,
+    reserved: [u8; 7],
+    actor: U64,
+    count: U32,
+    reserved2: U32,
+}
+
+const GROUP_HEADER_BYTES: usize = 24;
+const _: () = assert!(std::mem::size_of::<GroupHeader>() == GROUP_HEADER_BYTES);
+
+/// Why a record's payload does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RecordError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, RecordError> {
+    Err(RecordError(msg.into()))
+}
+
+/// Bytes one message takes inside a record.
+pub fn message_len(m: &Message) -> usize {
+    MESSAGE_HEADER_BYTES + m.body.len()
+}
+
+fn put_message(m: &Message, out: &mut Vec<u8>) {
+    let h = MessageHeader {
+        sender: U64::new(m.id.sender),
+        sender_seq: U64::new(m.id.seq),
+        appinfo: m.appinfo.to_le_bytes(),
+        sent_ms: U64::new(m.sent_ms),
+        target: U64::new(m.to.id()),
+        body_bytes: U32::new(m.body.len() as u32),
+        target_kind: m.to.code(),
+        class: m.class as u8,
+        entry_kind: ENTRY_MESSAGE,
+        reserved: 0,
+        refer_sender: U64::new(0),
+        refer_seq: U64::new(0),
+    };
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(&m.body);
+}
+
+/// Reads one message from the front of `bytes`; returns it and the bytes after it.
+fn take_message(bytes: &[u8]) -> Result<(Message, &[u8]), RecordError> {
+    let Ok((h, rest)) = MessageHeader::read_from_prefix(bytes) else {
+        return err(format!(
+            "message header needs {MESSAGE_HEADER_BYTES} bytes, {} left",
+            bytes.len()
+        ));
+    };
+    let body_len = h.body_bytes.get() as usize;
+    if body_len > BODY_MAX {
+        return err(format!(
+            "message body of {body_len} bytes exceeds {BODY_MAX}"
+        ));
+    }
+    if rest.len() < body_len {
+        return err(format!(
+            "message body of {body_len} bytes, {} left",
+            rest.len()
+        ));
+    }
+    if h.entry_kind != ENTRY_MESSAGE || h.reserved != 0 {
+        return err(format!("unknown entry kind {}", h.entry_kind));
+    }
+    let Some(to) = Target::from_parts(h.target_kind, h.target.get()) else {
+        return err(format!("unknown target kind {}", h.target_kind));
+    };
+    let Some(class) = Class::from_u8(h.class) else {
+        return err(format!("unknown message class {}", h.class));
+    };
+    if h.sender_seq.get() == 0 {
+        return err("message seq 0 (seqs start at 1)");
+    }
+    let (body, rest) = rest.split_at(body_len);
+    Ok((
+        Message {
+            id: MsgId {
+                sender: h.sender.get(),
+                seq: h.sender_seq.get(),
+            },
+            appinfo: u128::from_le_bytes(h.appinfo),
+            to,
+            class,
+            sent_ms: h.sent_ms.get(),
+            body: body.into(),
+        },
+        rest,
+    ))
+}
+
+/// SENT payload: the message.
+pub fn encode_sent(m: &Message, out: &mut Vec<u8>) {
+    put_message(m, out);
+}
+
+/// Decodes a SENT payload; `stream` and `seq` are the record's, which must match the message.
+pub fn decode_sent(stream: u64, seq: u64, payload: &[u8]) -> Result<Message, RecordError> {
+    let (m, rest) = take_message(payload)?;
+    if !rest.is_empty() {
+        return err(format!("{} bytes after the message", rest.len()));
+    }
+    if m.id.sender != stream || m.id.seq != seq {
+        return err(format!(
+            "message {} in the record of stream {stream} seq {seq}",
+            m.id
+        ));
+    }
+    Ok(m)
+}
+
+/// A delivery: `messages` go, in order, to each recipient; recipient `uid` gets every message
+/// not sent by `uid` itself, at consecutive seqs from `first_seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub messages: Vec<MessageRef>,
+    pub recipients: Vec<(u64, u64)>,
+}
+
+impl Delivery {
+    /// How many of the messages recipient `uid` gets.
+    pub fn count_for(messages: &[MessageRef], uid: u64) -> u64 {
+        messages.iter().filter(|m| m.id.sender != uid).count() as u64
+    }
+}
+
+/// Bytes of a delivery payload.
+pub fn delivery_len(messages: &[MessageRef], recipients: usize) -> usize {
+    8 + messages.iter().map(|m| message_len(m)).sum::<usize>() + 16 * recipients
+}
+
+/// DELIVERY payload: counts, the messages, then (uid, first_seq) per recipient.
+pub fn encode_delivery(messages: &[MessageRef], recipients: &[(u64, u64)], out: &mut Vec<u8>) {
+    let h = DeliveryHeader {
+        messages: U32::new(messages.len() as u32),
+        recipients: U32::new(recipients.len() as u32),
+    };
+    out.extend_from_slice(h.as_bytes());
+    for m in messages {
+        put_message(m, out);
+    }
+    for &(uid, first_seq) in recipients {
+        out.extend_from_slice(
+            Recipient {
+                uid: U64::new(uid),
+                first_seq: U64::new(first_seq),
+            }
+            .as_bytes(),
+        );
+    }
+}
+
+pub fn decode_delivery(payload: &[u8]) -> Result<Delivery, RecordError> {
+    if payload.len() > RECORD_PAYLOAD_MAX {
+        return err("delivery larger than a record");
+    }
+    let Ok((h, mut rest)) = DeliveryHeader::read_from_prefix(payload) else {
+        return err("delivery header needs 8 bytes");
+    };
+    let count = h.messages.get() as usize;
+    let recipients = h.recipients.get() as usize;
+    if count == 0 {
+        return err("delivery of no message");
+    }
+    if count > payload.len() / MESSAGE_HEADER_BYTES || recipients > GROUP_MEMBERS_MAX {
+        return err(format!(
+            "delivery claims {count} messages and {recipients} recipients"
+        ));
+    }
+    let mut messages = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (m, r) = take_message(rest)?;
+        messages.push(Arc::new(m));
+        rest = r;
+    }
+    if rest.len() != recipients * 16 {
+        return err(format!(
+            "{recipients} recipients need {} bytes, {} left",
+            recipients * 16,
+            rest.len()
+        ));
+    }
+    let list = <[Recipient]>::ref_from_bytes(rest).expect("length checked");
+    let mut out = Vec::with_capacity(recipients);
+    for r in list {
+        if r.first_seq.get() == 0 {
+            return err(format!("recipient {} at seq 0", r.uid.get()));
+        }
+        if Delivery::count_for(&messages, r.uid.get()) == 0 {
+            return err(format!("recipient {} gets no message", r.uid.get()));
+        }
+        out.push((r.uid.get(), r.first_seq.get()));
+    }
+    Ok(Delivery {
+        messages,
+        recipients: out,
+    })
+}
+
+/// A change to a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    /// Creates the group with `owner` and `members` (the owner is a member).
+    Create { owner: u64, members: Vec<u64> },
+    /// `actor` adds members.
+    Add { actor: u64, members: Vec<u64> },
+    /// `actor` removes members (a member may remove itself: leaving).
+    Remove { actor: u64, members: Vec<u64> },
+}
+
+impl GroupChange {
+    fn parts(&self) -> (u8, u64, &[u64]) {
+        match self {
+            GroupChange::Create { owner, members } => (1, *owner, members),
+            GroupChange::Add { actor, members } => (2, *actor, members),
+            GroupChange::Remove { actor, members } => (3, *actor, members),
+        }
+    }
+}
+
+/// GROUP payload: op (1 create, 2 add, 3 remove), actor, count, then the uids.
+pub fn encode_group(change: &GroupChange, out: &mut Vec<u8>) {
+    let (op, actor, members) = change.parts();
+    let h = GroupHeader {
+        op,
+        reserved: [0; 7],
+        actor: U64::new(actor),
+        count: U32::new(members.len() as u32),
+        reserved2: U32::new(0),
+    };
+    out.extend_from_slice(h.as_bytes());
+    for &uid in members {
+        out.extend_from_slice(&uid.to_le_bytes());
+    }
+}
+
+pub fn decode_group(payload: &[u8]) -> Result<GroupChange, RecordError> {
+    let Ok((h, rest)) = GroupHeader::read_from_prefix(payload) else {
+        return err(format!("group header needs {GROUP_HEADER_BYTES} bytes"));
+    };
+    let count = h.count.get() as usize;
+    if count > GROUP_MEMBERS_MAX || rest.len() != count * 8 {
+        return err(format!(
+            "group change of {count} members in {} bytes",
+            rest.len()
+        ));
+    }
+    let members: Vec<u64> = <[U64]>::ref_from_bytes(rest)
+        .expect("length checked")
+        .iter()
+        .map(|u| u.get())
+        .collect();
+    let actor = h.actor.get();
+    Ok(match h.op {
+        1 => GroupChange::Create {
+            owner: actor,
+            members,
+        },
+        2 => GroupChange::Add { actor, members },
+        3 => GroupChange::Remove { actor, members },
+        op => return err(format!("unknown group op {op}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn message(sender: u64, seq: u64, body: Vec<u8>, group: bool) -> Message {
+        Message {
+            id: MsgId { sender, seq },
+            appinfo: u128::from(sender) << 64 | u128::from(seq),
+            to: if group {
+                Target::Group(7)
+            } else {
+                Target::User(9)
+            },
+            class: Class::Chat,
+            sent_ms: 1_700_000_000_000 + seq,
+            body: body.into(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn sent_round_trips(sender in any::<u64>(), seq in 1u64.., body in proptest::collection::vec(any::<u8>(), 0..300), group in any::<bool>()) {
+            let m = message(sender, seq, body, group);
+            let mut out = Vec::new();
+            encode_sent(&m, &mut out);
+            prop_assert_eq!(decode_sent(sender, seq, &out).unwrap(), m.clone());
+            // Every strict prefix and every longer buffer is refused, never a panic.
+            for cut in 0..out.len() {
+                prop_assert!(decode_sent(sender, seq, &out[..cut]).is_err());
+            }
+            out.push(0);
+            prop_assert!(decode_sent(sender, seq, &out).is_err());
+        }
+
+        #[test]
+        fn delivery_round_trips(
+            senders in proptest::collection::vec(1u64..5, 1..4),
+            uids in proptest::collection::btree_set(5u64..1000, 1..50),
+        ) {
+            let messages: Vec<MessageRef> = senders
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| Arc::new(message(s, i as u64 + 1, vec![i as u8; i * 3], true)))
+                .collect();
+            let recipients: Vec<(u64, u64)> = uids.iter().map(|&u| (u, u * 2 + 1)).collect();
+            let mut out = Vec::new();
+            encode_delivery(&messages, &recipients, &mut out);
+            prop_assert_eq!(out.len(), delivery_len(&messages, recipients.len()));
+            let d = decode_delivery(&out).unwrap();
+            prop_assert_eq!(&d.messages, &messages);
+            prop_assert_eq!(&d.recipients, &recipients);
+            for cut in 0..out.len() {
+                prop_assert!(decode_delivery(&out[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode_delivery(&bytes);
+            let _ = decode_group(&bytes);
+            let _ = decode_sent(1, 1, &bytes);
+        }
+
+        #[test]
+        fn group_round_trips(op in 0..3u8, actor in any::<u64>(), members in proptest::collection::vec(any::<u64>(), 0..100)) {
+            let change = match op {
+                0 => GroupChange::Create { owner: actor, members },
+                1 => GroupChange::Add { actor, members },
+                _ => GroupChange::Remove { actor, members },
+            };
+            let mut out = Vec::new();
+            encode_group(&change, &mut out);
+            prop_assert_eq!(decode_group(&out).unwrap(), change);
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let m = message(3, 4, b"hi".to_vec(), false);
+        let mut out = Vec::new();
+        encode_sent(&m, &mut out);
+        assert!(decode_sent(3, 5, &out).unwrap_err().0.contains("3#4"));
+        let mut bad = out.clone();
+        bad[52] = 9; // target kind
+        assert!(decode_sent(3, 4, &bad)
+            .unwrap_err()
+            .0
+            .contains("target kind 9"));
+        let mut bad = out.clone();
+        bad[53] = 0; // class
+        assert!(decode_sent(3, 4, &bad).unwrap_err().0.contains("class"));
+        // A recipient that would get nothing (its own message only) is refused.
+        let mut d = Vec::new();
+        encode_delivery(&[Arc::new(m)], &[(3, 1)], &mut d);
+        assert!(decode_delivery(&d)
+            .unwrap_err()
+            .0
+            .contains("gets no message"));
+    }
+}
