@@ -8,7 +8,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+use crate::im::{Class, Target};
 use crate::wire::frame::FrameDecoder;
+use crate::wire::im::{
+    encode_group, encode_send, encode_sync, ImDecoded, OP_GROUP_ADD, OP_GROUP_CREATE,
+    OP_GROUP_MEMBERS, OP_GROUP_REMOVE, OP_SEND, OP_SYNC,
+};
 use crate::wire::ops::{decode_reply, encode_request, Reply, OP_HELLO, OP_OPEN, OP_PING, OP_SHAKE};
 
 pub struct Client {
@@ -17,6 +22,8 @@ pub struct Client {
     out: BytesMut,
     next_id: u64,
     buf: Vec<u8>,
+    /// PUSH frames received while waiting for replies: (uid, max_seq), oldest first.
+    pub pushes: Vec<(u64, u64)>,
 }
 
 fn invalid(message: String) -> io::Error {
@@ -34,6 +41,7 @@ impl Client {
             out: BytesMut::new(),
             next_id: 1,
             buf: vec![0; 64 << 10],
+            pushes: Vec::new(),
         })
     }
 
@@ -84,15 +92,83 @@ impl Client {
         }
     }
 
+    /// The next reply that is not a PUSH (PUSH frames go to `pushes`).
+    pub fn recv_reply(&mut self) -> io::Result<(u64, Reply)> {
+        loop {
+            match self.recv()? {
+                (0, Reply::Im(ImDecoded::Push { uid, max_seq })) => {
+                    self.pushes.push((uid, max_seq))
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
     /// One request, one reply.
     pub fn call(&mut self, op: u8, payload: &[u8]) -> io::Result<Reply> {
         let id = self.send(op, payload);
         self.flush()?;
-        let (got, reply) = self.recv()?;
+        let (got, reply) = self.recv_reply()?;
         if got != id {
             return Err(invalid(format!("reply for request {got}, expected {id}")));
         }
         Ok(reply)
+    }
+
+    /// Waits up to `timeout` for a PUSH (returns at once if one came already).
+    pub fn wait_push(&mut self, timeout: Duration) -> io::Result<Option<(u64, u64)>> {
+        if !self.pushes.is_empty() {
+            return Ok(Some(self.pushes.remove(0)));
+        }
+        self.stream.set_read_timeout(Some(timeout))?;
+        let got = match self.recv() {
+            Ok((0, Reply::Im(ImDecoded::Push { uid, max_seq }))) => Ok(Some((uid, max_seq))),
+            Ok((id, r)) => Err(invalid(format!("unexpected reply {r:?} to request {id}"))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))?;
+        got
+    }
+
+    /// Sends a message (IM); `appinfo` must be unique per message (a retry reuses it).
+    pub fn im_send(
+        &mut self,
+        appinfo: u128,
+        to: Target,
+        class: Class,
+        body: &[u8],
+    ) -> io::Result<Reply> {
+        self.call(OP_SEND, &encode_send(appinfo, to, class, body))
+    }
+
+    /// The entries of the user's stream after seq `after` (IM). Starts the connection's PUSHes.
+    pub fn im_sync(&mut self, after: u64, limit: u32) -> io::Result<Reply> {
+        self.call(OP_SYNC, &encode_sync(after, limit))
+    }
+
+    pub fn group_create(&mut self, gid: u64, members: &[u64]) -> io::Result<Reply> {
+        self.call(OP_GROUP_CREATE, &encode_group(gid, members))
+    }
+
+    pub fn group_add(&mut self, gid: u64, members: &[u64]) -> io::Result<Reply> {
+        self.call(OP_GROUP_ADD, &encode_group(gid, members))
+    }
+
+    pub fn group_remove(&mut self, gid: u64, members: &[u64]) -> io::Result<Reply> {
+        self.call(OP_GROUP_REMOVE, &encode_group(gid, members))
+    }
+
+    pub fn group_members(&mut self, gid: u64, from: u32) -> io::Result<Reply> {
+        self.call(OP_GROUP_MEMBERS, &encode_group(gid, &[u64::from(from)]))
     }
 
     pub fn hello(&mut self, auth_token: &[u8]) -> io::Result<Reply> {

@@ -525,6 +525,12 @@ fn demo_serve(
     let auth = hongbao::token::Auth { uid, expires_unix };
     let auth_bytes = auth.encode(&auth_keys);
     let auth_hex = auth.encode_hex(&auth_keys);
+    let friend = hongbao::token::Auth {
+        uid: uid + 1,
+        expires_unix,
+    };
+    let friend_bytes = friend.encode(&auth_keys);
+    let friend_hex = friend.encode_hex(&auth_keys);
     install_fail_stop_panic_hook();
     let prepared = hongbao::serve::setup::prepare(&config, core_count())?;
     for line in &prepared.report {
@@ -540,9 +546,15 @@ fn demo_serve(
                 Ok(lines) => lines.iter().for_each(|l| say!("{l}")),
                 Err(e) => say!("demo client: {e}"),
             }
+            match demo_im(binary, &auth_bytes, &friend_bytes) {
+                Ok(lines) => lines.iter().for_each(|l| say!("{l}")),
+                Err(e) => say!("demo IM client: {e}"),
+            }
             say!("try it yourself (user {uid}):");
             say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' http://{http}/shake");
             say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' --data <token> http://{http}/open");
+            say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' --data 'hello' 'http://{http}/im/send?to=user:{}&appinfo=1234'", uid + 1);
+            say!("  curl -s -H 'Authorization: Bearer {friend_hex}' 'http://{http}/im/sync?after=0'   # as user {}", uid + 1);
             say!("  curl -s http://{http}/metrics | grep hongbao_shakes_total");
             say!("  tokens for other users: {me} auth-token --auth-keys {auth_display} --uid 2000 --count 10");
             match serve_for {
@@ -605,6 +617,67 @@ fn demo_round_trip(addr: std::net::SocketAddr, auth: &[u8]) -> Result<Vec<String
         }
     }
     lines.push("demo client: no envelope in 400 shakes (the slot paces its envelopes)".into());
+    Ok(lines)
+}
+
+/// The IM half of the demo: a group, a message to it, a retried send, and the member's pull.
+fn demo_im(addr: std::net::SocketAddr, auth: &[u8], friend: &[u8]) -> Result<Vec<String>, String> {
+    use hongbao::im::{Class, ImReply, Target};
+    use hongbao::wire::im::ImDecoded;
+    use hongbao::wire::ops::Reply;
+    let e = |e: std::io::Error| e.to_string();
+    let mut lines = Vec::new();
+    let mut a = hongbao::client::Client::connect(addr).map_err(e)?;
+    let mut b = hongbao::client::Client::connect(addr).map_err(e)?;
+    a.hello(auth).map_err(e)?;
+    b.hello(friend).map_err(e)?;
+    let gid = 1;
+    match a.group_create(gid, &[1002, 1003]).map_err(e)? {
+        Reply::Im(ImDecoded::Reply(ImReply::Group { members, .. })) => lines.push(format!(
+            "demo IM: user 1001 created group {gid} with {members} members"
+        )),
+        other => return Err(format!("GROUP_CREATE answered {other:?}")),
+    }
+    // User 1002 is online: its first SYNC starts pushes to its connection.
+    b.im_sync(0, 0).map_err(e)?;
+    let body = "Happy new year! Shake for red envelopes at 20:00".as_bytes();
+    for attempt in ["sent", "retried with the same appinfo"] {
+        match a
+            .im_send(0x2026, Target::Group(gid), Class::Chat, body)
+            .map_err(e)?
+        {
+            Reply::Im(ImDecoded::Reply(ImReply::Sent { seq, duplicate, .. })) => {
+                lines.push(format!(
+                    "demo IM: message {attempt}: seq {seq} in the sender's stream{}",
+                    if duplicate {
+                        ", stored once (duplicate)"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+            other => return Err(format!("SEND answered {other:?}")),
+        }
+    }
+    if let Some((uid, max_seq)) = b.wait_push(std::time::Duration::from_secs(2)).map_err(e)? {
+        lines.push(format!(
+            "demo IM: PUSH to user {uid}: stream now at seq {max_seq}"
+        ));
+    }
+    match b.im_sync(0, 0).map_err(e)? {
+        Reply::Im(ImDecoded::Page { entries, .. }) => {
+            for m in entries {
+                lines.push(format!(
+                    "demo IM: user 1002 pulled seq {}: from {} to group {}: {:?}",
+                    m.seq,
+                    m.sender,
+                    m.to.id(),
+                    String::from_utf8_lossy(&m.body)
+                ));
+            }
+        }
+        other => return Err(format!("SYNC answered {other:?}")),
+    }
     Ok(lines)
 }
 

@@ -90,7 +90,7 @@ pub struct Effects {
 }
 
 /// One page of a stream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Page {
     /// (seq, message), ascending.
     pub entries: Vec<(u64, MessageRef)>,

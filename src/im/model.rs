@@ -130,8 +130,6 @@ pub enum ImError {
     NotOwner,
     #[error("the group would exceed {GROUP_MEMBERS_MAX} members")]
     GroupFull,
-    #[error("a change to this group is in flight; retry")]
-    GroupBusy,
     #[error("the same appinfo was used for a different message")]
     AppinfoReused,
     #[error("control messages are not delivered to groups of 2,000 members or more")]

@@ -123,8 +123,11 @@ impl Answers {
     fn try_take(&self, id: u64) -> Option<OpResult> {
         let mut slab = self.slab.borrow_mut();
         let e = Self::entry(&mut slab, id)?;
-        let State::Done(result) = e.state else {
+        if !matches!(e.state, State::Done(_)) {
             return None;
+        }
+        let State::Done(result) = std::mem::replace(&mut e.state, State::Free) else {
+            unreachable!("checked")
         };
         Self::release(&mut slab, split(id).0);
         Some(result)

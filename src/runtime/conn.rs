@@ -16,7 +16,14 @@ use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpListener;
 
+use super::im::{GroupOp, Watch};
 use super::{Core, Slot};
+use crate::im::record::GroupChange;
+use crate::im::SendRequest;
+use crate::wire::im::{
+    decode_group, decode_send, decode_sync, encode_push, OP_GROUP_ADD, OP_GROUP_CREATE,
+    OP_GROUP_MEMBERS, OP_GROUP_REMOVE, OP_SEND, OP_SYNC,
+};
 
 /// Requests handled from one read between two yields to the core's other tasks.
 const REQUESTS_PER_YIELD: usize = 32;
@@ -204,9 +211,102 @@ fn binary_head(s: &mut BinarySlot) -> Option<&mut Slot> {
     }
 }
 
+/// A connection's watch of its user's stream, ended with the connection (or a new HELLO).
+struct Watching<'a> {
+    core: &'a Core,
+    watch: Option<Rc<Watch>>,
+}
+
+impl Watching<'_> {
+    fn start(&mut self, uid: u64) {
+        if self.watch.as_ref().is_some_and(|w| w.uid == uid) {
+            return;
+        }
+        self.stop();
+        self.watch = Some(self.core.watch(uid));
+    }
+
+    fn stop(&mut self) {
+        if let Some(w) = self.watch.take() {
+            self.core.unwatch(&w);
+        }
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An IM request of an authenticated user on the binary protocol.
+fn binary_im(
+    core: &Rc<Core>,
+    op: u8,
+    rid: u64,
+    uid: u64,
+    payload: &[u8],
+    watching: &mut Watching<'_>,
+) -> BinarySlot {
+    let malformed = |m: String| BinarySlot::Fail(rid, ErrorCode::Malformed, m);
+    match op {
+        OP_SEND => match decode_send(payload) {
+            Ok(s) => BinarySlot::Op(
+                op,
+                rid,
+                core.im_send(SendRequest {
+                    sender: uid,
+                    appinfo: s.appinfo,
+                    to: s.to,
+                    class: s.class,
+                    body: s.body,
+                }),
+                "",
+            ),
+            Err(m) if m.contains("body over") => BinarySlot::Fail(rid, ErrorCode::TooLarge, m),
+            Err(m) => malformed(m),
+        },
+        OP_SYNC => match decode_sync(payload) {
+            Ok((after, limit)) => {
+                // From its first SYNC on, the connection is told (PUSH) when the stream grows.
+                watching.start(uid);
+                BinarySlot::Op(op, rid, core.im_sync(uid, after, limit), "")
+            }
+            Err(m) => malformed(m),
+        },
+        _ => match decode_group(payload, op) {
+            Ok((gid, uids)) => {
+                let group_op = match op {
+                    OP_GROUP_CREATE => GroupOp::Create {
+                        owner: uid,
+                        members: uids,
+                    },
+                    OP_GROUP_ADD => GroupOp::Change(GroupChange::Add {
+                        actor: uid,
+                        members: uids,
+                    }),
+                    OP_GROUP_REMOVE => GroupOp::Change(GroupChange::Remove {
+                        actor: uid,
+                        members: uids,
+                    }),
+                    _ => GroupOp::Members {
+                        actor: uid,
+                        from: uids
+                            .first()
+                            .map_or(0, |&f| f.min(u64::from(u32::MAX)) as u32),
+                    },
+                };
+                BinarySlot::Op(op, rid, core.im_group(gid, group_op), "")
+            }
+            Err(m) => malformed(m),
+        },
+    }
+}
+
 async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S) {
     let mut decoder = FrameDecoder::new();
     let mut auth: Option<Auth> = None;
+    let mut watching = Watching { core, watch: None };
     let mut out = BytesMut::new();
     let mut slots: VecDeque<BinarySlot> = VecDeque::new();
     let mut close = false;
@@ -223,11 +323,19 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream:
             binary_head,
             close,
             backlog,
+            watching.watch.as_deref(),
         )
         .await
         {
             Wake::Read => backlog = false,
             Wake::Answer => continue,
+            Wake::Push(seq) => {
+                if let Some(w) = &watching.watch {
+                    encode_push(w.uid, seq, &mut out);
+                    w.pushed(seq);
+                }
+                continue;
+            }
             Wake::Done => return,
         }
         // One clock read per read: every request of a pipelined batch arrived at once.
@@ -249,6 +357,9 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream:
                             } else {
                                 match Auth::decode(&frame.payload, &core.auth_keys, now) {
                                     Ok(a) => {
+                                        if auth.is_some_and(|old| old.uid != a.uid) {
+                                            watching.stop();
+                                        }
                                         auth = Some(a);
                                         let hello = HelloReply {
                                             uid: a.uid,
@@ -260,6 +371,7 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream:
                                     }
                                     Err(e) => {
                                         auth = None;
+                                        watching.stop();
                                         BinarySlot::Fail(rid, auth_error(e), e.to_string())
                                     }
                                 }
@@ -274,6 +386,10 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream:
                             Err(code) => BinarySlot::Fail(rid, code, "send HELLO with a valid auth token first".into()),
                             Ok(_) if frame.payload.len() != SHAKE_TOKEN_BYTES => BinarySlot::Fail(rid, ErrorCode::Malformed, format!("OPEN carries the {SHAKE_TOKEN_BYTES}-byte token of a shake, not {} bytes", frame.payload.len())),
                             Ok(uid) => BinarySlot::Op(OP_OPEN, rid, open(core, uid, &frame.payload, now), ""),
+                        },
+                        OP_SEND | OP_SYNC | OP_GROUP_CREATE | OP_GROUP_ADD | OP_GROUP_REMOVE | OP_GROUP_MEMBERS => match current_uid(&auth, now) {
+                            Err(code) => BinarySlot::Fail(rid, code, "send HELLO with a valid auth token first".into()),
+                            Ok(uid) => binary_im(core, frame.op, rid, uid, &frame.payload, &mut watching),
                         },
                         OP_PING if frame.payload.len() <= PING_BYTES_MAX => BinarySlot::Pong(rid, frame.payload),
                         OP_PING => BinarySlot::Fail(rid, ErrorCode::TooLarge, format!("PING payload over {PING_BYTES_MAX} bytes")),
@@ -438,14 +554,134 @@ fn http_request(core: &Rc<Core>, req: &Request<'_>, cache: &mut AuthCache, now: 
             }
             Err((code, message)) => HttpSlot::Fail(code, message, close),
         },
+        (_, path) if path.starts_with("/im/") => match http_uid(core, req, cache, now) {
+            Ok(uid) => match http_im(core, req, uid) {
+                Ok(slot) => HttpSlot::Op(slot, close),
+                Err((code, message)) => HttpSlot::Fail(code, message, close),
+            },
+            Err((code, message)) => HttpSlot::Fail(code, message, close),
+        },
         (Method::Get, "/open") => {
             HttpSlot::Fail(ErrorCode::Malformed, "use POST /open".into(), close)
         }
         (_, path) => HttpSlot::Fail(
             ErrorCode::UnknownOp,
-            format!("no endpoint {path}; try /shake, /open, /metrics, /healthz"),
+            format!(
+                "no endpoint {path}; try /shake, /open, /im/send, /im/sync, /metrics, /healthz"
+            ),
             close,
         ),
+    }
+}
+
+fn query<'a>(req: &Request<'a>, name: &str) -> Option<&'a str> {
+    req.query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+fn query_u64(req: &Request<'_>, name: &str) -> Result<Option<u64>, (ErrorCode, String)> {
+    query(req, name)
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| (ErrorCode::Malformed, format!("{name}={v} is not a number")))
+        })
+        .transpose()
+}
+
+fn uid_list(body: &[u8]) -> Result<Vec<u64>, (ErrorCode, String)> {
+    let text = std::str::from_utf8(body).map_err(|_| {
+        (
+            ErrorCode::Malformed,
+            "the body must be uids, comma-separated".to_string(),
+        )
+    })?;
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u64>()
+                .map_err(|_| (ErrorCode::Malformed, format!("{t:?} is not a uid")))
+        })
+        .collect()
+}
+
+/// The IM endpoints over HTTP (docs/PROTOCOL.md, "IM over HTTP").
+fn http_im(core: &Rc<Core>, req: &Request<'_>, uid: u64) -> Result<Slot, (ErrorCode, String)> {
+    use crate::im::{Class, Target};
+    let malformed = |m: &str| (ErrorCode::Malformed, m.to_string());
+    match (req.method, req.path) {
+        (Method::Post, "/im/send") => {
+            let to = match query(req, "to").and_then(|t| t.split_once(':')) {
+                Some(("user", id)) => id.parse().map(Target::User),
+                Some(("group", id)) => id.parse().map(Target::Group),
+                _ => return Err(malformed("give ?to=user:UID or ?to=group:GID")),
+            }
+            .map_err(|_| malformed("the id in ?to= is not a number"))?;
+            let appinfo = query(req, "appinfo")
+                .filter(|a| !a.is_empty() && a.len() <= 32)
+                .and_then(|a| u128::from_str_radix(a, 16).ok())
+                .ok_or_else(|| {
+                    malformed("give ?appinfo= with up to 32 hex digits, unique per message")
+                })?;
+            let class = match query(req, "class").unwrap_or("chat") {
+                "chat" => Class::Chat,
+                "api" => Class::Api,
+                "app" => Class::App,
+                "control" => Class::Control,
+                _ => return Err(malformed("class is chat, api, app or control")),
+            };
+            Ok(core.im_send(SendRequest {
+                sender: uid,
+                appinfo,
+                to,
+                class,
+                body: req.body.into(),
+            }))
+        }
+        (Method::Get, "/im/sync") => {
+            let after = query_u64(req, "after")?.unwrap_or(0);
+            let limit = query_u64(req, "limit")?.unwrap_or(0);
+            let limit = match limit {
+                0 => crate::wire::im::SYNC_LIMIT_DEFAULT,
+                n => n.min(u64::from(crate::wire::im::SYNC_LIMIT_MAX)) as u32,
+            };
+            Ok(core.im_sync(uid, after, limit))
+        }
+        (method, path) if path.starts_with("/im/group/") => {
+            let gid = query_u64(req, "gid")?.ok_or_else(|| malformed("give ?gid="))?;
+            let op = match (method, &path["/im/group/".len()..]) {
+                (Method::Post, "create") => GroupOp::Create {
+                    owner: uid,
+                    members: uid_list(req.body)?,
+                },
+                (Method::Post, "add") => GroupOp::Change(GroupChange::Add {
+                    actor: uid,
+                    members: uid_list(req.body)?,
+                }),
+                (Method::Post, "remove") => GroupOp::Change(GroupChange::Remove {
+                    actor: uid,
+                    members: uid_list(req.body)?,
+                }),
+                (Method::Get, "members") => GroupOp::Members {
+                    actor: uid,
+                    from: query_u64(req, "from")?
+                        .unwrap_or(0)
+                        .min(u64::from(u32::MAX)) as u32,
+                },
+                _ => {
+                    return Err((
+                        ErrorCode::UnknownOp,
+                        "group endpoints: POST create|add|remove, GET members".into(),
+                    ))
+                }
+            };
+            Ok(core.im_group(gid, op))
+        }
+        _ => Err((
+            ErrorCode::UnknownOp,
+            "IM endpoints: POST /im/send, GET /im/sync, /im/group/...".into(),
+        )),
     }
 }
 
@@ -476,11 +712,12 @@ async fn http_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S
             http_head,
             close,
             backlog,
+            None,
         )
         .await
         {
             Wake::Read => backlog = false,
-            Wake::Answer => continue,
+            Wake::Answer | Wake::Push(_) => continue,
             Wake::Done => return,
         }
         // One clock read per read: every request of a pipelined batch arrived at once.
@@ -593,6 +830,8 @@ enum Wake {
     Read,
     /// The answer at the head of the pipeline arrived.
     Answer,
+    /// The watched stream grew to this seq: write a PUSH.
+    Push(u64),
     /// The peer closed or failed, or the connection is closing and everything is answered.
     Done,
 }
@@ -611,10 +850,22 @@ async fn next_event<S: Input, T>(
     head: fn(&mut T) -> Option<&mut Slot>,
     close: bool,
     backlog: bool,
+    watch: Option<&Watch>,
 ) -> Wake {
     let reading = !close && slots.len() < PENDING_MAX;
     if reading && backlog {
         return Wake::Read;
+    }
+    if let Some(w) = watch {
+        if close {
+            // A closing connection gets no more pushes.
+            return Box::pin(next_event(stream, into, slots, head, close, false, None)).await;
+        }
+        return futures_lite::future::or(
+            async { Wake::Push(std::future::poll_fn(|cx| w.poll_push(cx)).await) },
+            Box::pin(next_event(stream, into, slots, head, close, false, None)),
+        )
+        .await;
     }
     let head = slots.front_mut().and_then(head);
     let read = |r: std::io::Result<usize>| match r {

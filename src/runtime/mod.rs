@@ -11,7 +11,10 @@
 
 mod answers;
 mod conn;
+mod im;
 mod uring;
+
+pub use im::GroupOp;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -65,6 +68,55 @@ pub enum Msg {
         id: u64,
         result: OpResult,
     },
+    /// An IM send, run on the sender's home core.
+    ImSend {
+        req: crate::im::SendRequest,
+        from: u16,
+        id: u64,
+    },
+    /// A page of a user's stream, read on the user's home core.
+    ImSync {
+        uid: u64,
+        after: u64,
+        limit: u32,
+        from: u16,
+        id: u64,
+    },
+    /// A group request, run on the group's home core.
+    ImGroup {
+        gid: u64,
+        op: GroupOp,
+        from: u16,
+        id: u64,
+    },
+    /// Between the cores' IM engines.
+    Im(crate::im::ImMsg),
+    /// To a user's home core: core `core` has (or no longer has) a connection watching `uid`.
+    Presence {
+        uid: u64,
+        core: u16,
+        online: bool,
+    },
+    /// To a core with connections watching `uid`: its stream grew to `seq`.
+    Push {
+        uid: u64,
+        seq: u64,
+    },
+}
+
+impl Msg {
+    /// The answer entry of a request (requests may be refused when a queue is full; the other
+    /// messages carry work already done and must wait for room instead).
+    fn request_id(&self) -> Option<u64> {
+        match self {
+            Msg::Shake { id, .. }
+            | Msg::Open { id, .. }
+            | Msg::ImSend { id, .. }
+            | Msg::ImSync { id, .. }
+            | Msg::ImGroup { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 /// Read-only (or atomic) state of all cores.
@@ -93,7 +145,8 @@ impl Slot {
     /// The result if it is there (once: a slot is answered once).
     pub fn try_take(&mut self) -> Option<OpResult> {
         match self {
-            Slot::Ready(r) => Some(*r),
+            // The slot is popped once answered; what stays behind is never read.
+            Slot::Ready(r) => Some(std::mem::replace(r, OpResult::error(ErrorCode::Busy))),
             Slot::Wait(a) => a.try_take(),
         }
     }
@@ -112,6 +165,14 @@ pub(crate) struct Core {
     pub id: u16,
     pub shared: Arc<Shared>,
     pub engine: RefCell<Engine>,
+    /// The IM engine; appends to the same log as `engine`.
+    im: RefCell<crate::im::ImCore>,
+    /// IM messages this core sent itself, handled before the call that made them returns.
+    im_local: RefCell<VecDeque<crate::im::ImMsg>>,
+    /// Users homed here: the cores with connections watching them.
+    presence: RefCell<HashMap<u64, Vec<u16>>>,
+    /// Connections of this core watching their user's stream.
+    watchers: RefCell<HashMap<u64, Vec<Rc<im::Watch>>>>,
     /// This core's copies of the MAC keys (their MAC states are per core, see `token`).
     pub auth_keys: TokenKeys,
     pub token_keys: TokenKeys,
@@ -203,11 +264,13 @@ impl Core {
                 while let Some(msg) = messages.pop_front() {
                     match queue.push(msg) {
                         Ok(()) => pushed = true,
-                        Err(Msg::Reply { id, result }) => {
-                            messages.push_front(Msg::Reply { id, result });
-                            break;
-                        }
-                        Err(Msg::Shake { id, .. } | Msg::Open { id, .. }) => busy.push(id),
+                        Err(msg) => match msg.request_id() {
+                            Some(id) => busy.push(id),
+                            None => {
+                                messages.push_front(msg);
+                                break;
+                            }
+                        },
                     }
                 }
                 if pushed {
@@ -253,6 +316,28 @@ impl Core {
                 }
             }
             Msg::Reply { id, result } => self.deliver(Route::Local(id), result),
+            Msg::ImSend { req, from, id } => {
+                self.metrics().forwarded_in.fetch_add(1, Ordering::Relaxed);
+                self.run_send(req, Route::Remote { core: from, id });
+            }
+            Msg::ImSync {
+                uid,
+                after,
+                limit,
+                from,
+                id,
+            } => {
+                self.metrics().forwarded_in.fetch_add(1, Ordering::Relaxed);
+                let page = self.sync_page(uid, after, limit);
+                self.deliver(Route::Remote { core: from, id }, page);
+            }
+            Msg::ImGroup { gid, op, from, id } => {
+                self.metrics().forwarded_in.fetch_add(1, Ordering::Relaxed);
+                self.run_group(gid, op, Route::Remote { core: from, id });
+            }
+            Msg::Im(msg) => self.im_message(msg),
+            Msg::Presence { uid, core, online } => self.set_presence(uid, core, online),
+            Msg::Push { uid, seq } => self.announce(uid, seq),
         }
     }
 
@@ -324,6 +409,7 @@ async fn commit_loop(
             for (route, result) in answers.drain(..) {
                 core.deliver(route, result);
             }
+            core.im_run(|im, log, fx| im.batch_done(end, log, fx));
             core.flush();
         }
     }
@@ -427,6 +513,7 @@ async fn ticker(core: Rc<Core>) {
     let mut last_lists_check = Instant::now();
     loop {
         glommio::timer::sleep(TICK).await;
+        core.im_tick();
         core.flush();
         {
             let engine = core.engine.borrow();
@@ -523,6 +610,10 @@ async fn core_main(
         outbox: RefCell::new((0..shared.cores).map(|_| VecDeque::new()).collect()),
         shared: shared.clone(),
         engine: RefCell::new(engine),
+        im: RefCell::new(setup.im),
+        im_local: RefCell::new(VecDeque::new()),
+        presence: RefCell::new(HashMap::new()),
+        watchers: RefCell::new(HashMap::new()),
         auth_keys: own.auth_keys,
         token_keys: own.token_keys,
         answers: answers::Answers::default(),
@@ -534,6 +625,9 @@ async fn core_main(
         stopping: Cell::new(false),
     });
     glommio::spawn_local(commit_loop(core.clone(), setup.log_dir, commit_rx)).detach();
+    // Fan-outs a crash interrupted go out again (their messages wait in the queues until the
+    // other cores run).
+    core.im_run(|im, log, fx| im.start(log, fx));
     core.wake_commit();
     // Receivers and senders connect pairwise with their peers; receivers first, as tasks, so
     // two cores connecting to each other cannot wait on one another.

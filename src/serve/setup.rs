@@ -50,6 +50,8 @@ pub fn home_core(uid: u64, cores: usize) -> usize {
 /// One core's share of the server.
 pub struct CoreSetup {
     pub parts: EngineParts,
+    /// The core's IM state, rebuilt from every core's log.
+    pub im: crate::im::ImCore,
     pub log_dir: PathBuf,
 }
 
@@ -301,6 +303,7 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
         pending_bytes_max: config.pending_bytes,
     };
     let mut claims_by_uid: HashMap<u64, u32> = HashMap::new();
+    let mut im = crate::im::ImRecovery::new();
     let mut writers: Vec<Option<LogWriter>> = (0..cores).map(|_| None).collect();
     let mut present: Vec<u16> = crate::claims::core_dirs(&data)
         .map_err(|e| e.to_string())?
@@ -318,6 +321,12 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
         let mut failure: Option<String> = None;
         let (log, recovery) = FileLog::open(&dir, k, options, |position, view| {
             if failure.is_some() {
+                return;
+            }
+            if crate::im::ImRecovery::is_im(view.kind) {
+                if let Err(e) = im.replay(view.kind, view.stream, view.seq, view.payload) {
+                    failure = Some(format!("{}: IM record at {position}: {e}", dir.display()));
+                }
                 return;
             }
             let Some(shard) = record_shard(view.kind, view.payload) else {
@@ -384,9 +393,19 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
         getrandom::fill(&mut b).map_err(|e| format!("random seed: {e}"))?;
         u64::from_le_bytes(b)
     };
+    let im_cores = im
+        .finish(cores as u16, now_ms())
+        .map_err(|e| format!("IM state of the logs: {e}; refusing to start (docs/SAFETY.md)"))?;
     let mut setups = Vec::with_capacity(cores);
-    for (k, ((shards, caps), writer)) in per_core.into_iter().zip(caps).zip(writers).enumerate() {
+    for (k, (((shards, caps), writer), im)) in per_core
+        .into_iter()
+        .zip(caps)
+        .zip(writers)
+        .zip(im_cores)
+        .enumerate()
+    {
         setups.push(CoreSetup {
+            im,
             parts: EngineParts {
                 core: k as u16,
                 slots: slots.clone(),

@@ -433,6 +433,11 @@ impl Engine {
     }
 
     /// The next write for the runtime, if none is in flight and anything was appended.
+    /// The core's log, for the other state machines of the core (IM) that append to it.
+    pub fn log_mut(&mut self) -> &mut LogWriter {
+        &mut self.log
+    }
+
     pub fn take_batch(&mut self) -> Option<WriteBatch> {
         self.log.take_batch()
     }

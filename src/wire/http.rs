@@ -211,6 +211,7 @@ fn status_line(status: u16) -> &'static str {
         409 => "409 Conflict",
         411 => "411 Length Required",
         413 => "413 Content Too Large",
+        422 => "422 Unprocessable Content",
         429 => "429 Too Many Requests",
         431 => "431 Request Header Fields Too Large",
         503 => "503 Service Unavailable",
@@ -283,6 +284,17 @@ pub fn encode_response(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn every_error_status_has_a_status_line() {
+        for code in crate::wire::ops::ALL_ERRORS {
+            let line = status_line(code.http_status());
+            assert!(
+                line.starts_with(&code.http_status().to_string()),
+                "{code:?}"
+            );
+        }
+    }
 
     /// An owned copy of the next request, consumed from the decoder.
     #[derive(Debug, PartialEq, Eq)]

@@ -7,6 +7,8 @@ use bytes::BytesMut;
 
 use super::frame::encode_frame;
 use super::http::encode_response_parts;
+use super::im::{error_code as im_error_code, ImAnswer, ImDecoded};
+use crate::im::{ImError, ImReply};
 use crate::token::SHAKE_TOKEN_BYTES;
 
 pub const OP_HELLO: u8 = 0x01;
@@ -56,6 +58,20 @@ pub enum ErrorCode {
     Busy = 30,
     /// The server is stopping; reconnect elsewhere or later.
     ShuttingDown = 31,
+    /// IM: the group does not exist.
+    NoSuchGroup = 40,
+    /// IM: a group with this id exists already.
+    GroupExists = 41,
+    /// IM: the user is not a member of the group.
+    NotMember = 42,
+    /// IM: only the group's owner may do this (or the owner cannot leave).
+    NotOwner = 43,
+    /// IM: the group would exceed its member limit.
+    GroupFull = 44,
+    /// IM: the appinfo was used before for a different message.
+    AppinfoReused = 45,
+    /// IM: control messages are not delivered to huge groups (R22).
+    ControlDropped = 46,
 }
 
 impl ErrorCode {
@@ -77,6 +93,13 @@ impl ErrorCode {
             ErrorCode::NotIssued => "not_issued",
             ErrorCode::Busy => "busy",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NoSuchGroup => "no_such_group",
+            ErrorCode::GroupExists => "group_exists",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::NotOwner => "not_owner",
+            ErrorCode::GroupFull => "group_full",
+            ErrorCode::AppinfoReused => "appinfo_reused",
+            ErrorCode::ControlDropped => "control_dropped",
         }
     }
 
@@ -91,6 +114,10 @@ impl ErrorCode {
             ErrorCode::WrongUser | ErrorCode::KeyDenied => 403,
             ErrorCode::AlreadyClaimed => 409,
             ErrorCode::Busy | ErrorCode::ShuttingDown => 503,
+            ErrorCode::NoSuchGroup => 404,
+            ErrorCode::GroupExists | ErrorCode::AppinfoReused => 409,
+            ErrorCode::NotMember | ErrorCode::NotOwner => 403,
+            ErrorCode::GroupFull | ErrorCode::ControlDropped => 422,
         }
     }
 
@@ -99,7 +126,7 @@ impl ErrorCode {
     }
 }
 
-pub const ALL_ERRORS: [ErrorCode; 16] = [
+pub const ALL_ERRORS: [ErrorCode; 23] = [
     ErrorCode::Malformed,
     ErrorCode::UnknownOp,
     ErrorCode::Version,
@@ -116,6 +143,13 @@ pub const ALL_ERRORS: [ErrorCode; 16] = [
     ErrorCode::NotIssued,
     ErrorCode::Busy,
     ErrorCode::ShuttingDown,
+    ErrorCode::NoSuchGroup,
+    ErrorCode::GroupExists,
+    ErrorCode::NotMember,
+    ErrorCode::NotOwner,
+    ErrorCode::GroupFull,
+    ErrorCode::AppinfoReused,
+    ErrorCode::ControlDropped,
 ];
 
 /// What a shake got.
@@ -203,12 +237,13 @@ pub struct HelloReply {
 }
 
 /// A finished operation, whichever core finished it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResult {
     Hello(HelloReply),
     Shake(ShakeReply),
     Open(OpenReply),
     Error { code: ErrorCode, backoff_ms: u32 },
+    Im(ImAnswer),
 }
 
 impl OpResult {
@@ -216,6 +251,17 @@ impl OpResult {
         OpResult::Error {
             code,
             backoff_ms: 0,
+        }
+    }
+
+    /// The result of an IM request (refusals become error results).
+    pub fn im(reply: ImReply) -> OpResult {
+        match reply {
+            ImReply::Error(e) => OpResult::Error {
+                code: im_error_code(e),
+                backoff_ms: if e == ImError::Busy { 100 } else { 0 },
+            },
+            other => OpResult::Im(ImAnswer::Reply(other)),
         }
     }
 }
@@ -275,6 +321,7 @@ pub fn encode_binary(
             body.extend_from_slice(message.as_bytes());
             encode_frame(OP_ERROR, 0, request_id, &body, out);
         }
+        OpResult::Im(answer) => super::im::encode_binary(op, request_id, answer, out),
     }
 }
 
@@ -285,6 +332,8 @@ pub enum Reply {
     Shake(ShakeReply),
     Open(OpenReply),
     Pong(Vec<u8>),
+    /// An IM reply, or a PUSH (request id 0).
+    Im(ImDecoded),
     Error {
         code: u16,
         backoff_ms: u32,
@@ -323,6 +372,9 @@ pub fn decode_reply(op: u8, payload: &[u8]) -> Option<Reply> {
             claimed_unix: u32_at(16),
         })),
         x if x == OP_PING | OP_REPLY => Some(Reply::Pong(payload.to_vec())),
+        x if super::im::decode_reply(x, payload).is_some() => {
+            super::im::decode_reply(x, payload).map(Reply::Im)
+        }
         OP_ERROR if payload.len() >= 8 => Some(Reply::Error {
             code: u16_at(0),
             backoff_ms: u32_at(4),
@@ -409,6 +461,10 @@ pub fn encode_http(result: &OpResult, message: &str, close: bool, out: &mut Byte
             ];
             encode_response_parts(code.http_status(), JSON, &[], &parts, close, out);
         }
+        OpResult::Im(answer) => {
+            let body = super::im::json(answer);
+            super::http::encode_response(200, JSON, &[], body.as_bytes(), close, out);
+        }
     }
 }
 
@@ -466,7 +522,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn binary_replies_roundtrip(uid: u64, exp: u32, core: u16, amount: u32, batch: u16, backoff: u32, token: [u8; 32], code_i in 0usize..16) {
+        fn binary_replies_roundtrip(uid: u64, exp: u32, core: u16, amount: u32, batch: u16, backoff: u32, token: [u8; 32], code_i in 0usize..ALL_ERRORS.len()) {
             let h = HelloReply { uid, expires_unix: exp, core, cores: core.wrapping_add(1) };
             prop_assert_eq!(roundtrip(OP_HELLO, OpResult::Hello(h)), Reply::Hello(h));
             let mut t = [0u8; 64];

@@ -1,0 +1,325 @@
+//! The IM side of a core at run time: routes IM requests to the home core of their user or
+//! group, runs the core's [`ImCore`] against the core's log, carries out its effects (answers,
+//! messages to other cores' engines, pushes), keeps the presence of users homed here (which
+//! cores have a connection watching each user), and wakes the watching connections of this
+//! core when their user's stream grows (R17).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+
+use super::{Core, Msg, Slot};
+use crate::im::engine::{home, Effects, ImCore, ImMsg};
+use crate::im::record::GroupChange;
+use crate::im::{ImError, ImReply, SendRequest};
+use crate::serve::setup::now_ms;
+use crate::shake::engine::Route;
+use crate::store::LogWriter;
+use crate::wire::im::{fit_page, ImAnswer, MEMBERS_PAGE};
+use crate::wire::ops::OpResult;
+
+/// A group request, run on the group's home core.
+#[derive(Debug, Clone)]
+pub enum GroupOp {
+    Create {
+        owner: u64,
+        members: Vec<u64>,
+    },
+    Change(GroupChange),
+    /// Members from index `from`, for a member `actor`.
+    Members {
+        actor: u64,
+        from: u32,
+    },
+}
+
+/// A connection watching its user's stream: the newest seq announced to it and the newest it
+/// has written out as a PUSH frame.
+pub(crate) struct Watch {
+    pub uid: u64,
+    announced: Cell<u64>,
+    sent: Cell<u64>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Watch {
+    /// Ready with the seq to push when the stream grew past what was pushed.
+    pub fn poll_push(&self, cx: &mut Context<'_>) -> Poll<u64> {
+        let a = self.announced.get();
+        if a > self.sent.get() {
+            return Poll::Ready(a);
+        }
+        self.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+
+    pub fn pushed(&self, seq: u64) {
+        self.sent.set(self.sent.get().max(seq));
+    }
+
+    fn announce(&self, seq: u64) {
+        if seq > self.announced.get() {
+            self.announced.set(seq);
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Core {
+    fn home_of(&self, id: u64) -> u16 {
+        home(id, self.shared.cores as u16)
+    }
+
+    /// Runs `f` on this core's IM engine and log, then carries out its effects, including
+    /// the messages this core sends itself, until nothing is left.
+    pub(crate) fn im_run(&self, f: impl FnOnce(&mut ImCore, &mut LogWriter, &mut Effects)) {
+        let mut fx = Effects::default();
+        {
+            let mut engine = self.engine.borrow_mut();
+            f(&mut self.im.borrow_mut(), engine.log_mut(), &mut fx);
+        }
+        self.im_effects(fx);
+        // Messages to itself, handled in order; then the deliveries they queued are appended.
+        loop {
+            let next = self.im_local.borrow_mut().pop_front();
+            let flushing = next.is_none();
+            let mut fx = Effects::default();
+            {
+                let mut engine = self.engine.borrow_mut();
+                let mut im = self.im.borrow_mut();
+                match next {
+                    Some(msg) => im.handle(msg, now_ms(), engine.log_mut(), &mut fx),
+                    None => im.flush(engine.log_mut(), &mut fx),
+                }
+            }
+            let more = !fx.messages.is_empty();
+            self.im_effects(fx);
+            if flushing && !more && self.im_local.borrow().is_empty() {
+                break;
+            }
+        }
+        self.wake_commit();
+    }
+
+    fn im_effects(&self, fx: Effects) {
+        for (route, reply) in fx.replies {
+            self.deliver(route, OpResult::im(reply));
+        }
+        for (dst, msg) in fx.messages {
+            if dst == self.id {
+                self.im_local.borrow_mut().push_back(msg);
+            } else {
+                self.outbox.borrow_mut()[dst as usize].push_back(Msg::Im(msg));
+            }
+        }
+        if fx.pushes.is_empty() {
+            return;
+        }
+        let presence = self.presence.borrow();
+        for (uid, seq) in fx.pushes {
+            let Some(cores) = presence.get(&uid) else {
+                continue;
+            };
+            for &c in cores {
+                if c == self.id {
+                    self.announce(uid, seq);
+                } else {
+                    self.outbox.borrow_mut()[c as usize].push_back(Msg::Push { uid, seq });
+                }
+            }
+        }
+    }
+
+    /// Wakes this core's connections watching `uid`.
+    pub(crate) fn announce(&self, uid: u64, seq: u64) {
+        if let Some(list) = self.watchers.borrow().get(&uid) {
+            for w in list {
+                w.announce(seq);
+            }
+        }
+    }
+
+    /// A connection of this core starts watching its user's stream.
+    pub(crate) fn watch(&self, uid: u64) -> Rc<Watch> {
+        let w = Rc::new(Watch {
+            uid,
+            announced: Cell::new(0),
+            sent: Cell::new(0),
+            waker: Cell::new(None),
+        });
+        let first = {
+            let mut watchers = self.watchers.borrow_mut();
+            let list = watchers.entry(uid).or_default();
+            list.push(w.clone());
+            list.len() == 1
+        };
+        if first {
+            self.presence_changed(uid, true);
+        }
+        w
+    }
+
+    pub(crate) fn unwatch(&self, w: &Rc<Watch>) {
+        let last = {
+            let mut watchers = self.watchers.borrow_mut();
+            let Some(list) = watchers.get_mut(&w.uid) else {
+                return;
+            };
+            list.retain(|x| !Rc::ptr_eq(x, w));
+            let empty = list.is_empty();
+            if empty {
+                watchers.remove(&w.uid);
+            }
+            empty
+        };
+        if last {
+            self.presence_changed(w.uid, false);
+        }
+    }
+
+    fn presence_changed(&self, uid: u64, online: bool) {
+        let home = self.home_of(uid);
+        if home == self.id {
+            self.set_presence(uid, self.id, online);
+        } else {
+            self.outbox.borrow_mut()[home as usize].push_back(Msg::Presence {
+                uid,
+                core: self.id,
+                online,
+            });
+        }
+    }
+
+    pub(crate) fn set_presence(&self, uid: u64, core: u16, online: bool) {
+        let mut presence = self.presence.borrow_mut();
+        let list = presence.entry(uid).or_default();
+        list.retain(|&c| c != core);
+        if online {
+            list.push(core);
+        } else if list.is_empty() {
+            presence.remove(&uid);
+        }
+    }
+
+    /// An answer entry for an IM request, and where the request runs: `Ok` here (with its
+    /// route), `Err` on that core (the request goes through the queue with the id).
+    fn im_route(self: &Rc<Self>, home: u16) -> (Slot, Result<Route, (u16, u64)>) {
+        let id = self.answers.register();
+        let slot = Slot::Wait(super::answers::Answer::new(self.clone(), id));
+        if home == self.id {
+            (slot, Ok(Route::Local(id)))
+        } else {
+            self.metrics().forwarded_out.fetch_add(1, Ordering::Relaxed);
+            (slot, Err((home, id)))
+        }
+    }
+
+    pub(crate) fn im_send(self: &Rc<Self>, req: SendRequest) -> Slot {
+        let (slot, route) = self.im_route(self.home_of(req.sender));
+        match route {
+            Ok(route) => self.run_send(req, route),
+            Err((home, id)) => {
+                let from = self.id;
+                self.outbox.borrow_mut()[home as usize].push_back(Msg::ImSend { req, from, id });
+            }
+        }
+        slot
+    }
+
+    pub(crate) fn run_send(&self, req: SendRequest, route: Route) {
+        let now = now_ms();
+        self.im_run(|im, log, fx| im.send(req, route, now, log, fx));
+    }
+
+    pub(crate) fn im_sync(self: &Rc<Self>, uid: u64, after: u64, limit: u32) -> Slot {
+        let home = self.home_of(uid);
+        if home == self.id {
+            return Slot::Ready(self.sync_page(uid, after, limit));
+        }
+        let (slot, route) = self.im_route(home);
+        if let Err((home, id)) = route {
+            let from = self.id;
+            self.outbox.borrow_mut()[home as usize].push_back(Msg::ImSync {
+                uid,
+                after,
+                limit,
+                from,
+                id,
+            });
+        }
+        slot
+    }
+
+    pub(crate) fn sync_page(&self, uid: u64, after: u64, limit: u32) -> OpResult {
+        let mut page = self.im.borrow().sync(uid, after, limit as usize);
+        fit_page(&mut page);
+        OpResult::Im(ImAnswer::Page(Box::new(page)))
+    }
+
+    pub(crate) fn im_group(self: &Rc<Self>, gid: u64, op: GroupOp) -> Slot {
+        let (slot, route) = self.im_route(self.home_of(gid));
+        match route {
+            Ok(route) => self.run_group(gid, op, route),
+            Err((home, id)) => {
+                let from = self.id;
+                self.outbox.borrow_mut()[home as usize].push_back(Msg::ImGroup {
+                    gid,
+                    op,
+                    from,
+                    id,
+                });
+            }
+        }
+        slot
+    }
+
+    pub(crate) fn run_group(&self, gid: u64, op: GroupOp, route: Route) {
+        match op {
+            GroupOp::Create { owner, members } => {
+                self.im_run(|im, log, fx| im.create_group(gid, owner, &members, route, log, fx))
+            }
+            GroupOp::Change(change) => {
+                self.im_run(|im, log, fx| im.update_group(gid, change, route, log, fx))
+            }
+            GroupOp::Members { actor, from } => {
+                let result = match self.im.borrow().group_members(gid) {
+                    None => OpResult::im(ImReply::Error(ImError::NoSuchGroup)),
+                    Some((_, all)) if all.binary_search(&actor).is_err() => {
+                        OpResult::im(ImReply::Error(ImError::NotMember))
+                    }
+                    Some((version, all)) => {
+                        let start = (from as usize).min(all.len());
+                        let end = (start + MEMBERS_PAGE).min(all.len());
+                        OpResult::Im(ImAnswer::Members {
+                            gid,
+                            version,
+                            total: all.len() as u32,
+                            members: all[start..end].to_vec(),
+                        })
+                    }
+                };
+                self.deliver(route, result);
+            }
+        }
+    }
+
+    /// A message of another core's IM engine.
+    pub(crate) fn im_message(&self, msg: ImMsg) {
+        let now = now_ms();
+        self.im_run(|im, log, fx| im.handle(msg, now, log, fx));
+    }
+
+    /// Periodic IM work (retries of refused deliveries, forgetting old appinfos).
+    pub(crate) fn im_tick(&self) {
+        let now = now_ms();
+        let mut fx = Effects::default();
+        self.im.borrow_mut().tick(now, &mut fx);
+        if !fx.messages.is_empty() || !fx.replies.is_empty() {
+            self.im_effects(fx);
+            self.im_run(|_, _, _| {});
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! IM over loopback (issue 5): single chats and groups with contiguous seqs, idempotent
+//! sends, push then pull, offline catch-up, bad input, HTTP, and a kill -9 crash test that
+//! checks no acknowledged message is lost or duplicated.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{http, Event};
+use hongbao::client::Client;
+use hongbao::im::{Class, ImReply, Target};
+use hongbao::wire::im::{Entry, ImDecoded, OP_SEND};
+use hongbao::wire::ops::{ErrorCode, Reply};
+use rand::{Rng, SeedableRng};
+
+fn sent(r: Reply) -> (u64, bool) {
+    match r {
+        Reply::Im(ImDecoded::Reply(ImReply::Sent { seq, duplicate, .. })) => (seq, duplicate),
+        other => panic!("not a send reply: {other:?}"),
+    }
+}
+
+fn error(r: Reply) -> u16 {
+    match r {
+        Reply::Error { code, .. } => code,
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+/// Every entry of the connection's user's stream, paging through.
+fn pull_all(c: &mut Client) -> Vec<Entry> {
+    let mut all = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |e: &Entry| e.seq);
+        match c.im_sync(after, 0).unwrap() {
+            Reply::Im(ImDecoded::Page { entries, max_seq }) => {
+                let done = entries.is_empty() || entries.last().unwrap().seq == max_seq;
+                all.extend(entries);
+                if done {
+                    return all;
+                }
+            }
+            other => panic!("not a page: {other:?}"),
+        }
+    }
+}
+
+/// Pulls until the stream holds at least `n` entries (sends are answered once durable in the
+/// sender's stream; the recipients' copies follow asynchronously, within milliseconds).
+fn pull_until(c: &mut Client, n: usize) -> Vec<Entry> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = pull_all(c);
+        if all.len() >= n || std::time::Instant::now() > deadline {
+            return all;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn assert_contiguous(entries: &[Entry]) {
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "seqs are 1, 2, 3, ...");
+    }
+}
+
+#[test]
+fn single_chat_push_then_pull_and_idempotent_retries() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2"]);
+    let mut bob = server.client(&event.auth(2));
+    // Bob syncs first: from then on his connection gets pushes.
+    assert!(pull_all(&mut bob).is_empty());
+    let mut alice = server.client(&event.auth(1));
+    let (seq, dup) = sent(
+        alice
+            .im_send(7, Target::User(2), Class::Chat, b"hi bob")
+            .unwrap(),
+    );
+    assert_eq!((seq, dup), (1, false));
+    let push = bob.wait_push(Duration::from_secs(5)).unwrap();
+    assert_eq!(push, Some((2, 1)), "bob is told to pull");
+    let got = pull_all(&mut bob);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].sender, got[0].sender_seq), (1, 1));
+    assert_eq!(got[0].body, b"hi bob");
+    assert_eq!(got[0].to, Target::User(2));
+    // A retry with the same appinfo: the original result, nothing stored.
+    assert_eq!(
+        sent(
+            alice
+                .im_send(7, Target::User(2), Class::Chat, b"hi bob")
+                .unwrap()
+        ),
+        (1, true)
+    );
+    // The same appinfo for another message is refused.
+    assert_eq!(
+        error(
+            alice
+                .im_send(7, Target::User(2), Class::Chat, b"other")
+                .unwrap()
+        ),
+        ErrorCode::AppinfoReused as u16
+    );
+    for i in 0..20u128 {
+        let body = format!("m{i}");
+        sent(
+            alice
+                .im_send(100 + i, Target::User(2), Class::Chat, body.as_bytes())
+                .unwrap(),
+        );
+    }
+    let got = pull_until(&mut bob, 21);
+    assert_contiguous(&got);
+    assert_eq!(got.len(), 21);
+    let bodies: Vec<String> = got[1..]
+        .iter()
+        .map(|e| String::from_utf8(e.body.clone()).unwrap())
+        .collect();
+    assert_eq!(bodies, (0..20).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    // Alice's own stream holds her sends too (her other devices sync it).
+    let mine = pull_all(&mut alice);
+    assert_eq!(mine.len(), 21);
+    assert!(mine.iter().all(|e| e.sender == 1));
+}
+
+#[test]
+fn group_messages_reach_every_member_once_and_offline_members_catch_up() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2"]);
+    let owner = 1000u64;
+    let members: Vec<u64> = (2000..2300).collect();
+    let mut o = server.client(&event.auth(owner));
+    match o.group_create(77, &members).unwrap() {
+        Reply::Im(ImDecoded::Reply(ImReply::Group {
+            gid,
+            version,
+            members,
+        })) => assert_eq!((gid, version, members), (77, 1, 301)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        error(o.group_create(77, &[]).unwrap()),
+        ErrorCode::GroupExists as u16
+    );
+    // One member watches; the rest are offline.
+    let mut online = server.client(&event.auth(2000));
+    pull_all(&mut online);
+    for i in 0..10u128 {
+        sent(
+            o.im_send(
+                i + 1,
+                Target::Group(77),
+                Class::Chat,
+                format!("g{i}").as_bytes(),
+            )
+            .unwrap(),
+        );
+    }
+    let push = online.wait_push(Duration::from_secs(5)).unwrap();
+    assert!(push.is_some_and(|(uid, _)| uid == 2000));
+    for &m in members.iter().step_by(37) {
+        let mut c = server.client(&event.auth(m));
+        let got = pull_until(&mut c, 10);
+        assert_contiguous(&got);
+        let bodies: Vec<&[u8]> = got.iter().map(|e| &e.body[..]).collect();
+        let want: Vec<String> = (0..10).map(|i| format!("g{i}")).collect();
+        assert_eq!(
+            bodies,
+            want.iter().map(|s| s.as_bytes()).collect::<Vec<_>>(),
+            "member {m}"
+        );
+        assert!(got.iter().all(|e| e.to == Target::Group(77)));
+    }
+    // Outsiders can neither send nor list; members can list.
+    let mut outsider = server.client(&event.auth(5));
+    assert_eq!(
+        error(
+            outsider
+                .im_send(1, Target::Group(77), Class::Chat, b"x")
+                .unwrap()
+        ),
+        ErrorCode::NotMember as u16
+    );
+    assert_eq!(
+        error(outsider.group_members(77, 0).unwrap()),
+        ErrorCode::NotMember as u16
+    );
+    match online.group_members(77, 0).unwrap() {
+        Reply::Im(ImDecoded::Members { total, members, .. }) => {
+            assert_eq!(total, 301);
+            assert_eq!(members.len(), 301);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A removed member gets no later message; a control message to a small group goes out.
+    let mut leaver = server.client(&event.auth(2001));
+    assert!(matches!(
+        leaver.group_remove(77, &[2001]).unwrap(),
+        Reply::Im(ImDecoded::Reply(ImReply::Group { version: 2, .. }))
+    ));
+    sent(
+        o.im_send(99, Target::Group(77), Class::Control, b"typing")
+            .unwrap(),
+    );
+    assert_eq!(pull_until(&mut online, 11).len(), 11);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(pull_until(&mut leaver, 10).len(), 10);
+    assert_eq!(
+        error(
+            o.im_send(100, Target::Group(78), Class::Chat, b"x")
+                .unwrap()
+        ),
+        ErrorCode::NoSuchGroup as u16
+    );
+}
+
+#[test]
+fn bad_im_requests_are_answered_and_the_connection_goes_on() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2"]);
+    let mut anon = Client::connect(server.binary).unwrap();
+    assert_eq!(
+        error(anon.call(OP_SEND, &[0; 40]).unwrap()),
+        ErrorCode::Unauthenticated as u16
+    );
+    let mut c = server.client(&event.auth(3));
+    assert_eq!(
+        error(c.call(OP_SEND, &[1, 2, 3]).unwrap()),
+        ErrorCode::Malformed as u16
+    );
+    let mut bad_target = hongbao::wire::im::encode_send(1, Target::User(4), Class::Chat, b"x");
+    bad_target[16] = 9;
+    assert_eq!(
+        error(c.call(OP_SEND, &bad_target).unwrap()),
+        ErrorCode::Malformed as u16
+    );
+    let big = vec![b'x'; hongbao::im::BODY_MAX + 1];
+    assert_eq!(
+        error(c.im_send(2, Target::User(4), Class::Chat, &big).unwrap()),
+        ErrorCode::TooLarge as u16
+    );
+    assert_eq!(
+        error(c.call(hongbao::wire::im::OP_SYNC, &[0; 3]).unwrap()),
+        ErrorCode::Malformed as u16
+    );
+    assert_eq!(
+        error(c.group_add(12345, &[1]).unwrap()),
+        ErrorCode::NoSuchGroup as u16
+    );
+    // Still serving.
+    assert_eq!(
+        sent(c.im_send(3, Target::User(4), Class::Chat, b"ok").unwrap()),
+        (1, false)
+    );
+}
+
+#[test]
+fn im_over_http() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2"]);
+    let a = event.auth_hex(11);
+    let b = event.auth_hex(12);
+    let (status, body) = http(
+        server.http,
+        "POST",
+        "/im/send?to=user:12&appinfo=abc1",
+        Some(&a),
+        "hello over http",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["seq"].as_u64(), v["duplicate"].as_bool()),
+        (Some(1), Some(false))
+    );
+    // The recipient's copy follows the answer within milliseconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (status, body) = http(server.http, "GET", "/im/sync?after=0", Some(&b), "");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["max_seq"] == 1 || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(v["max_seq"], 1);
+    assert_eq!(v["entries"][0]["body"], "hello over http");
+    assert_eq!(v["entries"][0]["sender"], 11);
+    let (status, body) = http(
+        server.http,
+        "POST",
+        "/im/group/create?gid=5",
+        Some(&a),
+        "12, 13",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(server.http, "GET", "/im/group/members?gid=5", Some(&b), "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["members"], serde_json::json!([11, 12, 13]));
+    let (status, body) = http(server.http, "POST", "/im/send?to=group:5", Some(&a), "x");
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = http(
+        server.http,
+        "POST",
+        "/im/send?to=user:12&appinfo=1",
+        None,
+        "x",
+    );
+    assert_eq!(status, 401);
+}
+
+/// What the clients saw: every acknowledged send (sender, appinfo) -> (seq, target, body).
+type Acked = BTreeMap<(u64, u128), (u64, Target, Vec<u8>)>;
+
+/// Sends messages until the server goes away; records what was acknowledged.
+fn sender(
+    addr: SocketAddr,
+    auth: [u8; 32],
+    uid: u64,
+    users: &[u64],
+    seed: u64,
+    appinfo_base: u128,
+) -> (Acked, Vec<(u128, Target, Vec<u8>)>) {
+    let mut acked = Acked::new();
+    let mut unanswered = Vec::new();
+    let Ok(mut c) = Client::connect(addr) else {
+        return (acked, unanswered);
+    };
+    if !matches!(c.hello(&auth), Ok(Reply::Hello(_))) {
+        return (acked, unanswered);
+    }
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    for i in 0.. {
+        let appinfo = appinfo_base + i;
+        let to = if rng.random_bool(0.3) {
+            Target::Group(900)
+        } else {
+            Target::User(users[rng.random_range(0..users.len())])
+        };
+        let body = format!("{uid}:{i}").into_bytes();
+        match c.im_send(appinfo, to, Class::Chat, &body) {
+            Ok(Reply::Im(ImDecoded::Reply(ImReply::Sent { seq, .. }))) => {
+                acked.insert((uid, appinfo), (seq, to, body));
+            }
+            Ok(Reply::Error { code, .. }) if code == ErrorCode::Busy as u16 => {
+                unanswered.push((appinfo, to, body));
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => {
+                unanswered.push((appinfo, to, body));
+                break;
+            }
+        }
+    }
+    (acked, unanswered)
+}
+
+#[test]
+fn kill_9_under_im_load_loses_and_duplicates_no_acknowledged_message() {
+    let rounds: u64 = std::env::var("HONGBAO_IM_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let event = Event::new();
+    let users: Vec<u64> = (1..=8).collect();
+    let mut acked = Acked::new();
+    let mut retry: Vec<(u64, u128, Target, Vec<u8>)> = Vec::new();
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(5);
+    {
+        let server = event.serve("data", &["--cores", "2"]);
+        let mut owner = server.client(&event.auth(1));
+        assert!(matches!(
+            owner.group_create(900, &users[1..]).unwrap(),
+            Reply::Im(ImDecoded::Reply(ImReply::Group { .. }))
+        ));
+    }
+    for round in 0..rounds {
+        let mut server = event.serve("data", &["--cores", "2"]);
+        // Sends that got no answer before a crash are retried with their appinfo: each is
+        // stored at most once, and acknowledged with its original seq if it was stored.
+        {
+            let mut by_sender: HashMap<u64, Client> = HashMap::new();
+            for (uid, appinfo, to, body) in retry.drain(..) {
+                let c = by_sender
+                    .entry(uid)
+                    .or_insert_with(|| server.client(&event.auth(uid)));
+                let (seq, _) = sent(c.im_send(appinfo, to, Class::Chat, &body).unwrap());
+                if let Some((s, ..)) = acked.get(&(uid, appinfo)) {
+                    assert_eq!(*s, seq, "a retry got another seq than the original");
+                }
+                acked.insert((uid, appinfo), (seq, to, body));
+            }
+        }
+        let handles: Vec<_> = users
+            .iter()
+            .map(|&uid| {
+                let addr = server.binary;
+                let auth = event.auth(uid);
+                let users = users.clone();
+                let base = (u128::from(round) << 64) | (u128::from(uid) << 32);
+                std::thread::spawn(move || sender(addr, auth, uid, &users, round * 100 + uid, base))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..700)));
+        server.kill9();
+        for (uid, h) in users.iter().zip(handles) {
+            let (a, unanswered) = h.join().unwrap();
+            acked.extend(a);
+            retry.extend(unanswered.into_iter().map(|(ap, to, b)| (*uid, ap, to, b)));
+        }
+    }
+    // Restart once more and check every stream against what was acknowledged.
+    let server = event.serve("data", &["--cores", "2"]);
+    assert!(acked.len() > 100, "only {} sends acknowledged", acked.len());
+    eprintln!("{} sends acknowledged over {rounds} crashes", acked.len());
+    let mut streams: HashMap<u64, Vec<Entry>> = HashMap::new();
+    for &u in &users {
+        let mut c = server.client(&event.auth(u));
+        let all = pull_all(&mut c);
+        assert_contiguous(&all);
+        streams.insert(u, all);
+    }
+    // Wait for fan-outs resumed after the last crash: streams only grow.
+    std::thread::sleep(Duration::from_millis(300));
+    for &u in &users {
+        let mut c = server.client(&event.auth(u));
+        let all = pull_all(&mut c);
+        assert_contiguous(&all);
+        streams.insert(u, all);
+    }
+    let mut copies: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut expected: HashMap<(u64, u64), usize> = HashMap::new();
+    for (&u, entries) in &streams {
+        for e in entries {
+            *copies.entry((e.sender, e.sender_seq)).or_default() += 1;
+            let n = match e.to {
+                Target::User(r) if r == e.sender => 1,
+                Target::User(_) => 2,
+                Target::Group(_) => users.len(),
+            };
+            expected.insert((e.sender, e.sender_seq), n);
+            if e.sender == u {
+                assert_eq!(e.seq, e.sender_seq, "a sender's own copy sits at its seq");
+            }
+        }
+    }
+    // Every message stored (acknowledged or not) is in each of its streams exactly once.
+    for (id, n) in &expected {
+        assert_eq!(
+            copies[id], *n,
+            "message {}#{} has {} copies",
+            id.0, id.1, copies[id]
+        );
+    }
+    for (&(uid, _appinfo), (seq, to, body)) in &acked {
+        let recipients = match to {
+            Target::User(r) if *r == uid => 1,
+            Target::User(_) => 2,
+            Target::Group(_) => users.len(),
+        };
+        assert_eq!(
+            copies.get(&(uid, *seq)).copied().unwrap_or(0),
+            recipients,
+            "message {uid}#{seq} ({}) is not in each of its {recipients} streams once",
+            String::from_utf8_lossy(body)
+        );
+        let own = &streams[&uid][(*seq - 1) as usize];
+        assert_eq!(&own.body, body);
+    }
+}
