@@ -12,6 +12,11 @@ use crate::wire::ops::{ErrorCode, ShakeOutcome, ALL_ERRORS};
 pub const COMMIT_BUCKETS_US: [u64; 9] =
     [100, 250, 500, 1_000, 2_000, 5_000, 10_000, 50_000, 250_000];
 
+/// Upper bounds (microseconds) of the IM fan-out histogram buckets.
+pub const FANOUT_BUCKETS_US: [u64; 10] = [
+    250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 200_000, 1_000_000,
+];
+
 #[derive(Default)]
 #[repr(align(128))]
 pub struct CoreMetrics {
@@ -36,6 +41,16 @@ pub struct CoreMetrics {
     pub key_list_errors: AtomicU64,
     pub caps_users: AtomicU64,
     pub degraded: AtomicU64,
+    pub im_sends: AtomicU64,
+    pub im_duplicates: AtomicU64,
+    pub im_stream_appends: AtomicU64,
+    pub im_delivery_records: AtomicU64,
+    pub im_merged_messages: AtomicU64,
+    pub im_refused_deliveries: AtomicU64,
+    pub im_streams: AtomicU64,
+    pub im_pushes: AtomicU64,
+    pub im_fanout_us_sum: AtomicU64,
+    pub im_fanout_buckets: [AtomicU64; FANOUT_BUCKETS_US.len() + 1],
 }
 
 impl CoreMetrics {
@@ -50,6 +65,16 @@ impl CoreMetrics {
         self.errors[i].fetch_add(1, Relaxed);
     }
 
+    /// One IM fan-out completed `micros` after its send was accepted.
+    pub fn im_fanout(&self, micros: u64) {
+        self.im_fanout_us_sum.fetch_add(micros, Relaxed);
+        let i = FANOUT_BUCKETS_US
+            .iter()
+            .position(|&b| micros <= b)
+            .unwrap_or(FANOUT_BUCKETS_US.len());
+        self.im_fanout_buckets[i].fetch_add(1, Relaxed);
+    }
+
     pub fn commit(&self, bytes: u64, micros: u64, disk_micros: u64) {
         self.commits.fetch_add(1, Relaxed);
         self.commit_disk_us.fetch_add(disk_micros, Relaxed);
@@ -60,6 +85,39 @@ impl CoreMetrics {
             .position(|&b| micros <= b)
             .unwrap_or(COMMIT_BUCKETS_US.len());
         self.commit_buckets[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// A histogram family per core: `buckets` holds counts per bound (microseconds) and a last
+/// one past them; `sum` is in microseconds.
+fn histogram(
+    out: &mut String,
+    cores: &[&CoreMetrics],
+    name: &str,
+    help: &str,
+    bounds: &[u64],
+    get: fn(&CoreMetrics) -> (&[AtomicU64], u64),
+) {
+    family(out, name, "histogram", help);
+    for (c, m) in cores.iter().enumerate() {
+        let (buckets, sum_us) = get(m);
+        let mut cumulative = 0;
+        for (i, bound) in bounds.iter().enumerate() {
+            cumulative += buckets[i].load(Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{core=\"{c}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += buckets[bounds.len()].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{core=\"{c}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = sum_us as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{core=\"{c}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{core=\"{c}\"}} {cumulative}");
     }
 }
 
@@ -92,7 +150,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 15] = [
+    let simple: [Family; 23] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -185,6 +243,54 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "1 while the core sheds load (R10).",
             |m| m.degraded.load(Relaxed),
         ),
+        (
+            "hongbao_im_sends_total",
+            "counter",
+            "IM messages accepted from senders homed on this core (retries not counted).",
+            |m| m.im_sends.load(Relaxed),
+        ),
+        (
+            "hongbao_im_duplicate_sends_total",
+            "counter",
+            "IM sends answered from the appinfo memory (retries; nothing stored).",
+            |m| m.im_duplicates.load(Relaxed),
+        ),
+        (
+            "hongbao_im_stream_appends_total",
+            "counter",
+            "Entries appended to the streams of users homed on this core.",
+            |m| m.im_stream_appends.load(Relaxed),
+        ),
+        (
+            "hongbao_im_delivery_records_total",
+            "counter",
+            "Delivery records written (one per message, or per merged run, per core).",
+            |m| m.im_delivery_records.load(Relaxed),
+        ),
+        (
+            "hongbao_im_merged_messages_total",
+            "counter",
+            "Messages that joined another's delivery record (R21 merging).",
+            |m| m.im_merged_messages.load(Relaxed),
+        ),
+        (
+            "hongbao_im_refused_deliveries_total",
+            "counter",
+            "Deliveries this core's fan-outs had refused by a busy core (retried).",
+            |m| m.im_refused_deliveries.load(Relaxed),
+        ),
+        (
+            "hongbao_im_streams",
+            "gauge",
+            "User streams homed on this core.",
+            |m| m.im_streams.load(Relaxed),
+        ),
+        (
+            "hongbao_im_pushes_total",
+            "counter",
+            "Stream growths announced to watching connections (PUSH).",
+            |m| m.im_pushes.load(Relaxed),
+        ),
     ];
     for (name, kind, help, get) in simple {
         family(&mut out, name, kind, help);
@@ -208,34 +314,22 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             );
         }
     }
-    family(
+    histogram(
         &mut out,
+        cores,
         "hongbao_log_commit_seconds",
-        "histogram",
         "Time of one group commit.",
+        &COMMIT_BUCKETS_US,
+        |m| (&m.commit_buckets[..], m.commit_us_sum.load(Relaxed)),
     );
-    for (c, m) in cores.iter().enumerate() {
-        let mut cumulative = 0;
-        for (i, bound) in COMMIT_BUCKETS_US.iter().enumerate() {
-            cumulative += m.commit_buckets[i].load(Relaxed);
-            let le = *bound as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "hongbao_log_commit_seconds_bucket{{core=\"{c}\",le=\"{le}\"}} {cumulative}"
-            );
-        }
-        cumulative += m.commit_buckets[COMMIT_BUCKETS_US.len()].load(Relaxed);
-        let _ = writeln!(
-            out,
-            "hongbao_log_commit_seconds_bucket{{core=\"{c}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let sum = m.commit_us_sum.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "hongbao_log_commit_seconds_sum{{core=\"{c}\"}} {sum}");
-        let _ = writeln!(
-            out,
-            "hongbao_log_commit_seconds_count{{core=\"{c}\"}} {cumulative}"
-        );
-    }
+    histogram(
+        &mut out,
+        cores,
+        "hongbao_im_fanout_seconds",
+        "From accepting an IM send to the last recipient copy durable, on the sender's core.",
+        &FANOUT_BUCKETS_US,
+        |m| (&m.im_fanout_buckets[..], m.im_fanout_us_sum.load(Relaxed)),
+    );
     out
 }
 
@@ -258,6 +352,11 @@ mod tests {
         assert!(text.contains("hongbao_log_commit_seconds_bucket{core=\"0\",le=\"0.0001\"} 1"));
         assert!(text.contains("hongbao_log_commit_seconds_bucket{core=\"0\",le=\"0.0005\"} 2"));
         assert!(text.contains("hongbao_log_commit_seconds_bucket{core=\"0\",le=\"+Inf\"} 3"));
+        b.im_fanout(3_000);
+        let text = render(&[&a, &b]);
+        assert!(text.contains("hongbao_im_fanout_seconds_bucket{core=\"1\",le=\"0.002\"} 0"));
+        assert!(text.contains("hongbao_im_fanout_seconds_bucket{core=\"1\",le=\"0.005\"} 1"));
+        assert!(text.contains("hongbao_im_fanout_seconds_sum{core=\"1\"} 0.003"));
         assert!(text.contains("hongbao_log_commit_seconds_count{core=\"0\"} 3"));
         // Every sample line is "name{labels} value".
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -87,6 +87,9 @@ pub struct Effects {
     pub messages: Vec<(u16, ImMsg)>,
     /// (uid, newest durable seq): tell the user's connections to pull (R17).
     pub pushes: Vec<(u64, u64)>,
+    /// Fan-outs completed: microseconds from accepting the send to the last recipient copy
+    /// being durable.
+    pub fanout_us: Vec<u64>,
 }
 
 /// One page of a stream.
@@ -146,7 +149,7 @@ enum SendState {
 
 enum Pending {
     /// A new send waiting for its group's members.
-    Fresh { req: SendRequest, now_ms: u64 },
+    Fresh { req: SendRequest, now_us: u64 },
     /// A recovered send being delivered again: skip who has it.
     Redrive { msg: MessageRef, have: HashSet<u64> },
 }
@@ -154,6 +157,8 @@ enum Pending {
 struct Outbox {
     /// Cores that still have to confirm.
     remaining: usize,
+    /// When the send was accepted (None for a fan-out resumed after a restart).
+    accepted_us: Option<u64>,
 }
 
 enum Waiter {
@@ -161,6 +166,8 @@ enum Waiter {
         key: (u64, u128),
         msg: MessageRef,
         partition: Arc<Partition>,
+        /// When the send was accepted (its fan-out time is measured from here).
+        accepted_us: u64,
     },
     Delivery {
         /// (uid, newest seq written for it).
@@ -177,7 +184,7 @@ enum Waiter {
 }
 
 struct Retry {
-    due_ms: u64,
+    due_us: u64,
     core: u16,
     msg: MessageRef,
     recipients: Arc<[u64]>,
@@ -278,11 +285,17 @@ impl ImCore {
     /// every core is built and before anything else.
     pub fn start(&mut self, log: &mut LogWriter, out: &mut Effects) {
         for (msg, have) in std::mem::take(&mut self.redrive) {
-            self.outbox.insert(msg.id, Outbox { remaining: 0 });
+            self.outbox.insert(
+                msg.id,
+                Outbox {
+                    remaining: 0,
+                    accepted_us: None,
+                },
+            );
             match msg.to {
                 Target::User(uid) => {
                     let p = user_partition(self.cores, uid);
-                    self.fan_out(&msg, &p, &have, log, out);
+                    self.fan_out(&msg, &p, &have, None, 0, log, out);
                 }
                 Target::Group(gid) => {
                     let (sender, class) = (msg.id.sender, msg.class);
@@ -321,7 +334,7 @@ impl ImCore {
         &mut self,
         req: SendRequest,
         route: Route,
-        now_ms: u64,
+        now_us: u64,
         log: &mut LogWriter,
         out: &mut Effects,
     ) {
@@ -377,11 +390,11 @@ impl ImCore {
         match req.to {
             Target::User(uid) => {
                 let p = user_partition(self.cores, uid);
-                self.commit_send(req, p, now_ms, log, out);
+                self.commit_send(req, p, now_us, log, out);
             }
             Target::Group(gid) => {
                 let (sender, class) = (req.sender, req.class);
-                self.expand_at_home(gid, sender, class, Pending::Fresh { req, now_ms }, out);
+                self.expand_at_home(gid, sender, class, Pending::Fresh { req, now_us }, out);
             }
         }
     }
@@ -399,7 +412,7 @@ impl ImCore {
         &mut self,
         req: SendRequest,
         partition: Arc<Partition>,
-        now_ms: u64,
+        now_us: u64,
         log: &mut LogWriter,
         out: &mut Effects,
     ) {
@@ -413,7 +426,7 @@ impl ImCore {
             appinfo: req.appinfo,
             to: req.to,
             class: req.class,
-            sent_ms: now_ms,
+            sent_ms: now_us / 1000,
             body: req.body,
         });
         self.scratch.clear();
@@ -429,6 +442,7 @@ impl ImCore {
                         key,
                         msg,
                         partition,
+                        accepted_us: now_us,
                     },
                 ));
             }
@@ -438,7 +452,7 @@ impl ImCore {
     }
 
     /// A message from another core's engine (or this one's).
-    pub fn handle(&mut self, msg: ImMsg, now_ms: u64, log: &mut LogWriter, out: &mut Effects) {
+    pub fn handle(&mut self, msg: ImMsg, now_us: u64, log: &mut LogWriter, out: &mut Effects) {
         match msg {
             ImMsg::Expand {
                 gid,
@@ -451,8 +465,8 @@ impl ImCore {
                 out.messages.push((from, ImMsg::Expanded { token, result }));
             }
             ImMsg::Expanded { token, result } => match self.pending.remove(&token) {
-                Some(Pending::Fresh { req, now_ms: at }) => match result {
-                    Ok(p) => self.commit_send(req, p, now_ms.max(at), log, out),
+                Some(Pending::Fresh { req, now_us: at }) => match result {
+                    Ok(p) => self.commit_send(req, p, now_us.max(at), log, out),
                     Err(e) => self.fail_send((req.sender, req.appinfo), e, out),
                 },
                 Some(Pending::Redrive { msg, have }) => {
@@ -460,7 +474,7 @@ impl ImCore {
                     let p = result.unwrap_or_else(|_| {
                         Arc::new((0..self.cores).map(|_| Arc::from(Vec::new())).collect())
                     });
-                    self.fan_out(&msg, &p, &have, log, out);
+                    self.fan_out(&msg, &p, &have, None, now_us, log, out);
                 }
                 None => panic!("expansion answer for unknown token {token}"),
             },
@@ -469,7 +483,7 @@ impl ImCore {
                 recipients,
                 origin,
             } => self.inbox.push((msg, recipients, origin)),
-            ImMsg::Delivered { id } => self.delivered(id, log),
+            ImMsg::Delivered { id } => self.delivered(id, now_us, log, out),
             ImMsg::DeliverRefused {
                 id,
                 recipients,
@@ -485,7 +499,7 @@ impl ImCore {
                     .map_or(RETRY_FIRST_MS, |b| (b * 2).min(RETRY_MAX_MS));
                 self.backoffs.insert((id, core), backoff_ms);
                 self.retries.push(Retry {
-                    due_ms: now_ms + backoff_ms,
+                    due_us: now_us + backoff_ms * 1000,
                     core,
                     msg,
                     recipients,
@@ -518,11 +532,14 @@ impl ImCore {
     }
 
     /// The sender's core hands a durable message to every core with recipients.
+    #[allow(clippy::too_many_arguments)]
     fn fan_out(
         &mut self,
         msg: &MessageRef,
         partition: &Partition,
         have: &HashSet<u64>,
+        accepted_us: Option<u64>,
+        now_us: u64,
         log: &mut LogWriter,
         out: &mut Effects,
     ) {
@@ -550,24 +567,35 @@ impl ImCore {
                 },
             ));
         }
-        self.outbox.insert(msg.id, Outbox { remaining });
+        self.outbox.insert(
+            msg.id,
+            Outbox {
+                remaining,
+                // A message with no recipient but its sender has no fan-out to time.
+                accepted_us: accepted_us.filter(|_| remaining > 0),
+            },
+        );
         if remaining == 0 {
-            self.delivered_all(msg.id, log);
+            self.delivered_all(msg.id, now_us, log, out);
         }
     }
 
-    fn delivered(&mut self, id: MsgId, log: &mut LogWriter) {
+    fn delivered(&mut self, id: MsgId, now_us: u64, log: &mut LogWriter, out: &mut Effects) {
         let Some(o) = self.outbox.get_mut(&id) else {
             panic!("delivery confirmation for {id}, which has no fan-out in flight");
         };
         o.remaining -= 1;
         if o.remaining == 0 {
-            self.delivered_all(id, log);
+            self.delivered_all(id, now_us, log, out);
         }
     }
 
-    fn delivered_all(&mut self, id: MsgId, log: &mut LogWriter) {
-        self.outbox.remove(&id);
+    fn delivered_all(&mut self, id: MsgId, now_us: u64, log: &mut LogWriter, out: &mut Effects) {
+        if let Some(o) = self.outbox.remove(&id) {
+            if let Some(at) = o.accepted_us {
+                out.fanout_us.push(now_us.saturating_sub(at));
+            }
+        }
         if !self.backoffs.is_empty() {
             for core in 0..self.cores {
                 self.backoffs.remove(&(id, core));
@@ -846,7 +874,13 @@ impl ImCore {
     }
 
     /// The log made everything before `durable` durable: answer, expose and announce.
-    pub fn batch_done(&mut self, durable: LogPosition, log: &mut LogWriter, out: &mut Effects) {
+    pub fn batch_done(
+        &mut self,
+        durable: LogPosition,
+        now_us: u64,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) {
         while self.waiters.front().is_some_and(|(end, _)| *end <= durable) {
             let (_, waiter) = self.waiters.pop_front().expect("checked");
             match waiter {
@@ -854,6 +888,7 @@ impl ImCore {
                     key,
                     msg,
                     partition,
+                    accepted_us,
                 } => {
                     let s = self.streams.get_mut(&msg.id.sender).expect("appended");
                     s.durable = s.durable.max(msg.id.seq);
@@ -877,7 +912,15 @@ impl ImCore {
                         }
                     }
                     self.send_order.push_back((msg.sent_ms, key));
-                    self.fan_out(&msg, &partition, &HashSet::new(), log, out);
+                    self.fan_out(
+                        &msg,
+                        &partition,
+                        &HashSet::new(),
+                        Some(accepted_us),
+                        now_us,
+                        log,
+                        out,
+                    );
                 }
                 Waiter::Delivery { streams, messages } => {
                     for (uid, last) in streams {
@@ -912,10 +955,11 @@ impl ImCore {
     }
 
     /// Periodic work: deliveries to retry, appinfos to forget.
-    pub fn tick(&mut self, now_ms: u64, out: &mut Effects) {
+    pub fn tick(&mut self, now_us: u64, out: &mut Effects) {
+        let now_ms = now_us / 1000;
         let mut i = 0;
         while i < self.retries.len() {
-            if self.retries[i].due_ms <= now_ms {
+            if self.retries[i].due_us <= now_us {
                 let r = self.retries.swap_remove(i);
                 out.messages.push((
                     r.core,

@@ -13,7 +13,7 @@ use super::{Core, Msg, Slot};
 use crate::im::engine::{home, Effects, ImCore, ImMsg};
 use crate::im::record::GroupChange;
 use crate::im::{ImError, ImReply, SendRequest};
-use crate::serve::setup::now_ms;
+use crate::serve::setup::now_us;
 use crate::shake::engine::Route;
 use crate::store::LogWriter;
 use crate::wire::im::{fit_page, ImAnswer, MEMBERS_PAGE};
@@ -91,7 +91,7 @@ impl Core {
                 let mut engine = self.engine.borrow_mut();
                 let mut im = self.im.borrow_mut();
                 match next {
-                    Some(msg) => im.handle(msg, now_ms(), engine.log_mut(), &mut fx),
+                    Some(msg) => im.handle(msg, now_us(), engine.log_mut(), &mut fx),
                     None => im.flush(engine.log_mut(), &mut fx),
                 }
             }
@@ -105,6 +105,9 @@ impl Core {
     }
 
     fn im_effects(&self, fx: Effects) {
+        for us in fx.fanout_us {
+            self.metrics().im_fanout(us);
+        }
         for (route, reply) in fx.replies {
             self.deliver(route, OpResult::im(reply));
         }
@@ -123,6 +126,7 @@ impl Core {
             let Some(cores) = presence.get(&uid) else {
                 continue;
             };
+            self.metrics().im_pushes.fetch_add(1, Ordering::Relaxed);
             for &c in cores {
                 if c == self.id {
                     self.announce(uid, seq);
@@ -230,7 +234,7 @@ impl Core {
     }
 
     pub(crate) fn run_send(&self, req: SendRequest, route: Route) {
-        let now = now_ms();
+        let now = now_us();
         self.im_run(|im, log, fx| im.send(req, route, now, log, fx));
     }
 
@@ -308,13 +312,29 @@ impl Core {
 
     /// A message of another core's IM engine.
     pub(crate) fn im_message(&self, msg: ImMsg) {
-        let now = now_ms();
+        let now = now_us();
         self.im_run(|im, log, fx| im.handle(msg, now, log, fx));
     }
 
     /// Periodic IM work (retries of refused deliveries, forgetting old appinfos).
     pub(crate) fn im_tick(&self) {
-        let now = now_ms();
+        let now = now_us();
+        {
+            let im = self.im.borrow();
+            let (s, m) = (im.stats, self.metrics());
+            m.im_sends.store(s.sends, Ordering::Relaxed);
+            m.im_duplicates.store(s.duplicates, Ordering::Relaxed);
+            m.im_stream_appends
+                .store(s.stream_appends, Ordering::Relaxed);
+            m.im_delivery_records
+                .store(s.delivery_records, Ordering::Relaxed);
+            m.im_merged_messages
+                .store(s.merged_messages, Ordering::Relaxed);
+            m.im_refused_deliveries
+                .store(s.refused_deliveries, Ordering::Relaxed);
+            m.im_streams
+                .store(im.stream_count() as u64, Ordering::Relaxed);
+        }
         let mut fx = Effects::default();
         self.im.borrow_mut().tick(now, &mut fx);
         if !fx.messages.is_empty() || !fx.replies.is_empty() {

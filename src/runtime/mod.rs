@@ -409,7 +409,8 @@ async fn commit_loop(
             for (route, result) in answers.drain(..) {
                 core.deliver(route, result);
             }
-            core.im_run(|im, log, fx| im.batch_done(end, log, fx));
+            let now = crate::serve::setup::now_us();
+            core.im_run(|im, log, fx| im.batch_done(end, now, log, fx));
             core.flush();
         }
     }

@@ -80,6 +80,14 @@ fn parse_ms(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("time {text:?} is before 1970"))
 }
 
+/// Wall-clock microseconds since the Unix epoch (IM timing; sent_ms is this / 1000).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() * 1_000_000 + u64::from(d.subsec_micros()))
+        .unwrap_or(0)
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -28,7 +28,9 @@ struct Sim {
     queues: BTreeMap<(u16, u16), VecDeque<ImMsg>>,
     replies: Vec<(Route, ImReply)>,
     pushes: Vec<(u64, u64)>,
+    /// Milliseconds (the engine is given microseconds).
     now: u64,
+    fanouts: Vec<u64>,
     backlog_max: usize,
     next_route: u64,
 }
@@ -58,6 +60,7 @@ impl Sim {
             replies: Vec::new(),
             pushes: Vec::new(),
             now: 1_700_000_000_000,
+            fanouts: Vec::new(),
             backlog_max,
             next_route: 1,
         }
@@ -71,6 +74,7 @@ impl Sim {
     fn absorb(&mut self, from: u16, fx: Effects) {
         self.replies.extend(fx.replies);
         self.pushes.extend(fx.pushes);
+        self.fanouts.extend(fx.fanout_us);
         for (dst, msg) in fx.messages {
             self.queues.entry((from, dst)).or_default().push_back(msg);
         }
@@ -88,7 +92,7 @@ impl Sim {
             class,
             body: body.into(),
         };
-        n.im.send(req, route, self.now, &mut n.log, &mut fx);
+        n.im.send(req, route, self.now * 1000, &mut n.log, &mut fx);
         self.absorb(k, fx);
         route
     }
@@ -152,7 +156,7 @@ impl Sim {
         let dst = key.1;
         let mut fx = Effects::default();
         let n = &mut self.nodes[dst as usize];
-        n.im.handle(msg, self.now, &mut n.log, &mut fx);
+        n.im.handle(msg, self.now * 1000, &mut n.log, &mut fx);
         self.absorb(dst, fx);
         true
     }
@@ -180,7 +184,7 @@ impl Sim {
                 n.files[batch.segment as usize].extend_from_slice(&batch.bytes);
                 n.log.complete(batch.end);
                 let mut fx = Effects::default();
-                n.im.batch_done(batch.end, &mut n.log, &mut fx);
+                n.im.batch_done(batch.end, self.now * 1000, &mut n.log, &mut fx);
                 self.absorb(k, fx);
                 true
             }
@@ -191,7 +195,7 @@ impl Sim {
         self.now += ms;
         for k in 0..self.cores {
             let mut fx = Effects::default();
-            self.nodes[k as usize].im.tick(self.now, &mut fx);
+            self.nodes[k as usize].im.tick(self.now * 1000, &mut fx);
             self.absorb(k, fx);
         }
     }
@@ -355,6 +359,8 @@ fn group_send_reaches_every_member_once_and_merges_backlogged_messages() {
         let ids: Vec<u64> = s.iter().map(|(_, msg)| msg.id.seq).collect();
         assert_eq!(ids, (1..=10).collect::<Vec<_>>(), "member {m}");
     }
+    // Every fan-out was timed (the simulated clock stands still: 0 us).
+    assert_eq!(sim.fanouts.len(), 10);
     let stats: Vec<ImStats> = sim.nodes.iter().map(|n| n.im.stats).collect();
     let appends: u64 = stats.iter().map(|s| s.stream_appends).sum();
     assert_eq!(appends, 10 + 10 * 2000);
