@@ -11,8 +11,8 @@ use bytes::BytesMut;
 use crate::im::{Class, Target};
 use crate::wire::frame::FrameDecoder;
 use crate::wire::im::{
-    encode_group, encode_send, encode_sync, ImDecoded, OP_GROUP_ADD, OP_GROUP_CREATE,
-    OP_GROUP_MEMBERS, OP_GROUP_REMOVE, OP_SEND, OP_SYNC,
+    encode_group, encode_send, encode_sync, ImDecoded, OP_ACK_READ, OP_GROUP_ADD, OP_GROUP_CREATE,
+    OP_GROUP_MEMBERS, OP_GROUP_REMOVE, OP_READ_LIST, OP_SEND, OP_SYNC, OP_WITHDRAW,
 };
 use crate::wire::ops::{decode_reply, encode_request, Reply, OP_HELLO, OP_OPEN, OP_PING, OP_SHAKE};
 
@@ -153,6 +153,21 @@ impl Client {
     /// The entries of the user's stream after seq `after` (IM). Starts the connection's PUSHes.
     pub fn im_sync(&mut self, after: u64, limit: u32) -> io::Result<Reply> {
         self.call(OP_SYNC, &encode_sync(after, limit))
+    }
+
+    /// A read receipt for the message at `seq` of the user's own stream (IM, R19).
+    pub fn im_ack_read(&mut self, seq: u64) -> io::Result<Reply> {
+        self.call(OP_ACK_READ, &seq.to_le_bytes())
+    }
+
+    /// Withdraws the user's own message at `seq` of its stream (IM, R20).
+    pub fn im_withdraw(&mut self, seq: u64) -> io::Result<Reply> {
+        self.call(OP_WITHDRAW, &seq.to_le_bytes())
+    }
+
+    /// Who read the user's own message at `seq` of its stream (IM, R19).
+    pub fn im_read_list(&mut self, seq: u64) -> io::Result<Reply> {
+        self.call(OP_READ_LIST, &seq.to_le_bytes())
     }
 
     pub fn group_create(&mut self, gid: u64, members: &[u64]) -> io::Result<Reply> {

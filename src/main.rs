@@ -664,19 +664,32 @@ fn demo_im(addr: std::net::SocketAddr, auth: &[u8], friend: &[u8]) -> Result<Vec
             "demo IM: PUSH to user {uid}: stream now at seq {max_seq}"
         ));
     }
-    match b.im_sync(0, 0).map_err(e)? {
-        Reply::Im(ImDecoded::Page { entries, .. }) => {
-            for m in entries {
-                lines.push(format!(
-                    "demo IM: user 1002 pulled seq {}: from {} to group {}: {:?}",
-                    m.seq,
-                    m.sender,
-                    m.to.id(),
-                    String::from_utf8_lossy(&m.body)
-                ));
-            }
+    let (read_seq, sender_seq) = match b.im_sync(0, 0).map_err(e)? {
+        Reply::Im(ImDecoded::Page { entries, .. }) if !entries.is_empty() => {
+            let m = &entries[0];
+            lines.push(format!(
+                "demo IM: user 1002 pulled seq {}: from {} to group {}: {:?}",
+                m.seq,
+                m.sender,
+                m.to.id(),
+                String::from_utf8_lossy(&m.body)
+            ));
+            (m.seq, m.sender_seq)
         }
         other => return Err(format!("SYNC answered {other:?}")),
+    };
+    // User 1002 marks it read; the receipt reaches the sender's read list.
+    b.im_ack_read(read_seq).map_err(e)?;
+    for _ in 0..200 {
+        match a.im_read_list(sender_seq).map_err(e)? {
+            Reply::Im(ImDecoded::Readers { readers, .. }) if !readers.is_empty() => {
+                lines.push(format!(
+                    "demo IM: read receipt: user 1001 sees its message read by {readers:?}"
+                ));
+                break;
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
     }
     Ok(lines)
 }

@@ -219,6 +219,107 @@ fn group_messages_reach_every_member_once_and_offline_members_catch_up() {
 }
 
 #[test]
+fn read_receipts_and_withdrawals_reach_every_copy() {
+    use hongbao::im::{EntryKind, MsgId};
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2"]);
+    let mut o = server.client(&event.auth(1));
+    let members: Vec<u64> = (2..=9).collect();
+    assert!(matches!(
+        o.group_create(3, &members).unwrap(),
+        Reply::Im(ImDecoded::Reply(ImReply::Group { .. }))
+    ));
+    let (seq, _) = sent(
+        o.im_send(1, Target::Group(3), Class::Chat, b"read me")
+            .unwrap(),
+    );
+    let msg = MsgId { sender: 1, seq };
+    // Members 2..=5 read it (concurrently, from their own connections and cores).
+    let readers: Vec<std::thread::JoinHandle<()>> = (2..=5u64)
+        .map(|m| {
+            let auth = event.auth(m);
+            let addr = server.binary;
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).unwrap();
+                assert!(matches!(c.hello(&auth).unwrap(), Reply::Hello(_)));
+                let got = pull_until(&mut c, 1);
+                let entry = got.iter().find(|e| e.sender == 1).expect("the message");
+                let (rseq, dup) = sent(c.im_ack_read(entry.seq).unwrap());
+                assert!(!dup);
+                // A retry is stored once.
+                assert_eq!(sent(c.im_ack_read(entry.seq).unwrap()), (rseq, true));
+                let mine = pull_all(&mut c);
+                let receipt = mine.iter().find(|e| e.seq == rseq).unwrap();
+                assert_eq!(receipt.kind, EntryKind::Read);
+                assert_eq!(
+                    receipt.refer,
+                    Some(MsgId {
+                        sender: 1,
+                        seq: entry.sender_seq
+                    })
+                );
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    // The sender sees who read it (receipts reach its stream asynchronously).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match o.im_read_list(seq).unwrap() {
+            Reply::Im(ImDecoded::Readers { readers, .. }) if readers == vec![2, 3, 4, 5] => break,
+            Reply::Im(ImDecoded::Readers { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            other => panic!("read list: {other:?}"),
+        }
+    }
+    let receipts = pull_until(&mut o, 5);
+    assert_eq!(
+        receipts
+            .iter()
+            .filter(|e| e.kind == EntryKind::Read && e.refer == Some(msg))
+            .count(),
+        4
+    );
+    // Only the sender sees the read list; a member asking about its copy's seq gets refused.
+    let mut m6 = server.client(&event.auth(6));
+    assert_eq!(
+        error(m6.im_read_list(1).unwrap()),
+        ErrorCode::NoSuchMessage as u16
+    );
+    // Withdrawal: a control entry with the message's appinfo and send time in every copy.
+    let (wseq, _) = sent(o.im_withdraw(seq).unwrap());
+    assert_eq!(sent(o.im_withdraw(seq).unwrap()), (wseq, true));
+    for m in members {
+        let mut c = server.client(&event.auth(m));
+        let all = pull_until(&mut c, 2);
+        let original = all.iter().find(|e| e.kind == EntryKind::Message).unwrap();
+        let w = all
+            .iter()
+            .find(|e| e.kind == EntryKind::Withdraw)
+            .unwrap_or_else(|| panic!("member {m} has no withdrawal: {all:?}"));
+        assert_eq!(w.refer, Some(msg));
+        assert_eq!((w.appinfo, w.sent_ms), (original.appinfo, original.sent_ms));
+    }
+    // Over HTTP too.
+    let a = event.auth_hex(1);
+    let (status, body) = http(
+        server.http,
+        "GET",
+        &format!("/im/reads?seq={seq}"),
+        Some(&a),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["readers"], serde_json::json!([2, 3, 4, 5]));
+    let (status, body) = http(server.http, "POST", "/im/withdraw?seq=999", Some(&a), "");
+    assert_eq!(status, 404, "{body}");
+}
+
+#[test]
 fn bad_im_requests_are_answered_and_the_connection_goes_on() {
     let event = Event::new();
     let server = event.serve("data", &["--cores", "2"]);

@@ -147,9 +147,28 @@ enum SendState {
     },
 }
 
+/// What the appinfo memory is keyed by: sender, appinfo, entry kind (a receipt and a
+/// withdrawal derive their appinfo from the message they refer to).
+type SendKey = (u64, u128, u8);
+
+/// A send to be stored: a client's message, or a receipt or withdrawal the server makes.
+struct Draft {
+    req: SendRequest,
+    kind: EntryKind,
+    refer: Option<MsgId>,
+    /// A withdrawal carries the original's send time (R20).
+    sent_ms: Option<u64>,
+}
+
+impl Draft {
+    fn key(&self) -> SendKey {
+        (self.req.sender, self.req.appinfo, self.kind as u8)
+    }
+}
+
 enum Pending {
     /// A new send waiting for its group's members.
-    Fresh { req: SendRequest, now_us: u64 },
+    Fresh { draft: Draft, now_us: u64 },
     /// A recovered send being delivered again: skip who has it.
     Redrive { msg: MessageRef, have: HashSet<u64> },
 }
@@ -163,7 +182,7 @@ struct Outbox {
 
 enum Waiter {
     Sent {
-        key: (u64, u128),
+        key: SendKey,
         msg: MessageRef,
         partition: Arc<Partition>,
         /// When the send was accepted (its fan-out time is measured from here).
@@ -173,6 +192,8 @@ enum Waiter {
         /// (uid, newest seq written for it).
         streams: Vec<(u64, u64)>,
         messages: Vec<(MsgId, u16)>,
+        /// (message read, reader): receipts reaching their message's sender.
+        reads: Vec<(MsgId, u64)>,
     },
     Group {
         gid: u64,
@@ -206,9 +227,11 @@ pub struct ImCore {
     cores: u16,
     streams: HashMap<u64, Stream>,
     groups: HashMap<u64, Group>,
-    sends: HashMap<(u64, u128), SendState>,
+    sends: HashMap<SendKey, SendState>,
     /// (sent_ms, key) in acceptance order, to forget appinfos after the dedupe window.
-    send_order: VecDeque<(u64, (u64, u128))>,
+    send_order: VecDeque<(u64, SendKey)>,
+    /// Readers of messages sent by users homed here, from the receipts in their streams.
+    reads: HashMap<MsgId, Vec<u64>>,
     pending: HashMap<u64, Pending>,
     next_token: u64,
     outbox: HashMap<MsgId, Outbox>,
@@ -264,6 +287,7 @@ impl ImCore {
             groups: HashMap::new(),
             sends: HashMap::new(),
             send_order: VecDeque::new(),
+            reads: HashMap::new(),
             pending: HashMap::new(),
             next_token: 1,
             outbox: HashMap::new(),
@@ -338,6 +362,122 @@ impl ImCore {
         log: &mut LogWriter,
         out: &mut Effects,
     ) {
+        let draft = Draft {
+            req,
+            kind: EntryKind::Message,
+            refer: None,
+            sent_ms: None,
+        };
+        self.submit(draft, route, now_us, log, out);
+    }
+
+    /// The durable entry of `uid`'s stream at `seq`, if it is a message (not a receipt or a
+    /// withdrawal).
+    fn message_at(&self, uid: u64, seq: u64) -> Option<MessageRef> {
+        let s = self.streams.get(&uid)?;
+        if seq == 0 || seq > s.durable || seq < s.base {
+            return None;
+        }
+        let m = &s.entries[(seq - s.base) as usize];
+        (m.kind == EntryKind::Message).then(|| m.clone())
+    }
+
+    /// A read receipt (R19) by `reader` (homed here) for the message at `seq` of its own
+    /// stream: a receipt entry in the reader's stream (answered once durable), then in the
+    /// stream of the message's sender, whose read list it updates.
+    pub fn ack_read(
+        &mut self,
+        reader: u64,
+        seq: u64,
+        route: Route,
+        now_us: u64,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) {
+        let Some(m) = self
+            .message_at(reader, seq)
+            .filter(|m| m.id.sender != reader)
+        else {
+            out.replies
+                .push((route, ImReply::Error(ImError::NoSuchMessage)));
+            return;
+        };
+        let draft = Draft {
+            req: SendRequest {
+                sender: reader,
+                appinfo: u128::from(m.id.sender) << 64 | u128::from(m.id.seq),
+                to: Target::User(m.id.sender),
+                class: Class::Control,
+                body: Box::new([]),
+            },
+            kind: EntryKind::Read,
+            refer: Some(m.id),
+            sent_ms: None,
+        };
+        self.submit(draft, route, now_us, log, out);
+    }
+
+    /// Withdraws (R20) the message `sender` (homed here) sent as seq `seq` of its stream: a
+    /// withdrawal carrying the message's appinfo and send time goes to every stream the
+    /// message went to (for a group: its members now).
+    pub fn withdraw(
+        &mut self,
+        sender: u64,
+        seq: u64,
+        route: Route,
+        now_us: u64,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) {
+        let Some(m) = self
+            .message_at(sender, seq)
+            .filter(|m| m.id.sender == sender)
+        else {
+            out.replies
+                .push((route, ImReply::Error(ImError::NoSuchMessage)));
+            return;
+        };
+        if (now_us / 1000).saturating_sub(m.sent_ms) > WITHDRAW_WINDOW_MS {
+            out.replies
+                .push((route, ImReply::Error(ImError::WithdrawExpired)));
+            return;
+        }
+        let draft = Draft {
+            req: SendRequest {
+                sender,
+                appinfo: m.appinfo,
+                to: m.to,
+                class: m.class,
+                body: Box::new([]),
+            },
+            kind: EntryKind::Withdraw,
+            refer: Some(m.id),
+            sent_ms: Some(m.sent_ms),
+        };
+        self.submit(draft, route, now_us, log, out);
+    }
+
+    /// Who has read message `seq` of `sender` (homed here), as durable receipts in the
+    /// sender's stream say; only for the sender's own messages.
+    pub fn read_list(&self, sender: u64, seq: u64) -> Result<Vec<u64>, ImError> {
+        let m = self
+            .message_at(sender, seq)
+            .filter(|m| m.id.sender == sender)
+            .ok_or(ImError::NoSuchMessage)?;
+        let mut readers = self.reads.get(&m.id).cloned().unwrap_or_default();
+        readers.sort_unstable();
+        Ok(readers)
+    }
+
+    fn submit(
+        &mut self,
+        draft: Draft,
+        route: Route,
+        now_us: u64,
+        log: &mut LogWriter,
+        out: &mut Effects,
+    ) {
+        let req = &draft.req;
         debug_assert_eq!(home(req.sender, self.cores), self.core);
         if req.body.len() > BODY_MAX {
             out.replies
@@ -345,7 +485,7 @@ impl ImCore {
             return;
         }
         let fp = fingerprint(req.to, req.class, &req.body);
-        let key = (req.sender, req.appinfo);
+        let key = draft.key();
         match self.sends.get_mut(&key) {
             Some(SendState::Done {
                 seq,
@@ -390,17 +530,18 @@ impl ImCore {
         match req.to {
             Target::User(uid) => {
                 let p = user_partition(self.cores, uid);
-                self.commit_send(req, p, now_us, log, out);
+                self.commit_send(draft, p, now_us, log, out);
             }
             Target::Group(gid) => {
                 let (sender, class) = (req.sender, req.class);
-                self.expand_at_home(gid, sender, class, Pending::Fresh { req, now_us }, out);
+                let pending = Pending::Fresh { draft, now_us };
+                self.expand_at_home(gid, sender, class, pending, out);
             }
         }
     }
 
     /// Ends a send that will not be stored.
-    fn fail_send(&mut self, key: (u64, u128), error: ImError, out: &mut Effects) {
+    fn fail_send(&mut self, key: SendKey, error: ImError, out: &mut Effects) {
         if let Some(SendState::InFlight { routes, .. }) = self.sends.remove(&key) {
             for r in routes {
                 out.replies.push((r, ImReply::Error(error)));
@@ -410,23 +551,26 @@ impl ImCore {
 
     fn commit_send(
         &mut self,
-        req: SendRequest,
+        draft: Draft,
         partition: Arc<Partition>,
         now_us: u64,
         log: &mut LogWriter,
         out: &mut Effects,
     ) {
-        let key = (req.sender, req.appinfo);
+        let key = draft.key();
+        let req = draft.req;
         let stream = self.streams.entry(req.sender).or_default();
         let msg = Arc::new(Message {
             id: MsgId {
                 sender: req.sender,
                 seq: stream.next_seq(),
             },
+            kind: draft.kind,
+            refer: draft.refer,
             appinfo: req.appinfo,
             to: req.to,
             class: req.class,
-            sent_ms: now_us / 1000,
+            sent_ms: draft.sent_ms.unwrap_or(now_us / 1000),
             body: req.body,
         });
         self.scratch.clear();
@@ -465,9 +609,9 @@ impl ImCore {
                 out.messages.push((from, ImMsg::Expanded { token, result }));
             }
             ImMsg::Expanded { token, result } => match self.pending.remove(&token) {
-                Some(Pending::Fresh { req, now_us: at }) => match result {
-                    Ok(p) => self.commit_send(req, p, now_us.max(at), log, out),
-                    Err(e) => self.fail_send((req.sender, req.appinfo), e, out),
+                Some(Pending::Fresh { draft, now_us: at }) => match result {
+                    Ok(p) => self.commit_send(draft, p, now_us.max(at), log, out),
+                    Err(e) => self.fail_send(draft.key(), e, out),
                 },
                 Some(Pending::Redrive { msg, have }) => {
                     // A group that is gone, or left by the sender, since: nobody more to reach.
@@ -684,6 +828,12 @@ impl ImCore {
         match log.append(KIND_DELIVERY, first.sender, first.seq, &self.scratch) {
             Ok(appended) => {
                 let mut streams = Vec::with_capacity(list.len());
+                let reads: Vec<(MsgId, u64)> = messages
+                    .iter()
+                    .filter(|m| m.kind == EntryKind::Read)
+                    .filter_map(|m| m.refer.map(|r| (r, m.id.sender)))
+                    .filter(|(r, _)| list.iter().any(|&(uid, _)| uid == r.sender))
+                    .collect();
                 for &(uid, first_seq) in &list {
                     let s = self.streams.entry(uid).or_default();
                     debug_assert_eq!(s.next_seq(), first_seq);
@@ -705,6 +855,7 @@ impl ImCore {
                     Waiter::Delivery {
                         streams,
                         messages: origins,
+                        reads,
                     },
                 ));
             }
@@ -922,7 +1073,17 @@ impl ImCore {
                         out,
                     );
                 }
-                Waiter::Delivery { streams, messages } => {
+                Waiter::Delivery {
+                    streams,
+                    messages,
+                    reads,
+                } => {
+                    for (msg, reader) in reads {
+                        let list = self.reads.entry(msg).or_default();
+                        if !list.contains(&reader) {
+                            list.push(reader);
+                        }
+                    }
                     for (uid, last) in streams {
                         let s = self.streams.get_mut(&uid).expect("appended");
                         s.durable = s.durable.max(last);
@@ -1124,7 +1285,18 @@ impl ImRecovery {
                 }
             }
             let durable = entries.last().expect("non-empty").0;
-            out[home(uid, cores) as usize].streams.insert(
+            let core = &mut out[home(uid, cores) as usize];
+            for (_, m) in &entries {
+                if let (EntryKind::Read, Some(r)) = (m.kind, m.refer) {
+                    if r.sender == uid {
+                        let list = core.reads.entry(r).or_default();
+                        if !list.contains(&m.id.sender) {
+                            list.push(m.id.sender);
+                        }
+                    }
+                }
+            }
+            core.streams.insert(
                 uid,
                 Stream {
                     base,
@@ -1178,7 +1350,7 @@ impl ImRecovery {
         for m in sent {
             let core = &mut out[home(m.id.sender, cores) as usize];
             if m.sent_ms.saturating_add(DEDUPE_WINDOW_MS) > now_ms {
-                let key = (m.id.sender, m.appinfo);
+                let key = (m.id.sender, m.appinfo, m.kind as u8);
                 core.sends.insert(
                     key,
                     SendState::Done {

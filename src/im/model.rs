@@ -87,11 +87,39 @@ impl Class {
     }
 }
 
+/// What a stream entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// A message.
+    Message = 1,
+    /// A read receipt (R19): the sender read message `refer`; goes to the reader's stream and
+    /// to the stream of `refer`'s sender.
+    Read = 2,
+    /// A withdrawal (R20): message `refer` is withdrawn; carries its appinfo and sent_ms and
+    /// goes to every stream that got it.
+    Withdraw = 3,
+}
+
+impl EntryKind {
+    pub fn from_u8(v: u8) -> Option<EntryKind> {
+        match v {
+            1 => Some(EntryKind::Message),
+            2 => Some(EntryKind::Read),
+            3 => Some(EntryKind::Withdraw),
+            _ => None,
+        }
+    }
+}
+
 /// A message as a stream holds it. One allocation per message per core: every stream on the
 /// core that holds the message shares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub id: MsgId,
+    pub kind: EntryKind,
+    /// The message a receipt or withdrawal refers to.
+    pub refer: Option<MsgId>,
     /// Client-chosen, globally unique per send (R18).
     pub appinfo: u128,
     pub to: Target,
@@ -132,6 +160,10 @@ pub enum ImError {
     GroupFull,
     #[error("the same appinfo was used for a different message")]
     AppinfoReused,
+    #[error("no message of yours at that seq in your stream")]
+    NoSuchMessage,
+    #[error("only messages younger than 24 hours can be withdrawn")]
+    WithdrawExpired,
     #[error("control messages are not delivered to groups of 2,000 members or more")]
     ControlDropped,
     #[error("the log is not keeping up; retry after the back-off hint")]

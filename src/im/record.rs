@@ -9,7 +9,9 @@ use std::sync::Arc;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::model::{Class, Message, MessageRef, MsgId, Target, BODY_MAX, GROUP_MEMBERS_MAX};
+use super::model::{
+    Class, EntryKind, Message, MessageRef, MsgId, Target, BODY_MAX, GROUP_MEMBERS_MAX,
+};
 use crate::store::record::RECORD_PAYLOAD_MAX;
 
 /// A message accepted from its sender: the sender's own stream entry, the dedupe memory of its
@@ -23,9 +25,6 @@ pub const KIND_DELIVERY: u8 = 17;
 pub const KIND_FANOUT_DONE: u8 = 18;
 /// A group change. Stream: the group id; seq: the group's version after the change.
 pub const KIND_GROUP: u8 = 19;
-
-/// Entry kind of an ordinary message (the only one so far; receipts and withdrawals follow).
-pub const ENTRY_MESSAGE: u8 = 1;
 
 /// The fixed part of a message inside SENT and DELIVERY records. 72 bytes.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -99,10 +98,10 @@ fn put_message(m: &Message, out: &mut Vec<u8>) {
         body_bytes: U32::new(m.body.len() as u32),
         target_kind: m.to.code(),
         class: m.class as u8,
-        entry_kind: ENTRY_MESSAGE,
+        entry_kind: m.kind as u8,
         reserved: 0,
-        refer_sender: U64::new(0),
-        refer_seq: U64::new(0),
+        refer_sender: U64::new(m.refer.map_or(0, |r| r.sender)),
+        refer_seq: U64::new(m.refer.map_or(0, |r| r.seq)),
     };
     out.extend_from_slice(h.as_bytes());
     out.extend_from_slice(&m.body);
@@ -128,9 +127,24 @@ fn take_message(bytes: &[u8]) -> Result<(Message, &[u8]), RecordError> {
             rest.len()
         ));
     }
-    if h.entry_kind != ENTRY_MESSAGE || h.reserved != 0 {
+    let Some(kind) = EntryKind::from_u8(h.entry_kind).filter(|_| h.reserved == 0) else {
         return err(format!("unknown entry kind {}", h.entry_kind));
-    }
+    };
+    let refer = match (kind, h.refer_seq.get()) {
+        (EntryKind::Message, 0) if h.refer_sender.get() == 0 => None,
+        (EntryKind::Read | EntryKind::Withdraw, seq) if seq > 0 => Some(MsgId {
+            sender: h.refer_sender.get(),
+            seq,
+        }),
+        _ => {
+            return err(format!(
+                "entry kind {} with refer id {}#{}",
+                h.entry_kind,
+                h.refer_sender.get(),
+                h.refer_seq.get()
+            ))
+        }
+    };
     let Some(to) = Target::from_parts(h.target_kind, h.target.get()) else {
         return err(format!("unknown target kind {}", h.target_kind));
     };
@@ -147,6 +161,8 @@ fn take_message(bytes: &[u8]) -> Result<(Message, &[u8]), RecordError> {
                 sender: h.sender.get(),
                 seq: h.sender_seq.get(),
             },
+            kind,
+            refer,
             appinfo: u128::from_le_bytes(h.appinfo),
             to,
             class,
@@ -338,6 +354,12 @@ mod tests {
     fn message(sender: u64, seq: u64, body: Vec<u8>, group: bool) -> Message {
         Message {
             id: MsgId { sender, seq },
+            kind: if seq % 3 == 0 {
+                EntryKind::Withdraw
+            } else {
+                EntryKind::Message
+            },
+            refer: (seq % 3 == 0).then_some(MsgId { sender: 5, seq: 6 }),
             appinfo: u128::from(sender) << 64 | u128::from(seq),
             to: if group {
                 Target::Group(7)

@@ -16,13 +16,14 @@ use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpListener;
 
-use super::im::{GroupOp, Watch};
+use super::im::{GroupOp, OwnOp, Watch};
 use super::{Core, Slot};
 use crate::im::record::GroupChange;
 use crate::im::SendRequest;
 use crate::wire::im::{
-    decode_group, decode_send, decode_sync, encode_push, OP_GROUP_ADD, OP_GROUP_CREATE,
-    OP_GROUP_MEMBERS, OP_GROUP_REMOVE, OP_SEND, OP_SYNC,
+    decode_group, decode_send, decode_seq, decode_sync, encode_push, OP_ACK_READ, OP_GROUP_ADD,
+    OP_GROUP_CREATE, OP_GROUP_MEMBERS, OP_GROUP_REMOVE, OP_READ_LIST, OP_SEND, OP_SYNC,
+    OP_WITHDRAW,
 };
 
 /// Requests handled from one read between two yields to the core's other tasks.
@@ -266,6 +267,17 @@ fn binary_im(
             Err(m) if m.contains("body over") => BinarySlot::Fail(rid, ErrorCode::TooLarge, m),
             Err(m) => malformed(m),
         },
+        OP_ACK_READ | OP_WITHDRAW | OP_READ_LIST => match decode_seq(payload) {
+            Ok(seq) => {
+                let own = match op {
+                    OP_ACK_READ => OwnOp::AckRead,
+                    OP_WITHDRAW => OwnOp::Withdraw,
+                    _ => OwnOp::ReadList,
+                };
+                BinarySlot::Op(op, rid, core.im_own(uid, seq, own), "")
+            }
+            Err(m) => malformed(m),
+        },
         OP_SYNC => match decode_sync(payload) {
             Ok((after, limit)) => {
                 // From its first SYNC on, the connection is told (PUSH) when the stream grows.
@@ -387,7 +399,7 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream:
                             Ok(_) if frame.payload.len() != SHAKE_TOKEN_BYTES => BinarySlot::Fail(rid, ErrorCode::Malformed, format!("OPEN carries the {SHAKE_TOKEN_BYTES}-byte token of a shake, not {} bytes", frame.payload.len())),
                             Ok(uid) => BinarySlot::Op(OP_OPEN, rid, open(core, uid, &frame.payload, now), ""),
                         },
-                        OP_SEND | OP_SYNC | OP_GROUP_CREATE | OP_GROUP_ADD | OP_GROUP_REMOVE | OP_GROUP_MEMBERS => match current_uid(&auth, now) {
+                        OP_SEND | OP_SYNC | OP_GROUP_CREATE | OP_GROUP_ADD | OP_GROUP_REMOVE | OP_GROUP_MEMBERS | OP_ACK_READ | OP_WITHDRAW | OP_READ_LIST => match current_uid(&auth, now) {
                             Err(code) => BinarySlot::Fail(rid, code, "send HELLO with a valid auth token first".into()),
                             Ok(uid) => binary_im(core, frame.op, rid, uid, &frame.payload, &mut watching),
                         },
@@ -638,6 +650,16 @@ fn http_im(core: &Rc<Core>, req: &Request<'_>, uid: u64) -> Result<Slot, (ErrorC
                 class,
                 body: req.body.into(),
             }))
+        }
+        (method, path @ ("/im/read" | "/im/withdraw" | "/im/reads")) => {
+            let seq = query_u64(req, "seq")?.ok_or_else(|| malformed("give ?seq="))?;
+            let op = match (method, path) {
+                (Method::Post, "/im/read") => OwnOp::AckRead,
+                (Method::Post, "/im/withdraw") => OwnOp::Withdraw,
+                (Method::Get, "/im/reads") => OwnOp::ReadList,
+                _ => return Err(malformed("POST /im/read, POST /im/withdraw, GET /im/reads")),
+            };
+            Ok(core.im_own(uid, seq, op))
         }
         (Method::Get, "/im/sync") => {
             let after = query_u64(req, "after")?.unwrap_or(0);

@@ -34,6 +34,17 @@ pub enum GroupOp {
     },
 }
 
+/// A request about an entry of the user's own stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnOp {
+    /// Read receipt for the message at the seq (R19).
+    AckRead,
+    /// Withdraw the user's message at the seq (R20).
+    Withdraw,
+    /// Who read the user's message at the seq.
+    ReadList,
+}
+
 /// A connection watching its user's stream: the newest seq announced to it and the newest it
 /// has written out as a PUSH frame.
 pub(crate) struct Watch {
@@ -236,6 +247,41 @@ impl Core {
     pub(crate) fn run_send(&self, req: SendRequest, route: Route) {
         let now = now_us();
         self.im_run(|im, log, fx| im.send(req, route, now, log, fx));
+    }
+
+    pub(crate) fn im_own(self: &Rc<Self>, uid: u64, seq: u64, op: OwnOp) -> Slot {
+        let (slot, route) = self.im_route(self.home_of(uid));
+        match route {
+            Ok(route) => self.run_own(uid, seq, op, route),
+            Err((home, id)) => {
+                let from = self.id;
+                self.outbox.borrow_mut()[home as usize].push_back(Msg::ImOwn {
+                    uid,
+                    seq,
+                    op,
+                    from,
+                    id,
+                });
+            }
+        }
+        slot
+    }
+
+    pub(crate) fn run_own(&self, uid: u64, seq: u64, op: OwnOp, route: Route) {
+        let now = now_us();
+        match op {
+            OwnOp::AckRead => self.im_run(|im, log, fx| im.ack_read(uid, seq, route, now, log, fx)),
+            OwnOp::Withdraw => {
+                self.im_run(|im, log, fx| im.withdraw(uid, seq, route, now, log, fx))
+            }
+            OwnOp::ReadList => {
+                let result = match self.im.borrow().read_list(uid, seq) {
+                    Ok(readers) => OpResult::Im(ImAnswer::Readers { seq, readers }),
+                    Err(e) => OpResult::im(ImReply::Error(e)),
+                };
+                self.deliver(route, result);
+            }
+        }
     }
 
     pub(crate) fn im_sync(self: &Rc<Self>, uid: u64, after: u64, limit: u32) -> Slot {

@@ -14,7 +14,7 @@ mod conn;
 mod im;
 mod uring;
 
-pub use im::GroupOp;
+pub use im::{GroupOp, OwnOp};
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -89,6 +89,14 @@ pub enum Msg {
         from: u16,
         id: u64,
     },
+    /// A request about an entry of the user's own stream, run on the user's home core.
+    ImOwn {
+        uid: u64,
+        seq: u64,
+        op: OwnOp,
+        from: u16,
+        id: u64,
+    },
     /// Between the cores' IM engines.
     Im(crate::im::ImMsg),
     /// To a user's home core: core `core` has (or no longer has) a connection watching `uid`.
@@ -113,7 +121,8 @@ impl Msg {
             | Msg::Open { id, .. }
             | Msg::ImSend { id, .. }
             | Msg::ImSync { id, .. }
-            | Msg::ImGroup { id, .. } => Some(*id),
+            | Msg::ImGroup { id, .. }
+            | Msg::ImOwn { id, .. } => Some(*id),
             _ => None,
         }
     }
@@ -334,6 +343,16 @@ impl Core {
             Msg::ImGroup { gid, op, from, id } => {
                 self.metrics().forwarded_in.fetch_add(1, Ordering::Relaxed);
                 self.run_group(gid, op, Route::Remote { core: from, id });
+            }
+            Msg::ImOwn {
+                uid,
+                seq,
+                op,
+                from,
+                id,
+            } => {
+                self.metrics().forwarded_in.fetch_add(1, Ordering::Relaxed);
+                self.run_own(uid, seq, op, Route::Remote { core: from, id });
             }
             Msg::Im(msg) => self.im_message(msg),
             Msg::Presence { uid, core, online } => self.set_presence(uid, core, online),

@@ -6,7 +6,7 @@ use bytes::BytesMut;
 
 use super::frame::{encode_frame, FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
 use super::ops::{ErrorCode, OP_REPLY};
-use crate::im::{Class, ImError, ImReply, Page, Target, BODY_MAX};
+use crate::im::{Class, EntryKind, ImError, ImReply, MsgId, Page, Target, BODY_MAX};
 
 pub const OP_SEND: u8 = 0x10;
 pub const OP_SYNC: u8 = 0x11;
@@ -14,6 +14,9 @@ pub const OP_GROUP_CREATE: u8 = 0x12;
 pub const OP_GROUP_ADD: u8 = 0x13;
 pub const OP_GROUP_REMOVE: u8 = 0x14;
 pub const OP_GROUP_MEMBERS: u8 = 0x15;
+pub const OP_ACK_READ: u8 = 0x16;
+pub const OP_WITHDRAW: u8 = 0x17;
+pub const OP_READ_LIST: u8 = 0x18;
 /// Server to client only, request id 0: the user's stream has new entries up to a seq.
 pub const OP_PUSH: u8 = 0x40;
 
@@ -24,7 +27,7 @@ pub const SYNC_LIMIT_DEFAULT: u32 = 100;
 pub const SYNC_LIMIT_MAX: u32 = 1000;
 /// Fixed part of a SYNC reply, and of each entry in it.
 pub const SYNC_HEADER_BYTES: usize = 16;
-pub const ENTRY_HEADER_BYTES: usize = 64;
+pub const ENTRY_HEADER_BYTES: usize = 80;
 /// Room for entries in one SYNC reply frame.
 pub const SYNC_PAGE_BYTES: usize = FRAME_BYTES_MAX - FRAME_HEADER_BYTES - SYNC_HEADER_BYTES;
 /// Members listed per GROUP_MEMBERS reply.
@@ -41,6 +44,8 @@ pub fn error_code(e: ImError) -> ErrorCode {
         ImError::GroupFull => ErrorCode::GroupFull,
         ImError::AppinfoReused => ErrorCode::AppinfoReused,
         ImError::ControlDropped => ErrorCode::ControlDropped,
+        ImError::NoSuchMessage => ErrorCode::NoSuchMessage,
+        ImError::WithdrawExpired => ErrorCode::WithdrawExpired,
         ImError::Busy => ErrorCode::Busy,
     }
 }
@@ -56,6 +61,22 @@ pub enum ImAnswer {
         total: u32,
         members: Vec<u64>,
     },
+    /// READ_LIST: who read the message at `seq` of the asker's stream.
+    Readers {
+        seq: u64,
+        readers: Vec<u64>,
+    },
+}
+
+/// ACK_READ, WITHDRAW and READ_LIST carry one seq of the user's own stream.
+pub fn decode_seq(p: &[u8]) -> Result<u64, String> {
+    match <[u8; 8]>::try_from(p) {
+        Ok(b) => Ok(u64::from_le_bytes(b)),
+        Err(_) => Err(format!(
+            "this op carries a seq (8 bytes), not {} bytes",
+            p.len()
+        )),
+    }
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -198,8 +219,12 @@ pub fn encode_binary(op: u8, request_id: u64, answer: &ImAnswer, out: &mut Bytes
                 p.extend_from_slice(&m.to.id().to_le_bytes());
                 p.push(m.to.code());
                 p.push(m.class as u8);
-                p.extend_from_slice(&[0; 2]);
+                p.push(m.kind as u8);
+                p.push(0);
                 p.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
+                let refer = m.refer.unwrap_or(MsgId { sender: 0, seq: 0 });
+                p.extend_from_slice(&refer.sender.to_le_bytes());
+                p.extend_from_slice(&refer.seq.to_le_bytes());
                 p.extend_from_slice(&m.body);
             }
         }
@@ -215,6 +240,14 @@ pub fn encode_binary(op: u8, request_id: u64, answer: &ImAnswer, out: &mut Bytes
             p.extend_from_slice(&(members.len() as u32).to_le_bytes());
             for m in members {
                 p.extend_from_slice(&m.to_le_bytes());
+            }
+        }
+        ImAnswer::Readers { seq, readers } => {
+            p.extend_from_slice(&seq.to_le_bytes());
+            p.extend_from_slice(&(readers.len() as u32).to_le_bytes());
+            p.extend_from_slice(&[0; 4]);
+            for r in readers {
+                p.extend_from_slice(&r.to_le_bytes());
             }
         }
     }
@@ -276,7 +309,15 @@ pub fn json(answer: &ImAnswer) -> String {
                         "to": match m.to { Target::User(_) => "user", Target::Group(_) => "group" },
                         "to_id": m.to.id(),
                         "class": m.class as u8,
+                        "kind": match m.kind {
+                            EntryKind::Message => "message",
+                            EntryKind::Read => "read",
+                            EntryKind::Withdraw => "withdraw",
+                        },
                     });
+                    if let Some(r) = m.refer {
+                        e["refer"] = json!({"sender": r.sender, "sender_seq": r.seq});
+                    }
                     match std::str::from_utf8(&m.body) {
                         Ok(text) => e["body"] = json!(text),
                         Err(_) => e["body_hex"] = json!(hex::encode(&m.body)),
@@ -292,6 +333,7 @@ pub fn json(answer: &ImAnswer) -> String {
             total,
             members,
         } => json!({"gid": gid, "version": version, "total": total, "members": members}),
+        ImAnswer::Readers { seq, readers } => json!({"seq": seq, "readers": readers}),
     };
     let mut text = v.to_string();
     text.push('\n');
@@ -316,6 +358,9 @@ pub struct Entry {
     pub appinfo: u128,
     pub to: Target,
     pub class: Class,
+    pub kind: EntryKind,
+    /// The message a receipt or withdrawal refers to.
+    pub refer: Option<MsgId>,
     pub body: Vec<u8>,
 }
 
@@ -338,16 +383,26 @@ pub enum ImDecoded {
         uid: u64,
         max_seq: u64,
     },
+    Readers {
+        seq: u64,
+        readers: Vec<u64>,
+    },
 }
 
 /// Decodes an IM reply or PUSH payload (client side). None for other ops or bad layouts.
 pub fn decode_reply(op: u8, p: &[u8]) -> Option<ImDecoded> {
     match op {
-        x if x == OP_SEND | OP_REPLY && p.len() == 24 => Some(ImDecoded::Reply(ImReply::Sent {
-            seq: u64_at(p, 0),
-            sent_ms: u64_at(p, 8),
-            duplicate: p[16] != 0,
-        })),
+        x if (x == OP_SEND | OP_REPLY
+            || x == OP_ACK_READ | OP_REPLY
+            || x == OP_WITHDRAW | OP_REPLY)
+            && p.len() == 24 =>
+        {
+            Some(ImDecoded::Reply(ImReply::Sent {
+                seq: u64_at(p, 0),
+                sent_ms: u64_at(p, 8),
+                duplicate: p[16] != 0,
+            }))
+        }
         x if (x == OP_GROUP_CREATE | OP_REPLY
             || x == OP_GROUP_ADD | OP_REPLY
             || x == OP_GROUP_REMOVE | OP_REPLY)
@@ -375,6 +430,14 @@ pub fn decode_reply(op: u8, p: &[u8]) -> Option<ImDecoded> {
                     appinfo: u128::from_le_bytes(h[32..48].try_into().ok()?),
                     to: Target::from_parts(h[56], u64_at(h, 48))?,
                     class: Class::from_u8(h[57])?,
+                    kind: EntryKind::from_u8(h[58])?,
+                    refer: match u64_at(h, 72) {
+                        0 => None,
+                        seq => Some(MsgId {
+                            sender: u64_at(h, 64),
+                            seq,
+                        }),
+                    },
                     body: body.to_vec(),
                 });
                 at += ENTRY_HEADER_BYTES + len;
@@ -399,6 +462,19 @@ pub fn decode_reply(op: u8, p: &[u8]) -> Option<ImDecoded> {
                     .collect(),
             })
         }
+        x if x == OP_READ_LIST | OP_REPLY && p.len() >= 16 => {
+            let count = u32_at(p, 8) as usize;
+            if p.len() != 16 + 8 * count {
+                return None;
+            }
+            Some(ImDecoded::Readers {
+                seq: u64_at(p, 0),
+                readers: p[16..]
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
+            })
+        }
         OP_PUSH if p.len() == 16 => Some(ImDecoded::Push {
             uid: u64_at(p, 0),
             max_seq: u64_at(p, 8),
@@ -410,7 +486,7 @@ pub fn decode_reply(op: u8, p: &[u8]) -> Option<ImDecoded> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::im::{Message, MsgId};
+    use crate::im::{EntryKind, Message, MsgId};
     use crate::wire::frame::FrameDecoder;
     use proptest::prelude::*;
     use std::sync::Arc;
@@ -437,6 +513,8 @@ mod tests {
             let entries: Vec<(u64, Arc<Message>)> = bodies.into_iter().enumerate().map(|(i, b)| {
                 (i as u64 + 1, Arc::new(Message {
                     id: MsgId { sender: 7, seq: i as u64 + 3 },
+                    kind: if i % 2 == 0 { EntryKind::Message } else { EntryKind::Read },
+                    refer: (i % 2 == 1).then_some(MsgId { sender: 9, seq: i as u64 }),
                     appinfo: i as u128 * 1_000_003,
                     to: Target::Group(9),
                     class: Class::App,
@@ -457,6 +535,7 @@ mod tests {
                 prop_assert_eq!(g.seq, *seq);
                 prop_assert_eq!((g.sender, g.sender_seq, g.sent_ms, g.appinfo), (m.id.sender, m.id.seq, m.sent_ms, m.appinfo));
                 prop_assert_eq!((&g.to, &g.class, &g.body[..]), (&m.to, &m.class, &m.body[..]));
+                prop_assert_eq!((g.kind, g.refer), (m.kind, m.refer));
             }
         }
 
@@ -496,6 +575,8 @@ mod tests {
     fn a_full_page_fits_one_frame() {
         let big = Arc::new(Message {
             id: MsgId { sender: 1, seq: 1 },
+            kind: EntryKind::Message,
+            refer: None,
             appinfo: 0,
             to: Target::User(2),
             class: Class::Chat,

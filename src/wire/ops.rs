@@ -72,6 +72,10 @@ pub enum ErrorCode {
     AppinfoReused = 45,
     /// IM: control messages are not delivered to huge groups (R22).
     ControlDropped = 46,
+    /// IM: no message of the user's at that seq (receipts, withdrawals, read lists).
+    NoSuchMessage = 47,
+    /// IM: the message is older than the withdrawal window (24 h).
+    WithdrawExpired = 48,
 }
 
 impl ErrorCode {
@@ -100,6 +104,8 @@ impl ErrorCode {
             ErrorCode::GroupFull => "group_full",
             ErrorCode::AppinfoReused => "appinfo_reused",
             ErrorCode::ControlDropped => "control_dropped",
+            ErrorCode::NoSuchMessage => "no_such_message",
+            ErrorCode::WithdrawExpired => "withdraw_expired",
         }
     }
 
@@ -117,7 +123,8 @@ impl ErrorCode {
             ErrorCode::NoSuchGroup => 404,
             ErrorCode::GroupExists | ErrorCode::AppinfoReused => 409,
             ErrorCode::NotMember | ErrorCode::NotOwner => 403,
-            ErrorCode::GroupFull | ErrorCode::ControlDropped => 422,
+            ErrorCode::GroupFull | ErrorCode::ControlDropped | ErrorCode::WithdrawExpired => 422,
+            ErrorCode::NoSuchMessage => 404,
         }
     }
 
@@ -126,7 +133,7 @@ impl ErrorCode {
     }
 }
 
-pub const ALL_ERRORS: [ErrorCode; 23] = [
+pub const ALL_ERRORS: [ErrorCode; 25] = [
     ErrorCode::Malformed,
     ErrorCode::UnknownOp,
     ErrorCode::Version,
@@ -150,6 +157,8 @@ pub const ALL_ERRORS: [ErrorCode; 23] = [
     ErrorCode::GroupFull,
     ErrorCode::AppinfoReused,
     ErrorCode::ControlDropped,
+    ErrorCode::NoSuchMessage,
+    ErrorCode::WithdrawExpired,
 ];
 
 /// What a shake got.

@@ -491,17 +491,53 @@ fn a_busy_core_refuses_deliveries_and_the_sender_retries_them() {
     assert!(sim.nodes[k].im.backoffs.is_empty());
 }
 
+/// A send, receipt or withdrawal as the appinfo memory knows it: (user, appinfo, kind).
+type Key = (u64, u128, u8);
+
+/// What a client asked for.
+#[derive(Clone)]
+struct Ask {
+    to: Target,
+    body: Vec<u8>,
+    /// Receipts and withdrawals: the seq of the entry in the asker's own stream.
+    entry: Option<u64>,
+}
+
 /// What the clients were told and asked for in a simulation run.
 #[derive(Default)]
 struct Ledger {
-    /// (sender, appinfo) -> (target, body) of every send asked for.
-    asked: BTreeMap<(u64, u128), (Target, Vec<u8>)>,
-    /// (sender, appinfo) -> seq, from every successful reply.
-    acked: BTreeMap<(u64, u128), u64>,
+    asked: BTreeMap<Key, Ask>,
+    /// Seq from every successful reply.
+    acked: BTreeMap<Key, u64>,
 }
 
-/// Runs one random schedule; returns (sends acknowledged, crashes).
-fn run_simulation(seed: u64) -> (usize, usize) {
+impl Sim {
+    fn own(&mut self, uid: u64, seq: u64, read: bool) -> Route {
+        let route = self.route();
+        let k = home(uid, self.cores);
+        let mut fx = Effects::default();
+        let n = &mut self.nodes[k as usize];
+        if read {
+            n.im.ack_read(uid, seq, route, self.now * 1000, &mut n.log, &mut fx);
+        } else {
+            n.im.withdraw(uid, seq, route, self.now * 1000, &mut n.log, &mut fx);
+        }
+        self.absorb(k, fx);
+        route
+    }
+
+    fn ask(&mut self, key: Key, ask: &Ask) -> Route {
+        match (key.2, ask.entry) {
+            (2, Some(seq)) => self.own(key.0, seq, true),
+            (3, Some(seq)) => self.own(key.0, seq, false),
+            _ => self.send(key.0, key.1, ask.to, Class::Chat, &ask.body),
+        }
+    }
+}
+
+/// Runs one random schedule; returns (requests acknowledged, receipts and withdrawals among
+/// them, crashes).
+fn run_simulation(seed: u64) -> (usize, usize, usize) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let cores = rng.random_range(1..=3u16);
     let backlog = if rng.random_bool(0.5) { 1 << 20 } else { 3000 };
@@ -513,14 +549,14 @@ fn run_simulation(seed: u64) -> (usize, usize) {
     }
     sim.quiesce(&mut rng);
     let mut ledger = Ledger::default();
-    let mut open: Vec<(Route, u64, u128)> = Vec::new();
+    let mut open: Vec<(Route, Key)> = Vec::new();
     let mut next_appinfo = 1u128;
     let mut crashed = false;
     let mut crashes = 0;
     let steps = rng.random_range(200..600);
     for _ in 0..steps {
         match rng.random_range(0..100) {
-            0..=24 => {
+            0..=21 => {
                 let sender = users[rng.random_range(0..users.len())];
                 let to = if rng.random_bool(0.4) {
                     let (gid, members) = groups[rng.random_range(0..2)];
@@ -531,13 +567,13 @@ fn run_simulation(seed: u64) -> (usize, usize) {
                 } else {
                     Target::User(users[rng.random_range(0..users.len())])
                 };
-                // Sometimes a client retries an earlier send instead.
-                let appinfo = if rng.random_bool(0.15) && !ledger.asked.is_empty() {
-                    let mine: Vec<u128> = ledger
+                // Sometimes a client retries an earlier request instead.
+                let key = if rng.random_bool(0.15) && !ledger.asked.is_empty() {
+                    let mine: Vec<Key> = ledger
                         .asked
                         .keys()
-                        .filter(|(s, _)| *s == sender)
-                        .map(|(_, a)| *a)
+                        .filter(|k| k.0 == sender)
+                        .copied()
                         .collect();
                     if mine.is_empty() {
                         continue;
@@ -545,15 +581,48 @@ fn run_simulation(seed: u64) -> (usize, usize) {
                     mine[rng.random_range(0..mine.len())]
                 } else {
                     next_appinfo += 1;
-                    next_appinfo
+                    (sender, next_appinfo, 1)
                 };
-                let (to, body) = ledger
+                let ask = ledger
                     .asked
-                    .entry((sender, appinfo))
-                    .or_insert_with(|| (to, format!("m{appinfo}").into_bytes()))
+                    .entry(key)
+                    .or_insert_with(|| Ask {
+                        to,
+                        body: format!("m{}", key.1).into_bytes(),
+                        entry: None,
+                    })
                     .clone();
-                let r = sim.send(sender, appinfo, to, Class::Chat, &body);
-                open.push((r, sender, appinfo));
+                let r = sim.ask(key, &ask);
+                open.push((r, key));
+            }
+            22..=24 => {
+                // A receipt for a message the user has (R19), or a withdrawal of one of its
+                // own (R20).
+                let uid = users[rng.random_range(0..users.len())];
+                let read = rng.random_bool(0.6);
+                let candidates: Vec<(u64, MessageRef)> = sim
+                    .stream(uid)
+                    .into_iter()
+                    .filter(|(_, m)| m.kind == EntryKind::Message && (m.id.sender != uid) == read)
+                    .collect();
+                if candidates.is_empty() {
+                    continue;
+                }
+                let (seq, m) = candidates[rng.random_range(0..candidates.len())].clone();
+                let (key, to) = if read {
+                    let appinfo = u128::from(m.id.sender) << 64 | u128::from(m.id.seq);
+                    ((uid, appinfo, 2), Target::User(m.id.sender))
+                } else {
+                    ((uid, m.appinfo, 3), m.to)
+                };
+                let ask = Ask {
+                    to,
+                    body: Vec::new(),
+                    entry: Some(seq),
+                };
+                ledger.asked.entry(key).or_insert(ask.clone());
+                let r = sim.ask(key, &ask);
+                open.push((r, key));
             }
             25..=59 => {
                 sim.step_message(&mut rng);
@@ -581,7 +650,7 @@ fn run_simulation(seed: u64) -> (usize, usize) {
     collect(&mut sim, &mut open, &mut ledger);
     // Every client retries what it has no answer for (or was told busy) until it has one.
     for _ in 0..20 {
-        let unacked: Vec<(u64, u128)> = ledger
+        let unacked: Vec<Key> = ledger
             .asked
             .keys()
             .filter(|k| !ledger.acked.contains_key(k))
@@ -590,10 +659,10 @@ fn run_simulation(seed: u64) -> (usize, usize) {
         if unacked.is_empty() {
             break;
         }
-        for (sender, appinfo) in unacked {
-            let (to, body) = ledger.asked[&(sender, appinfo)].clone();
-            let r = sim.send(sender, appinfo, to, Class::Chat, &body);
-            open.push((r, sender, appinfo));
+        for key in unacked {
+            let ask = ledger.asked[&key].clone();
+            let r = sim.ask(key, &ask);
+            open.push((r, key));
         }
         sim.quiesce(&mut rng);
         collect(&mut sim, &mut open, &mut ledger);
@@ -601,19 +670,36 @@ fn run_simulation(seed: u64) -> (usize, usize) {
     assert_eq!(
         ledger.acked.len(),
         ledger.asked.len(),
-        "seed {seed}: sends left unanswered"
+        "seed {seed}: requests left unanswered"
     );
     // A sender's messages arrive in order unless a delivery was refused or a crash
     // interrupted one (both deliver again later).
     let ordered = !crashed && sim.nodes.iter().all(|n| n.im.stats.refused_deliveries == 0);
     check(&sim, &ledger, &groups, seed, ordered);
-    // A clean restart changes nothing.
+    // A clean restart changes nothing, read lists included.
     let before: Vec<Vec<(u64, MsgId)>> = users.iter().map(|&u| ids(&sim, u)).collect();
+    let reads_before = read_lists(&sim, &users);
     sim.crash(&mut rng, false);
     sim.quiesce(&mut rng);
     let after: Vec<Vec<(u64, MsgId)>> = users.iter().map(|&u| ids(&sim, u)).collect();
     assert_eq!(before, after, "seed {seed}");
-    (ledger.acked.len(), crashes)
+    assert_eq!(reads_before, read_lists(&sim, &users), "seed {seed}");
+    let own = ledger.acked.keys().filter(|k| k.2 != 1).count();
+    (ledger.acked.len(), own, crashes)
+}
+
+/// Every (message, readers) of the users' own messages.
+fn read_lists(sim: &Sim, users: &[u64]) -> Vec<(u64, u64, Vec<u64>)> {
+    let mut out = Vec::new();
+    for &u in users {
+        let n = &sim.nodes[home(u, sim.cores) as usize];
+        for (seq, m) in sim.stream(u) {
+            if m.id.sender == u && m.kind == EntryKind::Message {
+                out.push((u, seq, n.im.read_list(u, seq).unwrap()));
+            }
+        }
+    }
+    out
 }
 
 fn ids(sim: &Sim, uid: u64) -> Vec<(u64, MsgId)> {
@@ -624,21 +710,21 @@ fn ids(sim: &Sim, uid: u64) -> Vec<(u64, MsgId)> {
 }
 
 /// Moves answers into the ledger, checking each against earlier ones.
-fn collect(sim: &mut Sim, open: &mut Vec<(Route, u64, u128)>, ledger: &mut Ledger) {
-    open.retain(|(route, sender, appinfo)| {
+fn collect(sim: &mut Sim, open: &mut Vec<(Route, Key)>, ledger: &mut Ledger) {
+    open.retain(|(route, key)| {
         let Some(reply) = sim.reply(*route) else {
             return true;
         };
         match reply {
             ImReply::Sent { seq, .. } => {
-                let prev = ledger.acked.insert((*sender, *appinfo), *seq);
+                let prev = ledger.acked.insert(*key, *seq);
                 assert!(
                     prev.map_or(true, |p| p == *seq),
-                    "appinfo {appinfo} of {sender} answered with seq {prev:?} then {seq}"
+                    "{key:?} answered with seq {prev:?} then {seq}"
                 );
             }
             ImReply::Error(ImError::Busy) => {}
-            other => panic!("unexpected answer {other:?}"),
+            other => panic!("unexpected answer {other:?} to {key:?}"),
         }
         false
     });
@@ -646,26 +732,53 @@ fn collect(sim: &mut Sim, open: &mut Vec<(Route, u64, u128)>, ledger: &mut Ledge
 }
 
 fn check(sim: &Sim, ledger: &Ledger, groups: &[(u64, &[u64])], seed: u64, ordered: bool) {
-    // Expected: each acked send once in the sender's stream at its acked seq, once in each
-    // recipient's stream, and nowhere else.
+    // Expected: each acked request once in the asker's stream at its acked seq, once in each
+    // recipient's stream, and nowhere else. A receipt goes to its message's sender; a
+    // withdrawal to the message's recipients.
     let mut expected: BTreeMap<u64, Vec<MsgId>> = BTreeMap::new();
-    for (&(sender, appinfo), &seq) in &ledger.acked {
+    let mut readers: BTreeMap<MsgId, Vec<u64>> = BTreeMap::new();
+    for (&(sender, appinfo, kind), &seq) in &ledger.acked {
         let id = MsgId { sender, seq };
-        let (to, body) = &ledger.asked[&(sender, appinfo)];
+        let ask = &ledger.asked[&(sender, appinfo, kind)];
         let s = sim.stream(sender);
         let (_, m) = &s[(seq - 1) as usize];
         assert_eq!(m.id, id, "seed {seed}");
-        assert_eq!((&m.to, &*m.body, m.appinfo), (to, &body[..], appinfo));
+        assert_eq!(m.kind as u8, kind, "seed {seed}");
+        assert_eq!(
+            (&m.to, &*m.body, m.appinfo),
+            (&ask.to, &ask.body[..], appinfo)
+        );
+        if let Some(entry) = ask.entry {
+            let (_, original) = &s[(entry - 1) as usize];
+            assert_eq!(m.refer, Some(original.id), "seed {seed}");
+            if m.kind == EntryKind::Read {
+                readers.entry(original.id).or_default().push(sender);
+            } else {
+                assert_eq!(
+                    m.sent_ms, original.sent_ms,
+                    "a withdrawal carries the send time"
+                );
+            }
+        }
         expected.entry(sender).or_default().push(id);
-        let recipients: Vec<u64> = match to {
-            Target::User(u) => vec![*u],
-            Target::Group(g) => groups.iter().find(|(gid, _)| gid == g).unwrap().1.to_vec(),
+        let recipients: Vec<u64> = match ask.to {
+            Target::User(u) => vec![u],
+            Target::Group(g) => groups.iter().find(|(gid, _)| *gid == g).unwrap().1.to_vec(),
         };
         for r in recipients {
             if r != sender {
                 expected.entry(r).or_default().push(id);
             }
         }
+    }
+    for (msg, mut want) in readers {
+        want.sort_unstable();
+        let n = &sim.nodes[home(msg.sender, sim.cores) as usize];
+        assert_eq!(
+            n.im.read_list(msg.sender, msg.seq).unwrap(),
+            want,
+            "seed {seed}: read list of {msg}"
+        );
     }
     for uid in 1..=12u64 {
         let s = sim.stream(uid);
@@ -696,15 +809,83 @@ fn check(sim: &Sim, ledger: &Ledger, groups: &[(u64, &[u64])], seed: u64, ordere
 
 #[test]
 fn random_schedules_with_crashes_lose_and_duplicate_nothing() {
-    let (mut acked, mut crashes) = (0, 0);
+    let (mut acked, mut own, mut crashes) = (0, 0, 0);
     for seed in 0..300 {
-        let (a, c) = run_simulation(seed);
+        let (a, o, c) = run_simulation(seed);
         acked += a;
+        own += o;
         crashes += c;
     }
-    // The schedules did something: many sends, many crashes among them.
+    // The schedules did something: many sends, receipts and withdrawals, many crashes.
     assert!(
-        acked > 10_000 && crashes > 300,
-        "{acked} sends, {crashes} crashes"
+        acked > 10_000 && own > 1_000 && crashes > 300,
+        "{acked} requests ({own} receipts and withdrawals), {crashes} crashes"
+    );
+}
+
+#[test]
+fn receipts_and_withdrawals_refuse_what_they_must() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(6);
+    let mut sim = Sim::new(2, 1 << 20);
+    sim.send(1, 10, Target::User(2), Class::Chat, b"hello");
+    sim.quiesce(&mut rng);
+    // User 2 holds 1's message at seq 1; user 1 holds it at seq 1 too (its own).
+    let own_ack = sim.own(1, 1, true);
+    let none = sim.own(2, 9, true);
+    let not_mine = sim.own(2, 1, false);
+    sim.quiesce(&mut rng);
+    for r in [own_ack, none, not_mine] {
+        assert_eq!(sim.reply(r), Some(&ImReply::Error(ImError::NoSuchMessage)));
+    }
+    let read = sim.own(2, 1, true);
+    sim.quiesce(&mut rng);
+    assert!(matches!(
+        sim.reply(read),
+        Some(ImReply::Sent {
+            seq: 2,
+            duplicate: false,
+            ..
+        })
+    ));
+    let again = sim.own(2, 1, true);
+    sim.quiesce(&mut rng);
+    assert!(matches!(
+        sim.reply(again),
+        Some(ImReply::Sent {
+            seq: 2,
+            duplicate: true,
+            ..
+        })
+    ));
+    let home1 = home(1, 2) as usize;
+    assert_eq!(sim.nodes[home1].im.read_list(1, 1), Ok(vec![2]));
+    // The receipt is in both streams, referring to the message.
+    let s1 = sim.stream(1);
+    assert_eq!(s1.len(), 2);
+    assert_eq!(
+        (s1[1].1.kind, s1[1].1.refer),
+        (EntryKind::Read, Some(MsgId { sender: 1, seq: 1 }))
+    );
+    // A withdrawal after 24 hours is refused; within them it reaches both streams.
+    sim.now += WITHDRAW_WINDOW_MS + 1;
+    let late = sim.own(1, 1, false);
+    sim.quiesce(&mut rng);
+    assert_eq!(
+        sim.reply(late),
+        Some(&ImReply::Error(ImError::WithdrawExpired))
+    );
+    sim.now -= 2;
+    let w = sim.own(1, 1, false);
+    sim.quiesce(&mut rng);
+    assert!(matches!(sim.reply(w), Some(ImReply::Sent { seq: 3, .. })));
+    let s2 = sim.stream(2);
+    let last = &s2.last().unwrap().1;
+    assert_eq!(
+        (last.kind, last.refer, last.appinfo),
+        (EntryKind::Withdraw, Some(MsgId { sender: 1, seq: 1 }), 10)
+    );
+    assert_eq!(
+        last.sent_ms, s1[0].1.sent_ms,
+        "it carries the original send time"
     );
 }
