@@ -222,6 +222,26 @@ fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
     out
 }
 
+/// The sum of a metric's samples over cores.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Group commits between two /metrics snapshots: "N commits/s, mean X ms, Y KiB each".
+fn commits(before: &str, after: &str, seconds: f64) -> String {
+    let d = |name: &str| metric(after, name) - metric(before, name);
+    let n = d("hongbao_log_commits_total").max(1.0);
+    format!(
+        "{:.0} commits/s, mean {:.2} ms, {:.1} KiB each",
+        n / seconds,
+        d("hongbao_log_commit_seconds_sum") / n * 1e3,
+        d("hongbao_log_commit_bytes_total") / n / 1024.0
+    )
+}
+
 /// The upper bound of the bucket holding quantile `q` of a cumulative histogram.
 fn quantile_bound(b: &[(f64, f64)], q: f64) -> f64 {
     let total = b.last().map_or(0.0, |x| x.1);
@@ -392,7 +412,9 @@ fn main() {
     let mut a = client(server.binary, &keys, ua);
     let mut b = client(server.binary, &keys, ub);
     let _ = b.im_sync(u64::MAX - 1, 1);
+    let (m0, t0) = (metrics(server.http), Instant::now());
     let alone = chat(&mut a, &mut b, ub, chats, args.chat_rate, 2 << 32);
+    let alone_commits = commits(&m0, &metrics(server.http), t0.elapsed().as_secs_f64());
     let stop = Arc::new(AtomicBool::new(false));
     let flood = {
         let stop = stop.clone();
@@ -426,7 +448,9 @@ fn main() {
         })
     };
     std::thread::sleep(Duration::from_millis(200));
+    let (m0, t0) = (metrics(server.http), Instant::now());
     let loaded = chat(&mut a, &mut b, ub, chats, args.chat_rate, 4 << 32);
+    let loaded_commits = commits(&m0, &metrics(server.http), t0.elapsed().as_secs_f64());
     stop.store(true, Ordering::Relaxed);
     let flooded = flood.join().expect("flood thread");
     println!(
@@ -436,8 +460,8 @@ fn main() {
         ms(&loaded, 0.99),
         ms(&loaded, 0.99) / ms(&alone, 0.99).max(0.001)
     );
-    println!("   {}", line("alone", &alone));
-    println!("   {}", line("flooded", &loaded));
+    println!("   {}; {alone_commits}", line("alone", &alone));
+    println!("   {}; {loaded_commits}", line("flooded", &loaded));
     drop(server);
     let _ = std::fs::remove_dir_all(&base);
 }

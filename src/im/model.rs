@@ -32,7 +32,7 @@ impl std::fmt::Display for MsgId {
 }
 
 /// Where a message goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
     /// A single chat with one user.
     User(u64),

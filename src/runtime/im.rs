@@ -381,11 +381,7 @@ impl Core {
             m.im_streams
                 .store(im.stream_count() as u64, Ordering::Relaxed);
         }
-        let mut fx = Effects::default();
-        self.im.borrow_mut().tick(now, &mut fx);
-        if !fx.messages.is_empty() || !fx.replies.is_empty() {
-            self.im_effects(fx);
-            self.im_run(|_, _, _| {});
-        }
+        // Also flushes deliveries a busy flush deferred (huge groups beyond the budget).
+        self.im_run(|im, _, fx| im.tick(now, fx));
     }
 }

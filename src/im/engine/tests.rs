@@ -32,6 +32,8 @@ struct Sim {
     now: u64,
     fanouts: Vec<u64>,
     backlog_max: usize,
+    /// Member appends of huge-group deliveries per flush, on every core.
+    huge_budget: usize,
     next_route: u64,
 }
 
@@ -61,6 +63,7 @@ impl Sim {
             pushes: Vec::new(),
             now: 1_700_000_000_000,
             fanouts: Vec::new(),
+            huge_budget: HUGE_BYTES_PER_COMMIT,
             backlog_max,
             next_route: 1,
         }
@@ -262,6 +265,7 @@ impl Sim {
         let cores = recovery.finish(self.cores, self.now).expect("recovers");
         for (n, im) in self.nodes.iter_mut().zip(cores) {
             n.im = im;
+            n.im.set_huge_budget(self.huge_budget);
             n.log = writer(n.im.core(), &n.files, self.backlog_max);
         }
         for k in 0..self.cores {
@@ -543,9 +547,26 @@ fn run_simulation(seed: u64) -> (usize, usize, usize) {
     let backlog = if rng.random_bool(0.5) { 1 << 20 } else { 3000 };
     let mut sim = Sim::new(cores, backlog);
     let users: Vec<u64> = (1..=12).collect();
-    let groups: [(u64, &[u64]); 2] = [(500, &[1, 2, 3, 4, 5, 6, 7]), (501, &[2, 4, 6, 8, 10, 12])];
-    for (gid, members) in groups {
-        sim.group(gid, members[0], &members[1..]);
+    // Two small groups and a huge one (fan-out held per group and budgeted per flush).
+    let huge: Vec<u64> = [1, 3, 5, 8, 9, 11]
+        .into_iter()
+        .chain(1000..1000 + HUGE_GROUP as u64)
+        .collect();
+    let groups: Vec<(u64, Vec<u64>)> = vec![
+        (500, vec![1, 2, 3, 4, 5, 6, 7]),
+        (501, vec![2, 4, 6, 8, 10, 12]),
+        (502, huge),
+    ];
+    sim.huge_budget = if rng.random_bool(0.5) {
+        HUGE_BYTES_PER_COMMIT
+    } else {
+        rng.random_range(2_000..40_000)
+    };
+    for n in &mut sim.nodes {
+        n.im.set_huge_budget(sim.huge_budget);
+    }
+    for (gid, members) in &groups {
+        sim.group(*gid, members[0], &members[1..]);
     }
     sim.quiesce(&mut rng);
     let mut ledger = Ledger::default();
@@ -559,11 +580,11 @@ fn run_simulation(seed: u64) -> (usize, usize, usize) {
             0..=21 => {
                 let sender = users[rng.random_range(0..users.len())];
                 let to = if rng.random_bool(0.4) {
-                    let (gid, members) = groups[rng.random_range(0..2)];
+                    let (gid, members) = &groups[rng.random_range(0..groups.len())];
                     if !members.contains(&sender) {
                         continue;
                     }
-                    Target::Group(gid)
+                    Target::Group(*gid)
                 } else {
                     Target::User(users[rng.random_range(0..users.len())])
                 };
@@ -731,7 +752,7 @@ fn collect(sim: &mut Sim, open: &mut Vec<(Route, Key)>, ledger: &mut Ledger) {
     sim.replies.clear();
 }
 
-fn check(sim: &Sim, ledger: &Ledger, groups: &[(u64, &[u64])], seed: u64, ordered: bool) {
+fn check(sim: &Sim, ledger: &Ledger, groups: &[(u64, Vec<u64>)], seed: u64, ordered: bool) {
     // Expected: each acked request once in the asker's stream at its acked seq, once in each
     // recipient's stream, and nowhere else. A receipt goes to its message's sender; a
     // withdrawal to the message's recipients.
@@ -763,7 +784,7 @@ fn check(sim: &Sim, ledger: &Ledger, groups: &[(u64, &[u64])], seed: u64, ordere
         expected.entry(sender).or_default().push(id);
         let recipients: Vec<u64> = match ask.to {
             Target::User(u) => vec![u],
-            Target::Group(g) => groups.iter().find(|(gid, _)| *gid == g).unwrap().1.to_vec(),
+            Target::Group(g) => groups.iter().find(|(gid, _)| *gid == g).unwrap().1.clone(),
         };
         for r in recipients {
             if r != sender {
@@ -794,10 +815,10 @@ fn check(sim: &Sim, ledger: &Ledger, groups: &[(u64, &[u64])], seed: u64, ordere
         let mut want = expected.remove(&uid).unwrap_or_default();
         want.sort();
         assert_eq!(got, want, "seed {seed}: stream of user {uid}");
-        // Each sender's messages keep their order in every stream.
-        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+        // Each sender's messages to one target keep their order in every stream.
+        let mut last: BTreeMap<(u64, Target), u64> = BTreeMap::new();
         for (_, m) in &s {
-            let prev = last.insert(m.id.sender, m.id.seq).unwrap_or(0);
+            let prev = last.insert((m.id.sender, m.to), m.id.seq).unwrap_or(0);
             assert!(
                 !ordered || prev < m.id.seq,
                 "seed {seed}: {} out of order in {uid}",
@@ -888,4 +909,48 @@ fn receipts_and_withdrawals_refuse_what_they_must() {
         last.sent_ms, s1[0].1.sent_ms,
         "it carries the original send time"
     );
+}
+
+#[test]
+fn a_flooded_huge_group_is_held_merged_and_budgeted_but_loses_nothing() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(8);
+    let mut sim = Sim::new(2, 64 << 20);
+    sim.huge_budget = 6_000;
+    for n in &mut sim.nodes {
+        n.im.set_huge_budget(sim.huge_budget);
+    }
+    let members: Vec<u64> = (100..100 + HUGE_GROUP as u64 + 500).collect();
+    sim.group(7, 1, &members);
+    sim.quiesce(&mut rng);
+    let sender_home = home(1, 2) as usize;
+    let mut held_seen = 0;
+    for i in 0..40u128 {
+        sim.send(1, 1000 + i, Target::Group(7), Class::Chat, b"flood");
+        // A chat between two users outside the group, interleaved.
+        sim.send(50, 5000 + i, Target::User(51), Class::Chat, b"hi");
+        sim.drain(&mut rng);
+        for k in 0..2 {
+            sim.flush(k);
+            sim.step_disk(k);
+        }
+        held_seen = held_seen.max(sim.nodes[sender_home].im.held());
+    }
+    sim.quiesce(&mut rng);
+    assert!(held_seen > 0, "the group's fan-out was never held");
+    for &m in members.iter().step_by(211) {
+        let seqs: Vec<u64> = sim.stream(m).iter().map(|(_, msg)| msg.id.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=40).collect::<Vec<_>>(),
+            "member {m}: all, once, in order"
+        );
+    }
+    assert_eq!(sim.stream(51).len(), 40);
+    let records: u64 = sim.nodes.iter().map(|n| n.im.stats.delivery_records).sum();
+    let merged: u64 = sim.nodes.iter().map(|n| n.im.stats.merged_messages).sum();
+    assert!(
+        merged > 0,
+        "held messages were not merged ({records} records)"
+    );
+    assert!(sim.nodes.iter().all(|n| n.im.is_idle()));
 }
