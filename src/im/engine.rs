@@ -49,6 +49,11 @@ pub const HUGE_APPENDS_PER_COMMIT: usize = 10_000;
 /// Most messages merged into one huge-group delivery: each chunk of members repeats the
 /// messages, so long merged runs would write their messages again and again.
 pub const HUGE_MERGE_MAX: usize = 16;
+/// API and app messages (R22): each sender may send this many per second, in bursts of up
+/// to [`MACHINE_BURST`]; beyond, sends are refused as busy (retry after the back-off hint).
+pub const MACHINE_PER_SECOND: u64 = 100;
+pub const MACHINE_BURST: u64 = 200;
+
 /// Messages a core holds for one huge group while that group's fan-out is in flight (R21's
 /// per-group limit); beyond it sends to the group are refused as busy.
 pub const HELD_PER_GROUP_MAX: usize = 100_000;
@@ -257,6 +262,8 @@ pub struct ImCore {
     sends: HashMap<SendKey, SendState>,
     /// (sent_ms, key) in acceptance order, to forget appinfos after the dedupe window.
     send_order: VecDeque<(u64, SendKey)>,
+    /// API/app send buckets per sender: (tokens in millionths, last refill in microseconds).
+    machine: HashMap<u64, (u64, u64)>,
     /// Readers of messages sent by users homed here, from the receipts in their streams.
     reads: HashMap<MsgId, Vec<u64>>,
     pending: HashMap<u64, Pending>,
@@ -328,6 +335,7 @@ impl ImCore {
             sends: HashMap::new(),
             send_order: VecDeque::new(),
             reads: HashMap::new(),
+            machine: HashMap::new(),
             pending: HashMap::new(),
             next_token: 1,
             outbox: HashMap::new(),
@@ -384,6 +392,26 @@ impl ImCore {
                     self.expand_at_home(gid, sender, class, Pending::Redrive { msg, have }, out);
                 }
             }
+        }
+    }
+
+    /// Takes one API/app send token of `sender` (a token bucket on the caller's clock).
+    fn machine_allows(&mut self, sender: u64, now_us: u64) -> bool {
+        const ONE: u64 = 1_000_000;
+        let (tokens, at) = self
+            .machine
+            .entry(sender)
+            .or_insert((MACHINE_BURST * ONE, now_us));
+        let refill = now_us
+            .saturating_sub(*at)
+            .saturating_mul(MACHINE_PER_SECOND);
+        *tokens = tokens.saturating_add(refill).min(MACHINE_BURST * ONE);
+        *at = now_us;
+        if *tokens >= ONE {
+            *tokens -= ONE;
+            true
+        } else {
+            false
         }
     }
 
@@ -577,6 +605,11 @@ impl ImCore {
                 return;
             }
             None => {}
+        }
+        if matches!(req.class, Class::Api | Class::App) && !self.machine_allows(req.sender, now_us)
+        {
+            out.replies.push((route, ImReply::Error(ImError::Busy)));
+            return;
         }
         if let Target::Group(gid) = req.to {
             if self
@@ -1352,6 +1385,10 @@ impl ImCore {
     /// Periodic work: deliveries to retry, appinfos to forget.
     pub fn tick(&mut self, now_us: u64, out: &mut Effects) {
         let now_ms = now_us / 1000;
+        // Buckets that would be full again are forgotten (bounded memory).
+        let full_after = MACHINE_BURST * 1_000_000 / MACHINE_PER_SECOND;
+        self.machine
+            .retain(|_, (_, at)| now_us.saturating_sub(*at) < full_after);
         let mut i = 0;
         while i < self.retries.len() {
             if self.retries[i].due_us <= now_us {

@@ -954,3 +954,34 @@ fn a_flooded_huge_group_is_held_merged_and_budgeted_but_loses_nothing() {
     );
     assert!(sim.nodes.iter().all(|n| n.im.is_idle()));
 }
+
+#[test]
+fn api_and_app_messages_are_rate_limited_per_sender() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+    let mut sim = Sim::new(1, 64 << 20);
+    let routes: Vec<Route> = (0..MACHINE_BURST as u128 + 50)
+        .map(|i| sim.send(1, i, Target::User(2), Class::Api, b"notice"))
+        .collect();
+    // A person chatting is not limited, and neither is another API sender.
+    let chat = sim.send(1, 9_999, Target::User(2), Class::Chat, b"hi");
+    let other = sim.send(3, 1, Target::User(2), Class::App, b"bot");
+    sim.quiesce(&mut rng);
+    let busy = routes
+        .iter()
+        .filter(|r| sim.reply(**r) == Some(&ImReply::Error(ImError::Busy)))
+        .count();
+    assert_eq!(busy, 50);
+    assert!(matches!(sim.reply(chat), Some(ImReply::Sent { .. })));
+    assert!(matches!(sim.reply(other), Some(ImReply::Sent { .. })));
+    // A second later the bucket has refilled by the rate.
+    sim.now += 1000;
+    let later: Vec<Route> = (0..MACHINE_PER_SECOND as u128 + 1)
+        .map(|i| sim.send(1, 10_000 + i, Target::User(2), Class::App, b"notice"))
+        .collect();
+    sim.quiesce(&mut rng);
+    let busy = later
+        .iter()
+        .filter(|r| sim.reply(**r) == Some(&ImReply::Error(ImError::Busy)))
+        .count();
+    assert_eq!(busy, 1);
+}
