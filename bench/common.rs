@@ -6,6 +6,30 @@
 #[allow(unused_imports)]
 pub use hongbao::load::{machine, today};
 
+/// Pins the calling thread to `cpu`.
+pub fn pin(cpu: usize) {
+    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+}
+
+/// The sum over cores (and labels) of a metric's samples in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A server's /metrics text.
+pub fn scrape(http: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).expect("metrics connection");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("metrics request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("metrics response");
+    text
+}
+
 /// A one-slot plan of `envelopes` envelopes over two hosts: `h` (one core, about half of them)
 /// and `backup` (a second park is required).
 pub fn plan(envelopes: u64) -> String {

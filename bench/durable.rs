@@ -13,8 +13,8 @@
 #[path = "common.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,17 +47,7 @@ struct Args {
     bench: bool,
 }
 
-fn pin(cpu: usize) {
-    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-}
-
-/// The value of an unlabelled counter in Prometheus text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use common::{metric, pin, scrape};
 
 /// User + system CPU seconds of a process so far.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -71,15 +61,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     // utime and stime are fields 14 and 15 of the line: 11 and 12 after the state field.
     (f.get(10).copied().unwrap_or(0.0) + f.get(11).copied().unwrap_or(0.0)) / ticks
-}
-
-fn scrape(http: SocketAddr) -> String {
-    let mut s = TcpStream::connect(http).expect("metrics connection");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("metrics request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("metrics response");
-    text
 }
 
 /// Pipelined requests on one connection, `depth` in flight, refilled in halves; returns each

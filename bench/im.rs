@@ -18,8 +18,8 @@
 #[path = "common.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,9 +58,7 @@ struct Args {
     bench: bool,
 }
 
-fn pin(cpu: usize) {
-    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-}
+use common::{metric, pin, scrape as metrics};
 
 /// Runs one core's engine until nothing is in flight; batches are "written" at once.
 fn settle(im: &mut ImCore, log: &mut LogWriter, fx: &mut Effects) {
@@ -185,18 +183,6 @@ fn start_server(base: &Path, cpu: usize) -> Server {
     }
 }
 
-fn metrics(http: SocketAddr) -> String {
-    let mut s = TcpStream::connect(http).expect("metrics");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("response");
-    text
-}
-
 /// (bound in seconds, cumulative count) of one histogram family, summed over cores.
 fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{");
@@ -220,14 +206,6 @@ fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
     }
     out.sort_by(|a, b| a.0.total_cmp(&b.0));
     out
-}
-
-/// The sum of a metric's samples over cores.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Group commits between two /metrics snapshots: "N commits/s, mean X ms, Y KiB each".
