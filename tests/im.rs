@@ -294,7 +294,18 @@ fn read_receipts_and_withdrawals_reach_every_copy() {
     assert_eq!(sent(o.im_withdraw(seq).unwrap()), (wseq, true));
     for m in members {
         let mut c = server.client(&event.auth(m));
-        let all = pull_until(&mut c, 2);
+        // The withdrawal follows its answer asynchronously; members 2-5 also hold their
+        // receipts, so wait for the withdrawal itself.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let all = loop {
+            let all = pull_all(&mut c);
+            if all.iter().any(|e| e.kind == EntryKind::Withdraw)
+                || std::time::Instant::now() > deadline
+            {
+                break all;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
         let original = all.iter().find(|e| e.kind == EntryKind::Message).unwrap();
         let w = all
             .iter()
@@ -520,37 +531,39 @@ fn kill_9_under_im_load_loses_and_duplicates_no_acknowledged_message() {
     let server = event.serve("data", &["--cores", "2"]);
     assert!(acked.len() > 100, "only {} sends acknowledged", acked.len());
     eprintln!("{} sends acknowledged over {rounds} crashes", acked.len());
-    let mut streams: HashMap<u64, Vec<Entry>> = HashMap::new();
-    for &u in &users {
-        let mut c = server.client(&event.auth(u));
-        let all = pull_all(&mut c);
-        assert_contiguous(&all);
-        streams.insert(u, all);
-    }
-    // Wait for fan-outs resumed after the last crash: streams only grow.
-    std::thread::sleep(Duration::from_millis(300));
-    for &u in &users {
-        let mut c = server.client(&event.auth(u));
-        let all = pull_all(&mut c);
-        assert_contiguous(&all);
-        streams.insert(u, all);
-    }
-    let mut copies: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut expected: HashMap<(u64, u64), usize> = HashMap::new();
-    for (&u, entries) in &streams {
-        for e in entries {
-            *copies.entry((e.sender, e.sender_seq)).or_default() += 1;
-            let n = match e.to {
-                Target::User(r) if r == e.sender => 1,
-                Target::User(_) => 2,
-                Target::Group(_) => users.len(),
-            };
-            expected.insert((e.sender, e.sender_seq), n);
-            if e.sender == u {
-                assert_eq!(e.seq, e.sender_seq, "a sender's own copy sits at its seq");
+    // Fan-outs a crash interrupted resume at start: pull until every stored message is in all
+    // of its streams (streams only grow), or 10 s have passed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (streams, copies, expected) = loop {
+        let mut streams: HashMap<u64, Vec<Entry>> = HashMap::new();
+        for &u in &users {
+            let mut c = server.client(&event.auth(u));
+            let all = pull_all(&mut c);
+            assert_contiguous(&all);
+            streams.insert(u, all);
+        }
+        let mut copies: HashMap<(u64, u64), usize> = HashMap::new();
+        let mut expected: HashMap<(u64, u64), usize> = HashMap::new();
+        for (&u, entries) in &streams {
+            for e in entries {
+                *copies.entry((e.sender, e.sender_seq)).or_default() += 1;
+                let n = match e.to {
+                    Target::User(r) if r == e.sender => 1,
+                    Target::User(_) => 2,
+                    Target::Group(_) => users.len(),
+                };
+                expected.insert((e.sender, e.sender_seq), n);
+                if e.sender == u {
+                    assert_eq!(e.seq, e.sender_seq, "a sender's own copy sits at its seq");
+                }
             }
         }
-    }
+        let settled = expected.iter().all(|(id, n)| copies[id] >= *n);
+        if settled || std::time::Instant::now() > deadline {
+            break (streams, copies, expected);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     // Every message stored (acknowledged or not) is in each of its streams exactly once.
     for (id, n) in &expected {
         assert_eq!(
