@@ -359,6 +359,20 @@ fn bad_im_requests_are_answered_and_the_connection_goes_on() {
         error(c.call(hongbao::wire::im::OP_SYNC, &[0; 3]).unwrap()),
         ErrorCode::Malformed as u16
     );
+    // Past the end of any stream (u64::MAX): no entries, just max_seq; the server goes on.
+    assert_eq!(
+        sent(
+            c.im_send(1, Target::User(3), Class::Chat, b"to self")
+                .unwrap()
+        ),
+        (1, false)
+    );
+    match c.im_sync(u64::MAX, 10).unwrap() {
+        Reply::Im(ImDecoded::Page { entries, max_seq }) => {
+            assert_eq!((entries.len(), max_seq), (0, 1));
+        }
+        other => panic!("not a page: {other:?}"),
+    }
     assert_eq!(
         error(c.group_add(12345, &[1]).unwrap()),
         ErrorCode::NoSuchGroup as u16
@@ -366,7 +380,7 @@ fn bad_im_requests_are_answered_and_the_connection_goes_on() {
     // Still serving.
     assert_eq!(
         sent(c.im_send(3, Target::User(4), Class::Chat, b"ok").unwrap()),
-        (1, false)
+        (2, false)
     );
 }
 

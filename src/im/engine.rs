@@ -1419,7 +1419,8 @@ impl ImCore {
         let Some(s) = self.streams.get(&uid) else {
             return Page::default();
         };
-        let from = after.max(s.base - 1) + 1;
+        // Saturating: a client may ask for entries after any u64 (u64::MAX: none, only max_seq).
+        let from = after.max(s.base - 1).saturating_add(1);
         let mut entries = Vec::new();
         let mut seq = from;
         while seq <= s.durable && entries.len() < limit {
