@@ -36,14 +36,8 @@ if [ "$IDLE" -gt "$FIT" ]; then
   NOTE="asked for $ASKED idle connections; this host's descriptor limit per process is $LIMIT (ulimit -Hn), so the run holds $IDLE"
 fi
 
-(cd "$WORK" && exec taskset -c "$SERVER_CPU" "$BIN" serve --tickets ev/event/A \
-  --keyring ev/keys/demo.keyring --data data --auth-keys auth.keys --cores 1 --cpus "$SERVER_CPU" \
-  --rehearse --no-pacing --listen 127.0.0.1:0 --http 127.0.0.1:0 > serve.out 2> serve.err) &
-echo $! > "$WORK/server.pid"
-for _ in $(seq 100); do grep -q ready "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
-SPID=$(cat "$WORK/server.pid")
-TARGET=$(awk '/ready/ {print $5}' "$WORK/serve.out")
-HTTP=$(grep -o 'http [0-9.:]*' "$WORK/serve.out" | cut -d' ' -f2)
+start_hongbao --no-pacing
+HTTP=$HTTP_ADDR
 
 rss_anon() { awk '/RssAnon/ {print $2}' "/proc/$SPID/status"; }
 tcp_pages() { awk '/^TCP:/ {for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat; }

@@ -32,3 +32,18 @@ CONF
     sleep 0.1
   done
 }
+
+# start_hongbao [SERVE ARGS...]: `hongbao serve` on the demo event, one core pinned to
+# SERVER_CPU, on ephemeral loopback ports; waits until it is ready and sets SPID (its PID),
+# TARGET (the binary address) and HTTP_ADDR (the HTTP address).
+start_hongbao() {
+  (cd "$WORK" && exec taskset -c "${SERVER_CPU:-0}" "$BIN" serve --tickets ev/event/A \
+    --keyring ev/keys/demo.keyring --data data --auth-keys auth.keys --cores 1 \
+    --cpus "${SERVER_CPU:-0}" --rehearse --listen 127.0.0.1:0 --http 127.0.0.1:0 "$@" \
+    > serve.out 2> serve.err) &
+  echo $! > "$WORK/server.pid"
+  for _ in $(seq 100); do grep -q ready "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
+  SPID=$(cat "$WORK/server.pid")
+  TARGET=$(awk '/ready/ {print $5}' "$WORK/serve.out")
+  HTTP_ADDR=$(grep -o 'http [0-9.:]*' "$WORK/serve.out" | cut -d' ' -f2)
+}

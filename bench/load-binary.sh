@@ -25,13 +25,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 HZ=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-(cd "$WORK" && exec taskset -c "$SERVER_CPU" "$BIN" serve --tickets ev/event/A \
-  --keyring ev/keys/demo.keyring --data data --auth-keys auth.keys --cores 1 --cpus "$SERVER_CPU" \
-  --rehearse --listen 127.0.0.1:0 --http 127.0.0.1:0 > serve.out 2> serve.err) &
-echo $! > "$WORK/server.pid"
-for _ in $(seq 100); do grep -q ready "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
-TARGET=$(awk '/ready/ {print $5}' "$WORK/serve.out")
-SPID=$(cat "$WORK/server.pid")
+start_hongbao
 
 echo "| scenario | replies/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/reply | loader CPU µs/reply |"
 echo "|---|---:|---:|---:|---:|---:|---:|"

@@ -35,14 +35,10 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # --- servers -------------------------------------------------------------------------------
-(cd "$WORK" && exec taskset -c "$SERVER_CPU" "$BIN" serve --tickets ev/event/A \
-  --keyring ev/keys/demo.keyring --data data --auth-keys auth.keys --cores 1 --cpus "$SERVER_CPU" \
-  --rehearse --listen 127.0.0.1:0 --http 127.0.0.1:0 > serve.out 2> serve.err) &
-echo $! > "$WORK/hongbao.pid"
-for _ in $(seq 100); do grep -q ready "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
-HB_PID=$(cat "$WORK/hongbao.pid")
-HB_BIN=$(awk '/ready/ {print $5}' "$WORK/serve.out")
-HB_HTTP="http://$(grep -o 'http [0-9.:]*' "$WORK/serve.out" | cut -d' ' -f2)"
+start_hongbao
+HB_PID=$SPID
+HB_BIN=$TARGET
+HB_HTTP="http://$HTTP_ADDR"
 
 NG_PORT=$(free_port)
 start_nginx "$NG_PORT"

@@ -49,6 +49,13 @@ pub struct CoreMetrics {
     pub im_refused_deliveries: AtomicU64,
     pub im_streams: AtomicU64,
     pub im_pushes: AtomicU64,
+    pub im_expired: AtomicU64,
+    pub im_parked: AtomicU64,
+    pub im_parked_now: AtomicU64,
+    pub im_park_dropped: AtomicU64,
+    pub im_work_refused: AtomicU64,
+    pub log_compactions: AtomicU64,
+    pub log_compacted_bytes: AtomicU64,
     pub im_fanout_us_sum: AtomicU64,
     pub im_fanout_buckets: [AtomicU64; FANOUT_BUCKETS_US.len() + 1],
 }
@@ -150,7 +157,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 23] = [
+    let simple: [Family; 30] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -290,6 +297,48 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "counter",
             "Stream growths announced to watching connections (PUSH).",
             |m| m.im_pushes.load(Relaxed),
+        ),
+        (
+            "hongbao_im_expired_entries_total",
+            "counter",
+            "Stream entries dropped by retention (im.retention_s, R24).",
+            |m| m.im_expired.load(Relaxed),
+        ),
+        (
+            "hongbao_im_parked_total",
+            "counter",
+            "Sends accepted while the log was behind and parked for retry (soft failure, R23).",
+            |m| m.im_parked.load(Relaxed),
+        ),
+        (
+            "hongbao_im_parked",
+            "gauge",
+            "Sends parked now, waiting for the log.",
+            |m| m.im_parked_now.load(Relaxed),
+        ),
+        (
+            "hongbao_im_park_dropped_total",
+            "counter",
+            "Parked sends dropped after im.park_for_s (never stored; clients resend).",
+            |m| m.im_park_dropped.load(Relaxed),
+        ),
+        (
+            "hongbao_im_work_refused_total",
+            "counter",
+            "Sends refused busy: the core's, the user's or the tenant's share of work was full.",
+            |m| m.im_work_refused.load(Relaxed),
+        ),
+        (
+            "hongbao_log_compactions_total",
+            "counter",
+            "Expired log segments this core compacted (R24).",
+            |m| m.log_compactions.load(Relaxed),
+        ),
+        (
+            "hongbao_log_compacted_bytes_total",
+            "counter",
+            "Bytes of log these compactions freed.",
+            |m| m.log_compacted_bytes.load(Relaxed),
         ),
     ];
     for (name, kind, help, get) in simple {

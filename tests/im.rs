@@ -602,3 +602,168 @@ fn kill_9_under_im_load_loses_and_duplicates_no_acknowledged_message() {
         assert_eq!(&own.body, body);
     }
 }
+
+/// The max seq and the entries of the connection's user's stream.
+fn page(c: &mut Client) -> (u64, Vec<Entry>) {
+    match c.im_sync(0, 0).unwrap() {
+        Reply::Im(ImDecoded::Page { entries, max_seq }) => (max_seq, entries),
+        other => panic!("not a page: {other:?}"),
+    }
+}
+
+fn metric(server: &common::Server, name: &str) -> u64 {
+    let (_, text) = http(server.http, "GET", "/metrics", None, "");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn retention_drops_old_messages_and_compaction_keeps_money_and_seqs() {
+    use hongbao::wire::ops::ShakeOutcome;
+    let event = Event::new();
+    let cfg = event.path().join("retention.toml");
+    std::fs::write(
+        &cfg,
+        "[im]\nretention_s = 3\ncompact_every_s = 1\n[store]\nsegment_bytes = 4194304\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let args = ["--cores", "1", "--no-pacing", "--config", cfg.as_str()];
+    let mut server = event.serve("data", &args);
+    // Money in the first segment: a claim.
+    let mut m = server.client(&event.auth(50));
+    let token = match m.shake().unwrap() {
+        Reply::Shake(s) if s.outcome == ShakeOutcome::Envelope => s.token.unwrap(),
+        other => panic!("no envelope: {other:?}"),
+    };
+    assert!(matches!(m.open(&token).unwrap(), Reply::Open(_)));
+    // User 3's only message, then 300 large ones to user 2: three 4 MiB segments.
+    let mut a = server.client(&event.auth(1));
+    assert_eq!(
+        sent(
+            a.im_send(1, Target::User(3), Class::Chat, b"early")
+                .unwrap()
+        ),
+        (1, false)
+    );
+    let big = vec![b'm'; hongbao::im::BODY_MAX];
+    for k in 0..300u128 {
+        assert!(matches!(
+            a.im_send(100 + k, Target::User(2), Class::Chat, &big)
+                .unwrap(),
+            Reply::Im(ImDecoded::Reply(ImReply::Sent { .. }))
+        ));
+    }
+    let mut b = server.client(&event.auth(2));
+    let mut c = server.client(&event.auth(3));
+    assert_eq!(pull_until(&mut b, 300).len(), 300);
+    assert_eq!(pull_until(&mut c, 1).len(), 1);
+    let claims_before = common::run(&["claims", "--data", "data"], event.path()).stdout;
+    let core_dir = event.path().join("data/core-0");
+    let segment_bytes = |id: u64| {
+        std::fs::metadata(core_dir.join(format!("{id:016x}.log")))
+            .unwrap()
+            .len()
+    };
+    assert!(segment_bytes(0) > 4_000_000 && segment_bytes(1) > 4_000_000);
+
+    // Retention passes run every second; the first two segments expire 3 s after the next
+    // ones were started.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&server, "hongbao_log_compactions_total") < 2
+        || metric(&server, "hongbao_im_expired_entries_total") < 301
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no compaction in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(segment_bytes(0) < 100_000 && segment_bytes(1) < 100_000);
+    // Old messages are gone; the streams' seqs stay where they were.
+    let (max, entries) = page(&mut b);
+    assert_eq!((max, entries.len()), (300, 0));
+    let (max, entries) = page(&mut c);
+    assert_eq!((max, entries.len()), (1, 0));
+    // The money is untouched, at the same positions.
+    let claims_after = common::run(&["claims", "--data", "data"], event.path()).stdout;
+    assert!(!claims_before.is_empty());
+    assert_eq!(claims_after, claims_before);
+
+    // A crash and a restart from the compacted log: the seqs go on, nothing comes back.
+    server.kill9();
+    let server = event.serve("data", &args);
+    let mut a = server.client(&event.auth(1));
+    let mut b = server.client(&event.auth(2));
+    let mut c = server.client(&event.auth(3));
+    assert_eq!(page(&mut b), (300, Vec::new()));
+    assert_eq!(page(&mut c), (1, Vec::new()));
+    assert_eq!(
+        sent(a.im_send(7, Target::User(3), Class::Chat, b"new").unwrap()),
+        (302, false)
+    );
+    let fresh = pull_until(&mut c, 1);
+    assert_eq!(fresh.len(), 1);
+    assert_eq!((fresh[0].seq, fresh[0].body.as_slice()), (2, &b"new"[..]));
+    assert_eq!(event.claims("data").len(), 1);
+}
+
+#[test]
+fn sends_beyond_what_the_log_takes_are_accepted_and_stored_in_order() {
+    let event = Event::new();
+    let cfg = event.path().join("small-log.toml");
+    // The smallest backlog the server allows: a pipeline of 16 KiB messages outruns it.
+    std::fs::write(&cfg, "[store]\npending_bytes = 65536\n").unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let server = event.serve("data", &["--cores", "1", "--config", cfg.as_str()]);
+    let mut a = server.client(&event.auth(1));
+    let n = 150u32;
+    let mut ids = Vec::new();
+    for k in 0..n {
+        let mut body = vec![b'.'; hongbao::im::BODY_MAX];
+        body[..4].copy_from_slice(&k.to_le_bytes());
+        let p =
+            hongbao::wire::im::encode_send(u128::from(k) + 1, Target::User(2), Class::Chat, &body);
+        ids.push(a.send(OP_SEND, &p));
+    }
+    a.flush().unwrap();
+    let (mut stored, mut accepted) = (0, 0);
+    for id in ids {
+        let (got, reply) = a.recv_reply().unwrap();
+        assert_eq!(got, id);
+        match reply {
+            Reply::Im(ImDecoded::Reply(ImReply::Sent { .. })) => stored += 1,
+            Reply::Im(ImDecoded::Reply(ImReply::Accepted { .. })) => accepted += 1,
+            other => panic!("neither stored nor accepted: {other:?}"),
+        }
+    }
+    assert!(
+        accepted > 0,
+        "the log never fell behind ({stored} stored at once)"
+    );
+    // Every accepted message is stored soon after, in send order, in both streams.
+    let mut b = server.client(&event.auth(2));
+    for c in [&mut a, &mut b] {
+        let all = pull_until(c, n as usize);
+        assert_eq!(all.len(), n as usize);
+        assert_contiguous(&all);
+        let order: Vec<u32> = all
+            .iter()
+            .map(|e| u32::from_le_bytes(e.body[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(order, (0..n).collect::<Vec<_>>());
+    }
+    // A retry of an accepted message now answers the stored original.
+    let mut body = vec![b'.'; hongbao::im::BODY_MAX];
+    body[..4].copy_from_slice(&(n - 1).to_le_bytes());
+    assert_eq!(
+        sent(
+            a.im_send(u128::from(n), Target::User(2), Class::Chat, &body)
+                .unwrap()
+        ),
+        (u64::from(n), true)
+    );
+    assert!(metric(&server, "hongbao_im_parked_total") >= accepted);
+}

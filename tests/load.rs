@@ -239,6 +239,62 @@ fn open_loop_sends_on_schedule_and_obeys_back_off() {
 }
 
 #[test]
+fn im_mix_measures_every_copy_once() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2"]);
+    let target = server.binary.to_string();
+    let out = load(
+        &event,
+        &[
+            "--target",
+            &target,
+            "--auth-keys",
+            "auth.keys",
+            "--op",
+            "im",
+            "--conns",
+            "8",
+            "--depth",
+            "2",
+            "--im-groups",
+            "2",
+            "--im-group-size",
+            "30",
+            "--im-group-share",
+            "0.3",
+            "--warmup",
+            "0.3",
+            "--duration",
+            "1",
+            "--out",
+            "im",
+            "--quiet",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s = summary(&event.path().join("im"));
+    assert_eq!(s["complete"], true, "{s}");
+    // No error replies and no seq gap in any pulled stream.
+    assert!(s["errors"].as_object().unwrap().is_empty(), "{s}");
+    let count = |op: &str, outcome: &str| {
+        series(&s, op, outcome).map_or(0, |x| x["count"].as_u64().unwrap())
+    };
+    let (chats, groups) = (count("send", "chat"), count("send", "group"));
+    assert!(
+        chats > 50 && groups > 10,
+        "{chats} chats, {groups} group sends"
+    );
+    // Every single chat reaches one other user of the run; every group message reaches the
+    // 3 other users of the run in its group (4 of the 8 users per group; the other 26
+    // members are outside the run). Each copy is measured exactly once.
+    assert_eq!(count("delivery", "chat"), chats);
+    assert_eq!(count("delivery", "group"), groups * 3);
+    assert!(count("sync", "ok") > 0);
+    assert!(event.path().join("im/delivery-group.hgrm").exists());
+}
+
+#[test]
 fn unreachable_target_is_a_clear_error() {
     let event = Event::new();
     // A port nobody listens on: bind one, then close it.

@@ -26,7 +26,7 @@ use super::model::*;
 use super::record::{
     decode_delivery, decode_group, decode_sent, delivery_len, encode_delivery, encode_group,
     encode_sent, message_len, Delivery, GroupChange, KIND_DELIVERY, KIND_FANOUT_DONE, KIND_GROUP,
-    KIND_SENT,
+    KIND_SENT, KIND_STREAM_HEAD,
 };
 use crate::serve::setup::home_core;
 use crate::shake::engine::Route;
@@ -59,6 +59,9 @@ pub const MACHINE_BURST: u64 = 200;
 pub const HELD_PER_GROUP_MAX: usize = 100_000;
 /// First retry of a delivery a busy core refused; doubles up to [`RETRY_MAX_MS`] (R23).
 pub const RETRY_FIRST_MS: u64 = 10;
+/// Soft failure (R23): a send the log cannot take now is parked and retried, the interval
+/// doubling from RETRY_FIRST_MS up to PARK_RETRY_MAX_MS.
+pub const PARK_RETRY_MAX_MS: u64 = 5_000;
 pub const RETRY_MAX_MS: u64 = 30_000;
 
 /// The recipients of a message, by home core: `partition[core]` (the sender may be among
@@ -162,11 +165,50 @@ enum SendState {
         routes: Vec<Route>,
         fingerprint: u32,
     },
+    /// Accepted and parked (soft failure, R23): not in the log yet.
+    Parked { fingerprint: u32, accepted_ms: u64 },
     Done {
         seq: u64,
         sent_ms: u64,
         fingerprint: u32,
     },
+}
+
+/// Limits of one core's send work (R23): sends accepted and not yet durable, in flight or
+/// parked. One user, and one tenant, may hold at most `share_percent` of `work_max`, so an
+/// abuser cannot take the core; parked sends are retried for `park_for_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkLimits {
+    pub work_max: u32,
+    pub share_percent: u32,
+    /// A user's tenant is `uid >> tenant_shift` (None: no tenants).
+    pub tenant_shift: Option<u8>,
+    pub park_for_ms: u64,
+}
+
+impl Default for WorkLimits {
+    fn default() -> WorkLimits {
+        WorkLimits {
+            work_max: 50_000,
+            share_percent: 20,
+            tenant_shift: None,
+            park_for_ms: 30 * 60 * 1000,
+        }
+    }
+}
+
+impl WorkLimits {
+    fn share(&self) -> u32 {
+        (u64::from(self.work_max) * u64::from(self.share_percent) / 100).max(1) as u32
+    }
+}
+
+/// A send the log could not take: retried in order (per core, so per sender too).
+struct Parked {
+    key: SendKey,
+    draft: Draft,
+    partition: Arc<Partition>,
+    since_us: u64,
 }
 
 /// What the appinfo memory is keyed by: sender, appinfo, entry kind (a receipt and a
@@ -252,6 +294,13 @@ pub struct ImStats {
     pub stream_appends: u64,
     pub merged_messages: u64,
     pub refused_deliveries: u64,
+    /// Entries dropped by retention.
+    pub expired: u64,
+    /// Sends parked by soft failure (R23), dropped after the parking limit, and refused for
+    /// being beyond a work limit.
+    pub parked: u64,
+    pub park_dropped: u64,
+    pub work_refused: u64,
 }
 
 pub struct ImCore {
@@ -290,6 +339,15 @@ pub struct ImCore {
     huge_queue: VecDeque<HugeRun>,
     /// Recovered sends to deliver again at start.
     redrive: Vec<(MessageRef, HashSet<u64>)>,
+    /// Soft failure and fair shares (R23).
+    limits: WorkLimits,
+    work_total: u32,
+    work_by_user: HashMap<u64, u32>,
+    work_by_tenant: HashMap<u64, u32>,
+    parked: VecDeque<Parked>,
+    parked_by_user: HashMap<u64, u32>,
+    park_due_us: u64,
+    park_backoff_ms: u64,
     scratch: Vec<u8>,
     pub stats: ImStats,
 }
@@ -351,8 +409,68 @@ impl ImCore {
             huge_appends: 0,
             huge_queue: VecDeque::new(),
             redrive: Vec::new(),
+            limits: WorkLimits::default(),
+            work_total: 0,
+            work_by_user: HashMap::new(),
+            work_by_tenant: HashMap::new(),
+            parked: VecDeque::new(),
+            parked_by_user: HashMap::new(),
+            park_due_us: 0,
+            park_backoff_ms: RETRY_FIRST_MS,
             scratch: Vec::new(),
             stats: ImStats::default(),
+        }
+    }
+
+    /// Sets the send work limits (R23).
+    pub fn set_limits(&mut self, limits: WorkLimits) {
+        self.limits = limits;
+    }
+
+    /// Sends parked by soft failure, waiting for the log.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    fn tenant(&self, uid: u64) -> Option<u64> {
+        self.limits
+            .tenant_shift
+            .map(|s| uid.checked_shr(u32::from(s)).unwrap_or(0))
+    }
+
+    /// Takes one unit of send work for `uid`, unless the core, the user or the tenant is at
+    /// its limit.
+    fn take_work(&mut self, uid: u64) -> bool {
+        let share = self.limits.share();
+        let tenant = self.tenant(uid);
+        if self.work_total >= self.limits.work_max
+            || self.work_by_user.get(&uid).is_some_and(|&n| n >= share)
+            || tenant.is_some_and(|t| self.work_by_tenant.get(&t).is_some_and(|&n| n >= share))
+        {
+            self.stats.work_refused += 1;
+            return false;
+        }
+        self.work_total += 1;
+        *self.work_by_user.entry(uid).or_default() += 1;
+        if let Some(t) = tenant {
+            *self.work_by_tenant.entry(t).or_default() += 1;
+        }
+        true
+    }
+
+    fn release_work(&mut self, uid: u64) {
+        fn dec(map: &mut HashMap<u64, u32>, k: u64) {
+            if let Some(n) = map.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&k);
+                }
+            }
+        }
+        self.work_total = self.work_total.saturating_sub(1);
+        dec(&mut self.work_by_user, uid);
+        if let Some(t) = self.tenant(uid) {
+            dec(&mut self.work_by_tenant, t);
         }
     }
 
@@ -604,6 +722,20 @@ impl ImCore {
                 }
                 return;
             }
+            Some(SendState::Parked {
+                fingerprint,
+                accepted_ms,
+            }) => {
+                let reply = if *fingerprint == fp {
+                    ImReply::Accepted {
+                        accepted_ms: *accepted_ms,
+                    }
+                } else {
+                    ImReply::Error(ImError::AppinfoReused)
+                };
+                out.replies.push((route, reply));
+                return;
+            }
             None => {}
         }
         if matches!(req.class, Class::Api | Class::App) && !self.machine_allows(req.sender, now_us)
@@ -621,6 +753,11 @@ impl ImCore {
                 out.replies.push((route, ImReply::Error(ImError::Busy)));
                 return;
             }
+        }
+        if !self.take_work(req.sender) {
+            // Beyond the core's, the user's or the tenant's share of work (R23).
+            out.replies.push((route, ImReply::Error(ImError::Busy)));
+            return;
         }
         self.sends.insert(
             key,
@@ -645,12 +782,15 @@ impl ImCore {
     /// Ends a send that will not be stored.
     fn fail_send(&mut self, key: SendKey, error: ImError, out: &mut Effects) {
         if let Some(SendState::InFlight { routes, .. }) = self.sends.remove(&key) {
+            self.release_work(key.0);
             for r in routes {
                 out.replies.push((r, ImReply::Error(error)));
             }
         }
     }
 
+    /// Appends a send's SENT record, or parks it (soft failure, R23) when the log cannot take
+    /// it now or the sender has parked sends (they go first, in order).
     fn commit_send(
         &mut self,
         draft: Draft,
@@ -659,7 +799,115 @@ impl ImCore {
         log: &mut LogWriter,
         out: &mut Effects,
     ) {
+        let parked_before = self.parked_by_user.contains_key(&draft.req.sender);
+        let result = if parked_before {
+            Err(Box::new((draft, partition)))
+        } else {
+            self.append_sent(draft, partition, now_us, log)
+        };
+        if let Err(back) = result {
+            let (mut draft, partition) = *back;
+            let key = draft.key();
+            let accepted_ms = *draft.sent_ms.get_or_insert(now_us / 1000);
+            let Some(SendState::InFlight {
+                routes,
+                fingerprint,
+            }) = self.sends.remove(&key)
+            else {
+                unreachable!("a send being committed is in flight");
+            };
+            self.sends.insert(
+                key,
+                SendState::Parked {
+                    fingerprint,
+                    accepted_ms,
+                },
+            );
+            for r in routes {
+                out.replies.push((r, ImReply::Accepted { accepted_ms }));
+            }
+            *self.parked_by_user.entry(key.0).or_default() += 1;
+            if self.parked.is_empty() {
+                self.park_backoff_ms = RETRY_FIRST_MS;
+                self.park_due_us = now_us + RETRY_FIRST_MS * 1000;
+            }
+            self.parked.push_back(Parked {
+                key,
+                draft,
+                partition,
+                since_us: now_us,
+            });
+            self.stats.parked += 1;
+        }
+    }
+
+    /// Retries the parked sends in order (soft failure, R23): as many as the log takes now;
+    /// at the first refusal the interval doubles. Sends parked longer than the limit are
+    /// dropped (counted; the client, not finding its message, sends it again with its appinfo).
+    fn retry_parked(&mut self, now_us: u64, log: &mut LogWriter) {
+        if self.parked.is_empty() || now_us < self.park_due_us {
+            return;
+        }
+        while let Some(p) = self.parked.pop_front() {
+            let user = p.key.0;
+            if now_us.saturating_sub(p.since_us) > self.limits.park_for_ms * 1000 {
+                self.sends.remove(&p.key);
+                self.unpark(user);
+                self.release_work(user);
+                self.stats.park_dropped += 1;
+                continue;
+            }
+            let fingerprint = match self.sends.get(&p.key) {
+                Some(SendState::Parked { fingerprint, .. }) => *fingerprint,
+                _ => unreachable!("a parked send's state is parked"),
+            };
+            match self.append_sent(p.draft, p.partition, now_us, log) {
+                Ok(()) => {
+                    // A client retrying from now on waits for the stored result.
+                    self.sends.insert(
+                        p.key,
+                        SendState::InFlight {
+                            routes: Vec::new(),
+                            fingerprint,
+                        },
+                    );
+                    self.unpark(user);
+                    self.park_backoff_ms = RETRY_FIRST_MS;
+                }
+                Err(back) => {
+                    let (draft, partition) = *back;
+                    self.parked.push_front(Parked {
+                        draft,
+                        partition,
+                        ..p
+                    });
+                    self.park_backoff_ms = (self.park_backoff_ms * 2).min(PARK_RETRY_MAX_MS);
+                    self.park_due_us = now_us + self.park_backoff_ms * 1000;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn unpark(&mut self, user: u64) {
+        if let Some(n) = self.parked_by_user.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                self.parked_by_user.remove(&user);
+            }
+        }
+    }
+
+    /// Appends the SENT record of `draft`; gives it back when the log is too far behind.
+    fn append_sent(
+        &mut self,
+        draft: Draft,
+        partition: Arc<Partition>,
+        now_us: u64,
+        log: &mut LogWriter,
+    ) -> Result<(), Box<(Draft, Arc<Partition>)>> {
         let key = draft.key();
+        let (kind, refer, sent_ms) = (draft.kind, draft.refer, draft.sent_ms);
         let req = draft.req;
         let stream = self.streams.entry(req.sender).or_default();
         let msg = Arc::new(Message {
@@ -667,12 +915,12 @@ impl ImCore {
                 sender: req.sender,
                 seq: stream.next_seq(),
             },
-            kind: draft.kind,
-            refer: draft.refer,
+            kind,
+            refer,
             appinfo: req.appinfo,
             to: req.to,
             class: req.class,
-            sent_ms: draft.sent_ms.unwrap_or(now_us / 1000),
+            sent_ms: sent_ms.unwrap_or(now_us / 1000),
             body: req.body,
         });
         self.scratch.clear();
@@ -691,8 +939,24 @@ impl ImCore {
                         accepted_us: now_us,
                     },
                 ));
+                Ok(())
             }
-            Err(AppendError::Backlog(_)) => self.fail_send(key, ImError::Busy, out),
+            Err(AppendError::Backlog(_)) => {
+                let m = Arc::try_unwrap(msg).expect("not shared before it is logged");
+                let draft = Draft {
+                    req: SendRequest {
+                        sender: m.id.sender,
+                        appinfo: m.appinfo,
+                        to: m.to,
+                        class: m.class,
+                        body: m.body,
+                    },
+                    kind,
+                    refer,
+                    sent_ms,
+                };
+                Err(Box::new((draft, partition)))
+            }
             Err(AppendError::TooLarge(_)) => unreachable!("bodies are bounded"),
         }
     }
@@ -1319,6 +1583,7 @@ impl ImCore {
                     let s = self.streams.get_mut(&msg.id.sender).expect("appended");
                     s.durable = s.durable.max(msg.id.seq);
                     out.pushes.push((msg.id.sender, s.durable));
+                    self.release_work(msg.id.sender);
                     let fingerprint = fingerprint(msg.to, msg.class, &msg.body);
                     let done = SendState::Done {
                         seq: msg.id.seq,
@@ -1383,8 +1648,9 @@ impl ImCore {
     }
 
     /// Periodic work: deliveries to retry, appinfos to forget.
-    pub fn tick(&mut self, now_us: u64, out: &mut Effects) {
+    pub fn tick(&mut self, now_us: u64, log: &mut LogWriter, out: &mut Effects) {
         let now_ms = now_us / 1000;
+        self.retry_parked(now_us, log);
         // Buckets that would be full again are forgotten (bounded memory).
         let full_after = MACHINE_BURST * 1_000_000 / MACHINE_PER_SECOND;
         self.machine
@@ -1438,6 +1704,50 @@ impl ImCore {
         self.streams.get(&uid).map_or(0, |s| s.durable)
     }
 
+    /// Newest durable seq of a stream, if the stream is homed here.
+    pub fn head(&self, uid: u64) -> Option<u64> {
+        self.streams.get(&uid).map(|s| s.durable)
+    }
+
+    /// Retention (R24): drops from the front of every stream the durable entries sent before
+    /// `cutoff_ms` (a stream's seqs go on: its base moves), and the read lists of messages
+    /// dropped from their sender's stream. Entries after the first one still retained stay, so
+    /// a stream is always one contiguous run of seqs. Returns the entries dropped.
+    pub fn expire(&mut self, cutoff_ms: u64) -> u64 {
+        let mut dropped = 0;
+        for s in self.streams.values_mut() {
+            let visible = (s.durable + 1).saturating_sub(s.base) as usize;
+            let n = s.entries[..visible.min(s.entries.len())]
+                .iter()
+                .take_while(|m| m.sent_ms < cutoff_ms)
+                .count();
+            if n > 0 {
+                s.entries.drain(..n);
+                s.base += n as u64;
+                dropped += n as u64;
+            }
+        }
+        if dropped > 0 {
+            let streams = &self.streams;
+            self.reads
+                .retain(|id, _| streams.get(&id.sender).map_or(true, |s| id.seq >= s.base));
+        }
+        self.stats.expired += dropped;
+        dropped
+    }
+
+    /// Messages whose fan-out is not finished (their records must outlive any retention).
+    pub fn open_fanouts(&self) -> HashSet<MsgId> {
+        let mut open: HashSet<MsgId> = self.outbox.keys().copied().collect();
+        open.extend(self.held.values().flatten().map(|(m, _, _)| m.id));
+        open.extend(self.redrive.iter().map(|(m, _)| m.id));
+        open.extend(self.retries.iter().map(|r| r.msg.id));
+        for run in &self.huge_queue {
+            open.extend(run.messages.iter().map(|m| m.id));
+        }
+        open
+    }
+
     /// Whether nothing is in flight: no send, expansion, delivery, retry or unlogged work.
     pub fn is_idle(&self) -> bool {
         self.waiters.is_empty()
@@ -1447,6 +1757,7 @@ impl ImCore {
             && self.retries.is_empty()
             && self.held.is_empty()
             && self.huge_queue.is_empty()
+            && self.parked.is_empty()
     }
 
     /// Streams homed here.
@@ -1466,6 +1777,8 @@ pub struct ImRecovery {
     /// Recipients holding messages whose fan-out is not known to be done.
     delivered_to: HashMap<MsgId, HashSet<u64>>,
     groups: HashMap<u64, Vec<(u64, GroupChange)>>,
+    /// Newest seq per stream from stream-head records (compaction dropped what held it).
+    heads: HashMap<u64, u64>,
 }
 
 impl ImRecovery {
@@ -1477,7 +1790,7 @@ impl ImRecovery {
     pub fn is_im(kind: u8) -> bool {
         matches!(
             kind,
-            KIND_SENT | KIND_DELIVERY | KIND_FANOUT_DONE | KIND_GROUP
+            KIND_SENT | KIND_DELIVERY | KIND_FANOUT_DONE | KIND_GROUP | KIND_STREAM_HEAD
         )
     }
 
@@ -1534,31 +1847,58 @@ impl ImRecovery {
                 let change = decode_group(payload).map_err(|e| e.0)?;
                 self.groups.entry(stream).or_default().push((seq, change));
             }
+            KIND_STREAM_HEAD => {
+                if !payload.is_empty() || seq == 0 {
+                    return Err(format!(
+                        "stream head {stream}#{seq} with a payload or seq 0"
+                    ));
+                }
+                let h = self.heads.entry(stream).or_default();
+                *h = (*h).max(seq);
+            }
             _ => {}
         }
         Ok(())
     }
 
-    /// Builds the cores. Fails (naming what) when the records contradict each other: a seq
-    /// missing or doubled in a stream, a group change out of order.
-    pub fn finish(self, cores: u16, now_ms: u64) -> Result<Vec<ImCore>, String> {
+    /// Builds the cores; entries sent before `cutoff_ms` are dropped (retention, R24). Fails
+    /// (naming what) when the records contradict each other: a seq doubled or missing in a
+    /// stream (other than before its first record kept by compaction, or among entries
+    /// retention drops anyway), a group change out of order.
+    pub fn finish(self, cores: u16, now_ms: u64, cutoff_ms: u64) -> Result<Vec<ImCore>, String> {
         let mut out: Vec<ImCore> = (0..cores).map(|k| ImCore::new(k, cores)).collect();
-        for (uid, mut entries) in self.streams {
+        let mut streams = self.streams;
+        for &uid in self.heads.keys() {
+            streams.entry(uid).or_default();
+        }
+        for (uid, mut entries) in streams {
             entries.sort_unstable_by_key(|(seq, _)| *seq);
-            let base = entries[0].0;
-            if base != 1 {
-                return Err(format!("stream of user {uid} starts at seq {base}, not 1"));
-            }
-            for (i, (seq, _)) in entries.iter().enumerate() {
-                if *seq != base + i as u64 {
-                    return Err(format!(
-                        "stream of user {uid}: seq {} where {} belongs",
-                        seq,
-                        base + i as u64
-                    ));
+            // Compaction keeps a stream's records from some seq on (older ones expired), and
+            // a head record where it dropped them all.
+            let floor = self.heads.get(&uid).copied().unwrap_or(0);
+            entries.retain(|(seq, _)| *seq > floor);
+            let mut base = entries.first().map_or(floor + 1, |(seq, _)| *seq);
+            let mut i = 0;
+            while i < entries.len() {
+                let want = base + i as u64;
+                let seq = entries[i].0;
+                if seq == want {
+                    i += 1;
+                    continue;
                 }
+                // A gap (or double) is only acceptable after entries that all expired: a record
+                // compaction kept (a fan-out still in flight) ahead of dropped ones.
+                if seq > want && entries[..i].iter().all(|(_, m)| m.sent_ms < cutoff_ms) {
+                    entries.drain(..i);
+                    base = seq;
+                    i = 0;
+                    continue;
+                }
+                return Err(format!(
+                    "stream of user {uid}: seq {seq} where {want} belongs"
+                ));
             }
-            let durable = entries.last().expect("non-empty").0;
+            let durable = base + entries.len() as u64 - 1;
             let core = &mut out[home(uid, cores) as usize];
             for (_, m) in &entries {
                 if let (EntryKind::Read, Some(r)) = (m.kind, m.refer) {
@@ -1639,6 +1979,10 @@ impl ImRecovery {
                 let have = self.delivered_to.get(&m.id).cloned().unwrap_or_default();
                 core.redrive.push((m, have));
             }
+        }
+        // What the logs still hold but retention has dropped (segments not compacted yet).
+        for core in &mut out {
+            core.expire(cutoff_ms);
         }
         Ok(out)
     }

@@ -6,10 +6,12 @@
 //! - [`record`]: the IM log records (docs/formats/log.md, kinds 16-19).
 //! - [`engine`]: one core's state machine (sans-IO) and the recovery that rebuilds every
 //!   core's state from the logs.
+//! - [`retention`]: what log compaction keeps of expired segments (R24).
 
 pub mod engine;
 pub mod model;
 pub mod record;
+pub mod retention;
 
 pub use engine::{home, Effects, ImCore, ImMsg, ImRecovery, Page};
 pub use model::*;

@@ -181,6 +181,13 @@ pub enum ImReply {
         sent_ms: u64,
         duplicate: bool,
     },
+    /// Soft failure (R23): the core could not store the message now (its log is behind) and
+    /// holds it, retrying for up to 30 minutes; it appears in the sender's stream once stored
+    /// (PUSH). Not durable yet: a retry with the same appinfo answers `Accepted` again while
+    /// it waits, the stored result once stored, and stores it if a crash lost it.
+    Accepted {
+        accepted_ms: u64,
+    },
     /// A group change is durable.
     Group {
         gid: u64,

@@ -1,4 +1,4 @@
-//! IM log records (docs/formats/log.md, kinds 16-19): a sent message in its sender's stream, a
+//! IM log records (docs/formats/log.md, kinds 16-20): a sent message in its sender's stream, a
 //! delivery of one or more messages to the streams of the recipients homed on one core, the end
 //! of a message's fan-out, and a group change. Pure codecs: bytes in, values out, every length
 //! and field checked, so a damaged record is an error and never a panic. Used by the engine on
@@ -25,6 +25,9 @@ pub const KIND_DELIVERY: u8 = 17;
 pub const KIND_FANOUT_DONE: u8 = 18;
 /// A group change. Stream: the group id; seq: the group's version after the change.
 pub const KIND_GROUP: u8 = 19;
+/// Written by compaction (R24) where it dropped the record holding a stream's newest seq:
+/// stream = uid, seq = that seq, no payload. The stream goes on after it.
+pub const KIND_STREAM_HEAD: u8 = 20;
 
 /// The fixed part of a message inside SENT and DELIVERY records. 72 bytes.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

@@ -12,6 +12,7 @@
 
 pub mod chart;
 pub mod idle;
+pub mod im;
 pub mod report;
 pub mod schedule;
 pub mod stats;
@@ -40,6 +41,10 @@ pub enum LoadOp {
     /// client, pipelining and accounting as for hongbao). A popped value is outcome `ok`, an
     /// empty list `empty`.
     RedisLpop,
+    /// The IM mix: every connection is one user that SENDs (single chats to the other users,
+    /// and to its group with --im-groups) and pulls its stream on every PUSH; delivery
+    /// latency (send -> visible in the recipient's pull) is measured per copy.
+    Im,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -114,6 +119,20 @@ pub struct LoadArgs {
     /// No per-second progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// --op im: groups to create before the run (0: single chats only). User k of the run is
+    /// in group k mod N.
+    #[arg(long, default_value_t = 0)]
+    pub im_groups: usize,
+    /// --op im: members per group; beyond the run's users, outside uids fill the groups (their
+    /// streams are written, not read), so a few connections can drive 10,000-member groups.
+    #[arg(long, default_value_t = 100)]
+    pub im_group_size: usize,
+    /// --op im: share of sends to the sender's group (default 0.2 with --im-groups, else 0).
+    #[arg(long)]
+    pub im_group_share: Option<f64>,
+    /// --op im: bytes of each message body (at least 24: the run's stamp).
+    #[arg(long, default_value_t = 64)]
+    pub im_body: usize,
 }
 
 /// How a run ended.
@@ -225,7 +244,15 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         LoadOp::Shake => Op::Shake,
         LoadOp::Ping => Op::Ping,
         LoadOp::RedisLpop => Op::Lpop,
+        LoadOp::Im => Op::Send,
     };
+    if op == Op::Send && uids != args.conns as u64 {
+        return Err(format!(
+            "--op im: every connection is one user (its pushes are its own): --uids {uids} \
+             must equal --conns {}",
+            args.conns
+        ));
+    }
     let auth_keys = match (&args.auth_keys, op) {
         (_, Op::Lpop) => None,
         (Some(path), _) => Some(
@@ -249,6 +276,12 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         .next()
         .ok_or_else(|| format!("--target {}: no address", args.target))?;
     let expires_unix = (crate::gen::now_unix() as u64 + 86_400).min(u32::MAX as u64) as u32;
+    let mix = if op == Op::Send {
+        let keys = auth_keys.as_ref().expect("checked above");
+        Some(im_setup(args, target, keys, expires_unix, uids)?)
+    } else {
+        None
+    };
     let limit = crate::fsutil::raise_nofile_limit().unwrap_or(1024);
     let needed = (args.conns + args.idle) as u64 + 64;
     if needed > limit {
@@ -285,6 +318,11 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
             auth_keys: auth_keys.clone(),
             expires_unix,
             redis_key: args.redis_key.clone().into_bytes(),
+            im: mix.as_ref().map(|(m, _)| m.clone()),
+            conn_groups: mix
+                .as_ref()
+                .map(|(_, of)| conns.iter().map(|&c| of[c]).collect())
+                .unwrap_or_default(),
         });
     }
 
@@ -441,11 +479,19 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         }
         measured_ns = measured_ns.max(r.measured_ns);
     }
+    if let Some((m, _)) = &mix {
+        // Copies of sent messages no pull showed by the end of the drain (lost, or later than
+        // the drain's limit): a correctness signal, counted as errors.
+        let missing = m.outstanding.load(std::sync::atomic::Ordering::Relaxed);
+        if missing > 0 {
+            errors.insert("copies_not_seen".into(), missing as u64);
+        }
+    }
     let measured_s = measured_ns as f64 / 1e9;
     let series = stats::summarize_series(&recorder, measured_s, args.rate.is_some());
     let replies: u64 = series
         .iter()
-        .filter(|s| s.outcome == "all")
+        .filter(|s| s.outcome == "all" && s.op != Op::Delivery)
         .map(|s| s.count)
         .sum();
     let summary = Summary {
@@ -455,7 +501,7 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
             format!(
                 "{} {} {mode} loop, {}",
                 if op == Op::Lpop { "redis" } else { "hongbao" },
-                op.name(),
+                if op == Op::Send { "im" } else { op.name() },
                 match args.rate {
                     Some(r) => format!("{r:.0}/s over {} connections", args.conns),
                     None => format!("{} x {}", args.conns, args.depth),
@@ -498,6 +544,65 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         written = write_outputs(dir, &summary, &recorder)?;
     }
     Ok(LoadOutcome { summary, written })
+}
+
+/// `--op im`: checks the mix's options and creates its groups on the server; returns the mix
+/// and, per connection (= user), its group.
+fn im_setup(
+    args: &LoadArgs,
+    target: SocketAddr,
+    keys: &crate::token::TokenKeys,
+    expires_unix: u32,
+    uids: u64,
+) -> Result<(Arc<im::ImMix>, Vec<Option<u64>>), String> {
+    if !(im::BODY_STAMP_BYTES..=crate::im::BODY_MAX).contains(&args.im_body) {
+        return Err(format!(
+            "--im-body {}: expected {} ..= {} bytes",
+            args.im_body,
+            im::BODY_STAMP_BYTES,
+            crate::im::BODY_MAX
+        ));
+    }
+    let share = args
+        .im_group_share
+        .unwrap_or(if args.im_groups > 0 { 0.2 } else { 0.0 });
+    if !(0.0..=1.0).contains(&share) || (share > 0.0 && args.im_groups == 0) {
+        return Err(format!(
+            "--im-group-share {share}: expected 0 ..= 1, and groups to send to (--im-groups)"
+        ));
+    }
+    let users: Vec<u64> = (0..uids).map(|k| args.uid_first + k).collect();
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed).map_err(|e| format!("no random bytes for the run's nonce: {e}"))?;
+    let nonce = u64::from_le_bytes(seed);
+    let (groups, of) = im::plan_groups(
+        &users,
+        args.im_groups,
+        args.im_group_size,
+        args.uid_first + uids,
+        nonce,
+    )?;
+    if !groups.is_empty() && !args.quiet {
+        eprintln!(
+            "hongbao load: creating {} group(s) of {} members",
+            groups.len(),
+            args.im_group_size
+        );
+    }
+    im::create_groups(target, keys, expires_unix, &groups)?;
+    let mut group_users = std::collections::HashMap::new();
+    for gid in of.iter().flatten() {
+        *group_users.entry(*gid).or_insert(0u32) += 1;
+    }
+    let mix = im::ImMix {
+        nonce,
+        body_bytes: args.im_body,
+        group_share: share,
+        users,
+        group_users,
+        outstanding: std::sync::atomic::AtomicI64::new(0),
+    };
+    Ok((Arc::new(mix), of))
 }
 
 /// Prints one progress line (and keeps measured seconds for the timeline).

@@ -29,11 +29,27 @@ pub enum Op {
     Ping,
     /// Redis `LPOP key` (RESP), for the peer benchmark against redis-server.
     Lpop,
+    /// IM SEND (`--op im`), answered once durable in the sender's stream.
+    Send,
+    /// IM SYNC: a pull after a PUSH (`--op im`).
+    Sync,
+    /// Not a request: an IM message becoming visible in a recipient's pull, timed from its
+    /// send (outcomes `chat` and `group`).
+    Delivery,
 }
 
 impl Op {
     /// Every operation, in the order reports list them.
-    pub const ALL: [Op; 5] = [Op::Shake, Op::Open, Op::Hello, Op::Ping, Op::Lpop];
+    pub const ALL: [Op; 8] = [
+        Op::Shake,
+        Op::Open,
+        Op::Hello,
+        Op::Ping,
+        Op::Lpop,
+        Op::Send,
+        Op::Sync,
+        Op::Delivery,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -42,6 +58,9 @@ impl Op {
             Op::Hello => "hello",
             Op::Ping => "ping",
             Op::Lpop => "lpop",
+            Op::Send => "send",
+            Op::Sync => "sync",
+            Op::Delivery => "delivery",
         }
     }
 }

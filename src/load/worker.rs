@@ -25,10 +25,12 @@ use io_uring::{opcode, types, IoUring};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
+use super::im::{read_body, walk_page, write_body, ImMix};
 use super::schedule::{OpenLoop, Schedule};
 use super::stats::{Op, Recorder, Tick};
 use crate::token::{Auth, TokenKeys, SHAKE_TOKEN_BYTES};
 use crate::wire::frame::{FrameHeader, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, PROTOCOL_VERSION};
+use crate::wire::im::{OP_PUSH, OP_SEND, OP_SYNC, SEND_HEADER_BYTES, SYNC_LIMIT_MAX};
 use crate::wire::ops::{
     ErrorCode, ShakeOutcome, OP_ERROR, OP_HELLO, OP_OPEN, OP_PING, OP_REPLY, OP_SHAKE,
 };
@@ -47,6 +49,10 @@ const OPEN_ROUND_NS: u64 = 20_000;
 const OPEN_ROUND_WANT: usize = 2048;
 /// Open loop: most requests due at once placed on one connection before the next.
 const OPEN_BURST: usize = 16;
+/// IM: after the measured time, pulls go on (no new sends) until every copy of every message
+/// of the run has been seen (over all threads) and nothing is in flight, or DRAIN_MAX_NS have
+/// passed, so the copies of the last sends are measured too.
+const DRAIN_MAX_NS: u64 = 10_000_000_000;
 /// First few connection errors are kept verbatim.
 const ERRORS_KEPT: usize = 5;
 
@@ -69,6 +75,9 @@ pub struct ThreadPlan {
     pub expires_unix: u32,
     /// `Op::Lpop`: the Redis list popped from.
     pub redis_key: Vec<u8>,
+    /// `Op::Send` (`--op im`): the mix, and per connection the group its user is in.
+    pub im: Option<Arc<ImMix>>,
+    pub conn_groups: Vec<Option<u64>>,
 }
 
 /// What one thread measured.
@@ -95,6 +104,8 @@ struct Pending {
     id: u64,
     op: Op,
     uid_index: u32,
+    /// IM sends: the copies the message is to reach (given back if it is refused).
+    copies: u32,
     intended: u64,
     sent: u64,
 }
@@ -119,6 +130,19 @@ struct Conn {
     pending: VecDeque<Pending>,
     next_id: u64,
     alive: bool,
+    /// IM: the last seq pulled from the user's stream, the newest pushed, whether a SYNC is
+    /// in flight (at most one, outside the send depth), and the user's group.
+    synced: u64,
+    push_max: u64,
+    sync_busy: bool,
+    group: Option<u64>,
+}
+
+impl Conn {
+    /// Requests in flight that count against the depth (an IM pull does not).
+    fn in_flight(&self) -> usize {
+        self.pending.len() - usize::from(self.sync_busy)
+    }
 }
 
 /// Opens a connection (from `source`, if given) and authenticates it with `hello`, an auth
@@ -153,38 +177,50 @@ pub fn connect(
     };
     stream.set_nodelay(true)?;
     if let Some(token) = hello {
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut frame = Vec::with_capacity(48);
-        push_frame(&mut frame, OP_HELLO, 0, &token);
-        stream.write_all(&frame)?;
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        stream.read_exact(&mut header)?;
-        let h = FrameHeader::read_from_bytes(&header).expect("16 bytes");
-        let len = h.length.get() as usize;
-        if !(FRAME_HEADER_BYTES..=FRAME_BYTES_MAX).contains(&len) {
-            return Err(io::Error::other(format!(
-                "not a hongbao binary port (reply length {len})"
-            )));
-        }
-        let mut payload = vec![0u8; len - FRAME_HEADER_BYTES];
-        stream.read_exact(&mut payload)?;
-        if h.op == OP_ERROR && payload.len() >= 8 {
-            let code = u16::from_le_bytes([payload[0], payload[1]]);
-            return Err(io::Error::other(format!(
-                "HELLO refused: {} ({})",
-                ErrorCode::from_u16(code).map_or("unknown code", |c| c.name()),
-                String::from_utf8_lossy(&payload[8..])
-            )));
-        }
-        if h.op != OP_HELLO | OP_REPLY {
-            return Err(io::Error::other(format!(
-                "unexpected reply op 0x{:02x} to HELLO",
-                h.op
-            )));
-        }
-        stream.set_read_timeout(None)?;
+        call_blocking(&mut stream, OP_HELLO, &token, "HELLO")?;
     }
     Ok(stream)
+}
+
+/// One request and its reply on a blocking connection (before the run), request id 0; an
+/// error reply becomes an error naming `what`.
+fn call_blocking(
+    stream: &mut TcpStream,
+    op: u8,
+    payload: &[u8],
+    what: &str,
+) -> io::Result<Vec<u8>> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    push_frame(&mut frame, op, 0, payload);
+    stream.write_all(&frame)?;
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    stream.read_exact(&mut header)?;
+    let h = FrameHeader::read_from_bytes(&header).expect("16 bytes");
+    let len = h.length.get() as usize;
+    if !(FRAME_HEADER_BYTES..=FRAME_BYTES_MAX).contains(&len) {
+        return Err(io::Error::other(format!(
+            "not a hongbao binary port (reply length {len})"
+        )));
+    }
+    let mut reply = vec![0u8; len - FRAME_HEADER_BYTES];
+    stream.read_exact(&mut reply)?;
+    if h.op == OP_ERROR && reply.len() >= 8 {
+        let code = u16::from_le_bytes([reply[0], reply[1]]);
+        return Err(io::Error::other(format!(
+            "{what} refused: {} ({})",
+            ErrorCode::from_u16(code).map_or("unknown code", |c| c.name()),
+            String::from_utf8_lossy(&reply[8..])
+        )));
+    }
+    if h.op != op | OP_REPLY {
+        return Err(io::Error::other(format!(
+            "unexpected reply op 0x{:02x} to {what}",
+            h.op
+        )));
+    }
+    stream.set_read_timeout(None)?;
+    Ok(reply)
 }
 
 fn push_frame(out: &mut Vec<u8>, op: u8, id: u64, payload: &[u8]) {
@@ -199,8 +235,10 @@ fn push_frame(out: &mut Vec<u8>, op: u8, id: u64, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// Connects every connection of the plan (the first uid of each is authenticated).
-pub fn connect_all(plan: &ThreadPlan) -> Result<Vec<TcpStream>, String> {
+/// Connects every connection of the plan (the first uid of each is authenticated). IM: each
+/// also SYNCs past the end of its stream, which answers the stream's max seq (returned with
+/// the connection; 0 otherwise) and subscribes the connection to PUSH.
+pub fn connect_all(plan: &ThreadPlan) -> Result<Vec<(TcpStream, u64)>, String> {
     plan.conn_uids
         .iter()
         .map(|uids| {
@@ -215,7 +253,20 @@ pub fn connect_all(plan: &ThreadPlan) -> Result<Vec<TcpStream>, String> {
                     }
                     .encode(keys)
                 });
-            connect(plan.target, None, hello).map_err(|e| format!("{}: {e}", plan.target))
+            let mut stream =
+                connect(plan.target, None, hello).map_err(|e| format!("{}: {e}", plan.target))?;
+            let mut max_seq = 0;
+            if plan.op == Op::Send {
+                let page = call_blocking(
+                    &mut stream,
+                    OP_SYNC,
+                    &crate::wire::im::encode_sync(u64::MAX, 1),
+                    "SYNC",
+                )
+                .map_err(|e| format!("{}: {e}", plan.target))?;
+                max_seq = walk_page(&page, |_| {}).map_err(|e| format!("{}: {e}", plan.target))?;
+            }
+            Ok((stream, max_seq))
         })
         .collect()
 }
@@ -227,7 +278,10 @@ fn wire_op(op: Op) -> u8 {
         Op::Open => OP_OPEN,
         Op::Hello => OP_HELLO,
         Op::Ping => OP_PING,
+        Op::Send => OP_SEND,
+        Op::Sync => OP_SYNC,
         Op::Lpop => unreachable!("LPOP is sent as RESP, not as a frame"),
+        Op::Delivery => unreachable!("a delivery is not a request"),
     }
 }
 
@@ -320,14 +374,19 @@ struct Worker {
     wake_at: u64,
     /// Completions of one round, reused.
     reaped: Vec<(u64, i32)>,
+
     /// `Op::Lpop`: the request's RESP bytes.
     resp_request: Vec<u8>,
+    /// IM: the next request's payload, reused; target picks; sends made (for appinfos).
+    scratch: Vec<u8>,
+    rng: rand_xoshiro::Xoshiro256PlusPlus,
+    sends: u64,
 }
 
 /// Runs one thread's share of the load on connections already made.
 pub fn run(
     plan: ThreadPlan,
-    streams: Vec<TcpStream>,
+    streams: Vec<(TcpStream, u64)>,
     start: Instant,
     stop: Arc<AtomicBool>,
     ticks: Sender<Msg>,
@@ -354,7 +413,8 @@ pub fn run(
     let conns: Vec<Conn> = streams
         .into_iter()
         .zip(&plan.conn_uids)
-        .map(|(stream, uids)| Conn {
+        .enumerate()
+        .map(|(k, ((stream, max_seq), uids))| Conn {
             stream,
             uids: uids.clone(),
             not_before: vec![0; uids.len()],
@@ -375,9 +435,14 @@ pub fn run(
             pending: VecDeque::new(),
             next_id: 1,
             alive: true,
+            synced: max_seq,
+            push_max: max_seq,
+            sync_busy: false,
+            group: plan.conn_groups.get(k).copied().flatten(),
         })
         .collect();
     let alive = conns.len();
+    let seed = plan_nonce(&plan) ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut w = Worker {
         plan,
         ring,
@@ -390,6 +455,9 @@ pub fn run(
         wake_at: u64::MAX,
         reaped: Vec::new(),
         resp_request: Vec::new(),
+        scratch: Vec::new(),
+        rng: rand::SeedableRng::seed_from_u64(seed),
+        sends: 0,
     };
     w.resp_request = resp_lpop(&w.plan.redis_key);
     w.main_loop(&stop, &ticks);
@@ -400,6 +468,10 @@ pub fn run(
         .min(w.plan.warmup_ns + w.plan.duration_ns)
         .saturating_sub(w.plan.warmup_ns);
     let _ = ticks.send(Msg::Done(index, Box::new(result)));
+}
+
+fn plan_nonce(plan: &ThreadPlan) -> u64 {
+    plan.im.as_ref().map_or(0, |m| m.nonce)
 }
 
 impl Worker {
@@ -427,7 +499,8 @@ impl Worker {
                 tick_start = tick_end;
                 tick_end = next_tick_end(tick_end, warmup, end);
             }
-            if now >= end {
+            let draining = now >= end;
+            if draining && (self.plan.op != Op::Send || self.drained(now, end)) {
                 break;
             }
             if stop.load(Ordering::Relaxed) {
@@ -445,6 +518,7 @@ impl Worker {
             // Produce requests.
             self.wake_at = u64::MAX;
             match &mut open {
+                _ if draining => self.wake_at = now + 10_000_000,
                 Some(open) => {
                     self.send_opens(now);
                     self.open_loop(open, now);
@@ -464,7 +538,9 @@ impl Worker {
             // times) and replies are reaped in batches.
             let mut wait_until = tick_end.min(end).min(self.wake_at);
             let mut want = 1;
-            if let Some(open) = &open {
+            if draining {
+                wait_until = self.wake_at;
+            } else if let Some(open) = &open {
                 wait_until = wait_until.min(open.next_at());
                 want = OPEN_ROUND_WANT;
             }
@@ -497,9 +573,24 @@ impl Worker {
         }
     }
 
+    /// IM drain: done when nothing is in flight here and every copy of the run has been seen
+    /// (by any thread), or at the latest DRAIN_MAX_NS after the end.
+    fn drained(&self, now: u64, end: u64) -> bool {
+        let idle = self
+            .conns
+            .iter()
+            .all(|c| !c.alive || (c.pending.is_empty() && c.push_max <= c.synced));
+        let seen_all = self
+            .plan
+            .im
+            .as_ref()
+            .map_or(true, |m| m.outstanding.load(Ordering::Relaxed) <= 0);
+        now >= end + DRAIN_MAX_NS || (idle && seen_all)
+    }
+
     /// Closed loop: keep `depth` requests in flight on connection `i`.
     fn fill(&mut self, i: usize, now: u64) {
-        while self.conns[i].alive && self.conns[i].pending.len() < self.plan.depth {
+        while self.conns[i].alive && self.conns[i].in_flight() < self.plan.depth {
             if !self.push_next(i, now, now, true) {
                 break;
             }
@@ -518,7 +609,7 @@ impl Worker {
             for _ in 0..n {
                 let i = self.rr;
                 let c = &self.conns[i];
-                if c.alive && c.pending.len() < self.plan.depth && placed_here < OPEN_BURST {
+                if c.alive && c.in_flight() < self.plan.depth && placed_here < OPEN_BURST {
                     if !self.push_next(i, intended, now, false) {
                         self.result.held_back += u64::from(intended >= self.plan.warmup_ns);
                     }
@@ -566,6 +657,10 @@ impl Worker {
                 self.push(i, Op::Lpop, 0, &[], intended, now);
                 true
             }
+            Op::Send => {
+                self.push_send(i, intended, now);
+                true
+            }
             _ => {
                 let Some(u) = self.pick_uid(i, now) else {
                     return false;
@@ -575,6 +670,62 @@ impl Worker {
                 true
             }
         }
+    }
+
+    /// IM: a SEND from connection `i`'s user: to its group (a share of the sends) or to
+    /// another user of the run, the body stamped with the intended and actual times.
+    fn push_send(&mut self, i: usize, intended: u64, now: u64) {
+        use rand::Rng;
+        let mix = self.plan.im.clone().expect("an IM plan");
+        let me = self.conns[i].uids[0];
+        let to_group = match self.conns[i].group {
+            Some(gid) if self.rng.random::<f64>() < mix.group_share => Some(gid),
+            _ => None,
+        };
+        let (kind, to) = match to_group {
+            Some(gid) => (2u8, gid),
+            None => {
+                let n = mix.users.len();
+                let mut to = mix.users[self.rng.random_range(0..n)];
+                if to == me && n > 1 {
+                    to = mix.users[(mix.users.iter().position(|&u| u == me).unwrap_or(0) + 1) % n];
+                }
+                (1u8, to)
+            }
+        };
+        self.sends += 1;
+        let copies = mix.copies(me, kind, to);
+        mix.outstanding
+            .fetch_add(i64::from(copies), Ordering::Relaxed);
+        let appinfo = (u128::from(mix.nonce) << 64)
+            | (u128::from(self.plan.index as u64) << 48)
+            | u128::from(self.sends);
+        let mut p = std::mem::take(&mut self.scratch);
+        p.clear();
+        p.extend_from_slice(&appinfo.to_le_bytes());
+        p.extend_from_slice(&[kind, 1, 0, 0, 0, 0, 0, 0]);
+        p.extend_from_slice(&to.to_le_bytes());
+        debug_assert_eq!(p.len(), SEND_HEADER_BYTES);
+        write_body(&mut p, mix.nonce, intended, now, mix.body_bytes);
+        self.push(i, Op::Send, u32::from(kind), &p, intended, now);
+        self.conns[i]
+            .pending
+            .back_mut()
+            .expect("just pushed")
+            .copies = copies;
+        self.scratch = p;
+    }
+
+    /// IM: pulls connection `i`'s stream when a PUSH (or the last page) says there is more.
+    fn maybe_sync(&mut self, i: usize, now: u64) {
+        let c = &self.conns[i];
+        if !c.alive || c.sync_busy || c.push_max <= c.synced {
+            return;
+        }
+        let after = c.synced;
+        self.conns[i].sync_busy = true;
+        let payload = crate::wire::im::encode_sync(after, SYNC_LIMIT_MAX);
+        self.push(i, Op::Sync, 0, &payload, now, now);
     }
 
     fn push_open(&mut self, i: usize, intended: u64, now: u64) {
@@ -629,6 +780,7 @@ impl Worker {
             id,
             op,
             uid_index,
+            copies: 0,
             intended,
             sent: now,
         });
@@ -808,6 +960,17 @@ impl Worker {
         payload: std::ops::Range<usize>,
         now: u64,
     ) -> Result<(), String> {
+        if op == OP_PUSH && id == 0 {
+            let c = &mut self.conns[i];
+            let body = &c.recv[payload];
+            if body.len() != 16 {
+                return Err(format!("PUSH of {} bytes", body.len()));
+            }
+            let max_seq = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+            c.push_max = c.push_max.max(max_seq);
+            self.maybe_sync(i, now);
+            return Ok(());
+        }
         let c = &mut self.conns[i];
         let Some(p) = c.pending.pop_front() else {
             return Err(format!("reply {id} to no request"));
@@ -848,6 +1011,55 @@ impl Worker {
                     }
                     outcome.name()
                 }
+                Op::Send => {
+                    if body.len() != 24 {
+                        return Err(format!("send reply of {} bytes", body.len()));
+                    }
+                    if p.uid_index == 2 {
+                        "group"
+                    } else {
+                        "chat"
+                    }
+                }
+                Op::Sync => {
+                    c.sync_busy = false;
+                    let page = body;
+                    let (me, warmup, nonce) =
+                        (c.uids[0], self.plan.warmup_ns, plan_nonce(&self.plan));
+                    let mut synced = c.synced;
+                    let mut gaps = 0u64;
+                    let mut seen = 0i64;
+                    let recorder = &mut self.result.recorder;
+                    let max_seq = walk_page(page, |e| {
+                        gaps += u64::from(e.seq != synced + 1);
+                        synced = e.seq;
+                        if e.kind != 1 || e.sender == me {
+                            return;
+                        }
+                        if let Some((intended, sent)) = read_body(nonce, e.body) {
+                            seen += 1;
+                            if intended >= warmup {
+                                let outcome = if e.target_kind == 2 { "group" } else { "chat" };
+                                recorder.record(
+                                    Op::Delivery,
+                                    outcome,
+                                    now.saturating_sub(intended),
+                                    now.saturating_sub(sent),
+                                );
+                            }
+                        }
+                    })?;
+                    c.synced = synced;
+                    c.push_max = c.push_max.max(max_seq);
+                    if let Some(m) = &self.plan.im {
+                        m.outstanding.fetch_sub(seen, Ordering::Relaxed);
+                    }
+                    if gaps > 0 {
+                        *self.result.errors.entry("seq_gap").or_default() += gaps;
+                        self.tick.errors += gaps;
+                    }
+                    "ok"
+                }
                 _ => "ok",
             }
         };
@@ -855,7 +1067,21 @@ impl Worker {
             let u = p.uid_index as usize;
             c.not_before[u] = c.not_before[u].max(now + backoff_ms as u64 * 1_000_000);
         }
+        let was_sync = p.op == Op::Sync;
+        if was_sync && is_error {
+            self.conns[i].sync_busy = false;
+        }
+        if p.op == Op::Send && is_error {
+            // Nothing was stored: no copies to wait for.
+            if let Some(m) = &self.plan.im {
+                m.outstanding
+                    .fetch_sub(i64::from(p.copies), Ordering::Relaxed);
+            }
+        }
         self.complete(p, outcome, is_error, now);
+        if was_sync {
+            self.maybe_sync(i, now);
+        }
         Ok(())
     }
 

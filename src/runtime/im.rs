@@ -380,8 +380,12 @@ impl Core {
                 .store(s.refused_deliveries, Ordering::Relaxed);
             m.im_streams
                 .store(im.stream_count() as u64, Ordering::Relaxed);
+            m.im_parked.store(s.parked, Ordering::Relaxed);
+            m.im_parked_now.store(im.parked() as u64, Ordering::Relaxed);
+            m.im_park_dropped.store(s.park_dropped, Ordering::Relaxed);
+            m.im_work_refused.store(s.work_refused, Ordering::Relaxed);
         }
         // Also flushes deliveries a busy flush deferred (huge groups beyond the budget).
-        self.im_run(|im, _, fx| im.tick(now, fx));
+        self.im_run(|im, log, fx| im.tick(now, log, fx));
     }
 }

@@ -12,6 +12,7 @@
 mod answers;
 mod conn;
 mod im;
+mod retention;
 mod uring;
 
 pub use im::{GroupOp, OwnOp};
@@ -142,6 +143,9 @@ pub struct Shared {
     pub key_lists_path: Option<std::path::PathBuf>,
     pub connections_max: usize,
     bound: Mutex<Option<(SocketAddr, SocketAddr)>>,
+    /// IM retention (R24): messages kept this long; retention passes this often.
+    pub retention: std::time::Duration,
+    pub compact_every: std::time::Duration,
 }
 
 /// A request in a connection's pipeline, in request order.
@@ -644,6 +648,11 @@ async fn core_main(
         next_conn: Cell::new(0),
         stopping: Cell::new(false),
     });
+    glommio::spawn_local(retention::retention_loop(
+        core.clone(),
+        setup.log_dir.clone(),
+    ))
+    .detach();
     glommio::spawn_local(commit_loop(core.clone(), setup.log_dir, commit_rx)).detach();
     // Fan-outs a crash interrupted go out again (their messages wait in the queues until the
     // other cores run).
@@ -873,6 +882,8 @@ pub fn run(
         key_lists_path: config.key_lists.clone(),
         connections_max: connections_budget(config.connections_max, cores),
         bound: Mutex::new(None),
+        retention: std::time::Duration::from_secs(config.retention_s),
+        compact_every: std::time::Duration::from_secs(config.compact_every_s),
     });
     // Doorbells: bells[src][dst].
     let mut bells_out: Vec<Vec<Option<SharedSender<()>>>> = (0..cores)

@@ -21,7 +21,31 @@ pub struct ConfigFile {
     pub caps: CapsSection,
     #[serde(default)]
     pub store: StoreSection,
+    #[serde(default)]
+    pub im: ImSection,
 }
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImSection {
+    /// Messages older than this many seconds are dropped (R24). Default 180 days.
+    pub retention_s: Option<u64>,
+    /// Seconds between retention passes (streams trimmed, expired log segments compacted).
+    pub compact_every_s: Option<u64>,
+    /// Sends accepted and not yet durable per core (in flight or parked, R23).
+    pub work_max: Option<u32>,
+    /// Most of `work_max` one user, or one tenant, may hold (percent).
+    pub share_percent: Option<u32>,
+    /// A user's tenant is `uid >> tenant_shift` (absent: no tenants).
+    pub tenant_shift: Option<u8>,
+    /// Seconds a parked send is retried before it is dropped.
+    pub park_for_s: Option<u64>,
+}
+
+/// `im.retention_s` by default: 180 days.
+pub const RETENTION_S_DEFAULT: u64 = 180 * 86_400;
+/// `im.compact_every_s` by default: hourly.
+pub const COMPACT_EVERY_S_DEFAULT: u64 = 3_600;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +135,9 @@ pub struct ServeConfig {
     pub caps: CapsConfig,
     pub segment_bytes: u64,
     pub pending_bytes: usize,
+    pub retention_s: u64,
+    pub compact_every_s: u64,
+    pub work: crate::im::engine::WorkLimits,
     /// Stop by itself after this long (bounded runs: demos, benchmarks, tests).
     pub run_for: Option<std::time::Duration>,
 }
@@ -195,9 +222,38 @@ impl ConfigFile {
             return Err("cores must be at least 1".into());
         }
         let segment_bytes = self.store.segment_bytes.unwrap_or(SEGMENT_BYTES_DEFAULT);
-        if segment_bytes < 4 << 20 {
+        if !(4 << 20..=4 << 30).contains(&segment_bytes) {
             return Err(format!(
-                "store.segment_bytes = {segment_bytes} is below 4 MiB"
+                "store.segment_bytes = {segment_bytes} is not between 4 MiB and 4 GiB"
+            ));
+        }
+        let retention_s = self.im.retention_s.unwrap_or(RETENTION_S_DEFAULT);
+        if retention_s == 0 {
+            return Err("im.retention_s must be at least 1".into());
+        }
+        let dw = crate::im::engine::WorkLimits::default();
+        let work = crate::im::engine::WorkLimits {
+            work_max: self.im.work_max.unwrap_or(dw.work_max),
+            share_percent: self.im.share_percent.unwrap_or(dw.share_percent),
+            tenant_shift: self.im.tenant_shift.or(dw.tenant_shift),
+            park_for_ms: self
+                .im
+                .park_for_s
+                .map_or(dw.park_for_ms, |s| s.saturating_mul(1000)),
+        };
+        if work.work_max == 0 || !(1..=100).contains(&work.share_percent) {
+            return Err(format!(
+                "im.work_max = {} must be at least 1 and im.share_percent = {} from 1 to 100",
+                work.work_max, work.share_percent
+            ));
+        }
+        if work.tenant_shift.is_some_and(|s| s > 63) {
+            return Err("im.tenant_shift must be from 0 to 63".into());
+        }
+        let compact_every_s = self.im.compact_every_s.unwrap_or(COMPACT_EVERY_S_DEFAULT);
+        if !(1..=86_400).contains(&compact_every_s) {
+            return Err(format!(
+                "im.compact_every_s = {compact_every_s} must be from 1 to 86400"
             ));
         }
         let recv_buffers = s.recv_buffers.unwrap_or(RECV_BUFFERS_DEFAULT);
@@ -248,6 +304,9 @@ impl ConfigFile {
             caps,
             segment_bytes,
             pending_bytes,
+            retention_s,
+            compact_every_s,
+            work,
             run_for: None,
         })
     }

@@ -402,8 +402,16 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
         u64::from_le_bytes(b)
     };
     let im_cores = im
-        .finish(cores as u16, now_ms())
+        .finish(
+            cores as u16,
+            now_ms(),
+            now_ms().saturating_sub(config.retention_s.saturating_mul(1000)),
+        )
         .map_err(|e| format!("IM state of the logs: {e}; refusing to start (docs/SAFETY.md)"))?;
+    let mut im_cores = im_cores;
+    for im in &mut im_cores {
+        im.set_limits(config.work);
+    }
     let mut setups = Vec::with_capacity(cores);
     for (k, (((shards, caps), writer), im)) in per_core
         .into_iter()

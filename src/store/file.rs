@@ -144,7 +144,12 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
 }
 
 /// Checks that `bytes` start with a valid header of segment `id` of `core`.
-fn check_header(path: &Path, bytes: &[u8], id: u64, core: u16) -> Result<(), StoreError> {
+pub(crate) fn check_header(
+    path: &Path,
+    bytes: &[u8],
+    id: u64,
+    core: u16,
+) -> Result<(), StoreError> {
     let h = SegmentHeader::parse(bytes).map_err(|message| StoreError::BadSegment {
         path: path.to_path_buf(),
         message,

@@ -8,6 +8,7 @@
 //! glommio driver will run the same state machines. docs/formats/log.md is the byte reference;
 //! docs/SAFETY.md says what durability each step guarantees.
 
+pub mod compact;
 pub mod file;
 pub mod record;
 pub mod segment;
@@ -19,7 +20,7 @@ pub use writer::{AppendError, Appended, Durable, LogWriter, WriteBatch};
 
 /// A byte position in a core's log: segment number, then byte offset in that segment's file.
 /// Ordered: later positions compare greater.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogPosition {
     pub segment: u64,
     pub offset: u64,

@@ -26,8 +26,13 @@ pub struct RecordHeader {
     pub stream: U64,
     /// Position of the record in its stream, as the stream's owner numbers it.
     pub seq: U64,
-    pub reserved2: U32,
+    /// With [`FLAG_ORIGIN`]: the byte offset the record was first written at in this segment
+    /// (a compacted segment keeps every record's original position). Otherwise 0.
+    pub origin: U32,
 }
+
+/// `flags` bit: the record was copied by compaction and `origin` is its original offset.
+pub const FLAG_ORIGIN: u8 = 1;
 
 const _: () = assert!(std::mem::size_of::<RecordHeader>() == RECORD_HEADER_BYTES);
 
@@ -38,6 +43,8 @@ pub struct RecordView<'a> {
     pub stream: u64,
     pub seq: u64,
     pub payload: &'a [u8],
+    /// The offset the record was written at, when compaction has moved it (None: where it is).
+    pub origin: Option<u32>,
 }
 
 /// What the bytes at one offset hold.
@@ -60,6 +67,32 @@ fn crc(segment_id: u64, header_tail: &[u8], payload: &[u8]) -> u32 {
 /// Appends one encoded record to `out`. Panics on kind 0 or an oversized payload: both are
 /// programming errors of the caller, which validates what it logs.
 pub fn encode(segment_id: u64, kind: u8, stream: u64, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+    encode_full(segment_id, kind, stream, seq, payload, None, out);
+}
+
+/// [`encode`], for compaction: a record moved from its original offset `origin` in the same
+/// segment (kept in the header, so its position does not change).
+pub fn encode_moved(segment_id: u64, view: &RecordView<'_>, origin: u32, out: &mut Vec<u8>) {
+    encode_full(
+        segment_id,
+        view.kind,
+        view.stream,
+        view.seq,
+        view.payload,
+        Some(origin),
+        out,
+    );
+}
+
+fn encode_full(
+    segment_id: u64,
+    kind: u8,
+    stream: u64,
+    seq: u64,
+    payload: &[u8],
+    origin: Option<u32>,
+    out: &mut Vec<u8>,
+) {
     assert!(kind != 0, "record kind 0 is reserved");
     assert!(
         payload.len() <= RECORD_PAYLOAD_MAX,
@@ -69,11 +102,11 @@ pub fn encode(segment_id: u64, kind: u8, stream: u64, seq: u64, payload: &[u8], 
         payload_bytes: U32::new(payload.len() as u32),
         crc32c: U32::new(0),
         kind,
-        flags: 0,
+        flags: if origin.is_some() { FLAG_ORIGIN } else { 0 },
         reserved: U16::new(0),
         stream: U64::new(stream),
         seq: U64::new(seq),
-        reserved2: U32::new(0),
+        origin: U32::new(origin.unwrap_or(0)),
     };
     // The CRC covers (segment id) ++ header[8..] ++ payload. The segment id is exactly as long
     // as the length and CRC fields, so it goes there first and the whole record is checksummed
@@ -128,6 +161,7 @@ pub fn decode(segment_id: u64, bytes: &[u8], offset: usize) -> Decoded<'_> {
             stream: header.stream.get(),
             seq: header.seq.get(),
             payload,
+            origin: (header.flags & FLAG_ORIGIN != 0).then(|| header.origin.get()),
         },
         offset + RECORD_HEADER_BYTES + len,
     )
@@ -145,7 +179,7 @@ mod tests {
             encode(segment, kind, stream, seq, &payload, &mut bytes);
             match decode(segment, &bytes, 5) {
                 Decoded::Record(view, next) => {
-                    prop_assert_eq!(view, RecordView { kind, stream, seq, payload: &payload });
+                    prop_assert_eq!(view, RecordView { kind, stream, seq, payload: &payload, origin: None });
                     prop_assert_eq!(next, bytes.len());
                 }
                 other => prop_assert!(false, "{:?}", other),

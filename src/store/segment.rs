@@ -123,10 +123,12 @@ pub fn scan(
     loop {
         match decode(segment_id, bytes, offset) {
             Decoded::Record(view, next) => {
+                // A record moved by compaction keeps the position it was written at.
+                let at = view.origin.map_or(offset as u64, u64::from);
                 visit(
                     LogPosition {
                         segment: segment_id,
-                        offset: offset as u64,
+                        offset: at,
                     },
                     view,
                 );

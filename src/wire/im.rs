@@ -194,6 +194,12 @@ pub fn encode_binary(op: u8, request_id: u64, answer: &ImAnswer, out: &mut Bytes
             p.push(u8::from(*duplicate));
             p.extend_from_slice(&[0; 7]);
         }
+        ImAnswer::Reply(ImReply::Accepted { accepted_ms }) => {
+            // seq 0 (not stored yet), the acceptance time, duplicate 0, accepted 1.
+            p.extend_from_slice(&0u64.to_le_bytes());
+            p.extend_from_slice(&accepted_ms.to_le_bytes());
+            p.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        }
         ImAnswer::Reply(ImReply::Group {
             gid,
             version,
@@ -289,6 +295,9 @@ pub fn json(answer: &ImAnswer) -> String {
             sent_ms,
             duplicate,
         }) => json!({"seq": seq, "sent_ms": sent_ms, "duplicate": duplicate}),
+        ImAnswer::Reply(ImReply::Accepted { accepted_ms }) => {
+            json!({"accepted": true, "accepted_ms": accepted_ms})
+        }
         ImAnswer::Reply(ImReply::Group {
             gid,
             version,
@@ -397,10 +406,16 @@ pub fn decode_reply(op: u8, p: &[u8]) -> Option<ImDecoded> {
             || x == OP_WITHDRAW | OP_REPLY)
             && p.len() == 24 =>
         {
-            Some(ImDecoded::Reply(ImReply::Sent {
-                seq: u64_at(p, 0),
-                sent_ms: u64_at(p, 8),
-                duplicate: p[16] != 0,
+            Some(ImDecoded::Reply(if p[17] != 0 {
+                ImReply::Accepted {
+                    accepted_ms: u64_at(p, 8),
+                }
+            } else {
+                ImReply::Sent {
+                    seq: u64_at(p, 0),
+                    sent_ms: u64_at(p, 8),
+                    duplicate: p[16] != 0,
+                }
             }))
         }
         x if (x == OP_GROUP_CREATE | OP_REPLY

@@ -129,22 +129,36 @@ impl Server {
             .spawn()
             .expect("server starts");
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
+        // Lines of stdout through a channel (and drained after "ready", so the server never
+        // blocks on it): a server that never gets ready fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let ready = loop {
-            match lines.next() {
-                Some(Ok(line)) if line.starts_with("hongbao serve: ready") => break line,
-                Some(Ok(_)) => continue,
-                _ => {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("hongbao serve: ready") => break line,
+                Ok(_) => continue,
+                Err(e) => {
+                    let _ = child.kill();
                     let _ = child.wait();
                     panic!(
-                        "server did not start: {}",
+                        "server did not start ({}): {}",
+                        if matches!(e, std::sync::mpsc::RecvTimeoutError::Timeout) {
+                            "not ready within 60 s"
+                        } else {
+                            "it exited"
+                        },
                         std::fs::read_to_string(&log).unwrap_or_default()
                     );
                 }
             }
         };
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
         let words: Vec<&str> = ready.split_whitespace().collect();
         let binary = words[words.iter().position(|w| *w == "binary").unwrap() + 1]
             .parse()

@@ -198,7 +198,8 @@ impl Sim {
         self.now += ms;
         for k in 0..self.cores {
             let mut fx = Effects::default();
-            self.nodes[k as usize].im.tick(self.now * 1000, &mut fx);
+            let n = &mut self.nodes[k as usize];
+            n.im.tick(self.now * 1000, &mut n.log, &mut fx);
             self.absorb(k, fx);
         }
     }
@@ -262,7 +263,7 @@ impl Sim {
                 }
             }
         }
-        let cores = recovery.finish(self.cores, self.now).expect("recovers");
+        let cores = recovery.finish(self.cores, self.now, 0).expect("recovers");
         for (n, im) in self.nodes.iter_mut().zip(cores) {
             n.im = im;
             n.im.set_huge_budget(self.huge_budget);
@@ -744,7 +745,8 @@ fn collect(sim: &mut Sim, open: &mut Vec<(Route, Key)>, ledger: &mut Ledger) {
                     "{key:?} answered with seq {prev:?} then {seq}"
                 );
             }
-            ImReply::Error(ImError::Busy) => {}
+            // Not stored (yet): the client retries until it has the stored result.
+            ImReply::Error(ImError::Busy) | ImReply::Accepted { .. } => {}
             other => panic!("unexpected answer {other:?} to {key:?}"),
         }
         false
@@ -984,4 +986,191 @@ fn api_and_app_messages_are_rate_limited_per_sender() {
         .filter(|r| sim.reply(**r) == Some(&ImReply::Error(ImError::Busy)))
         .count();
     assert_eq!(busy, 1);
+}
+
+fn stamped(sender: u64, seq: u64, sent_ms: u64) -> Message {
+    Message {
+        id: MsgId { sender, seq },
+        kind: EntryKind::Message,
+        refer: None,
+        appinfo: u128::from(seq),
+        to: Target::User(sender),
+        class: Class::Chat,
+        sent_ms,
+        body: Box::from(&b"x"[..]),
+    }
+}
+
+/// A recovery of one core from SENT records (sender 5, to itself) and stream heads.
+fn recover(sent: &[(u64, u64)], heads: &[u64], cutoff_ms: u64) -> Result<ImCore, String> {
+    let mut r = ImRecovery::new();
+    for &(seq, sent_ms) in sent {
+        let mut p = Vec::new();
+        crate::im::record::encode_sent(&stamped(5, seq, sent_ms), &mut p);
+        r.replay(KIND_SENT, 5, seq, &p)?;
+        r.replay(KIND_FANOUT_DONE, 5, seq, &[])?;
+    }
+    for &seq in heads {
+        r.replay(KIND_STREAM_HEAD, 5, seq, &[])?;
+    }
+    Ok(r.finish(1, 10_000, cutoff_ms)?.remove(0))
+}
+
+fn seqs(core: &ImCore) -> (u64, Vec<u64>) {
+    let page = core.sync(5, 0, 1000);
+    (page.max_seq, page.entries.iter().map(|(s, _)| *s).collect())
+}
+
+#[test]
+fn streams_go_on_after_compaction_dropped_their_start() {
+    // Only a head: the stream is empty and goes on at 8.
+    assert_eq!(seqs(&recover(&[], &[7], 0).unwrap()), (7, vec![]));
+    // A head, then newer records (and records at or below the head are ignored).
+    let c = recover(&[(6, 100), (8, 100), (9, 100)], &[7], 0).unwrap();
+    assert_eq!(seqs(&c), (9, vec![8, 9]));
+    // No head: the oldest records went, the stream starts at its first record.
+    assert_eq!(
+        seqs(&recover(&[(10, 100), (11, 100)], &[], 0).unwrap()).1,
+        vec![10, 11]
+    );
+    // A gap after entries that all expired (a record kept for an open fan-out): accepted,
+    // the expired ones dropped; a gap after a retained entry is damage.
+    let c = recover(&[(3, 1), (10, 1000), (11, 1000)], &[], 500).unwrap();
+    assert_eq!(seqs(&c), (11, vec![10, 11]));
+    let e = recover(&[(3, 1), (10, 1000)], &[], 0).err().expect("a gap");
+    assert!(e.contains("seq 10 where 4 belongs"), "{e}");
+    let e = recover(&[(4, 1), (4, 1)], &[], 0).err().expect("a double");
+    assert!(e.contains("twice"), "{e}");
+}
+
+#[test]
+fn retention_trims_the_front_of_streams_only() {
+    let mut c = recover(&[(1, 100), (2, 900), (3, 100), (4, 900)], &[], 0).unwrap();
+    // Entry 3 is old but behind a retained one: the stream stays one run of seqs.
+    assert_eq!(c.expire(500), 1);
+    assert_eq!(seqs(&c), (4, vec![2, 3, 4]));
+    assert_eq!(c.expire(1000), 3);
+    assert_eq!(seqs(&c), (4, vec![]));
+    assert_eq!(c.head(5), Some(4));
+    assert_eq!(c.stats.expired, 4);
+}
+
+#[test]
+fn a_full_log_parks_sends_and_stores_them_in_order_later() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+    let mut sim = Sim::new(1, 4096);
+    // Other work fills the log's backlog: the sends are accepted and parked (R23).
+    sim.nodes[0].log.append(99, 0, 0, &[0; 4000]).unwrap();
+    let r1 = sim.send(1, 10, Target::User(2), Class::Chat, b"first");
+    let accepted = match sim.reply(r1) {
+        Some(ImReply::Accepted { accepted_ms }) => *accepted_ms,
+        other => panic!("{other:?}"),
+    };
+    // The user's next send waits behind its parked one, even if the log had room.
+    let r2 = sim.send(1, 11, Target::User(2), Class::Chat, b"second");
+    assert!(matches!(sim.reply(r2), Some(ImReply::Accepted { .. })));
+    // A retry while parked answers the same; another body under the appinfo is refused.
+    let again = sim.send(1, 10, Target::User(2), Class::Chat, b"first");
+    assert_eq!(
+        sim.reply(again),
+        Some(&ImReply::Accepted {
+            accepted_ms: accepted
+        })
+    );
+    let other = sim.send(1, 10, Target::User(2), Class::Chat, b"else");
+    assert_eq!(
+        sim.reply(other),
+        Some(&ImReply::Error(ImError::AppinfoReused))
+    );
+    assert_eq!(sim.nodes[0].im.parked(), 2);
+    // The log catches up; the parked sends are stored in order, with their acceptance time.
+    sim.quiesce(&mut rng);
+    assert_eq!(sim.nodes[0].im.parked(), 0);
+    for uid in [1, 2] {
+        let bodies: Vec<Vec<u8>> = sim
+            .stream(uid)
+            .iter()
+            .map(|(_, m)| m.body.to_vec())
+            .collect();
+        assert_eq!(
+            bodies,
+            vec![b"first".to_vec(), b"second".to_vec()],
+            "user {uid}"
+        );
+    }
+    assert_eq!(sim.stream(1)[0].1.sent_ms, accepted);
+    // Now a retry answers the stored result.
+    let done = sim.send(1, 10, Target::User(2), Class::Chat, b"first");
+    assert!(matches!(
+        sim.reply(done),
+        Some(ImReply::Sent {
+            seq: 1,
+            duplicate: true,
+            ..
+        })
+    ));
+    assert_eq!(sim.nodes[0].im.stats.parked, 2);
+}
+
+#[test]
+fn a_parked_send_is_dropped_after_its_time_and_can_be_sent_again() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(10);
+    let mut sim = Sim::new(1, 4096);
+    sim.nodes[0].im.set_limits(WorkLimits {
+        park_for_ms: 1_000,
+        ..WorkLimits::default()
+    });
+    sim.nodes[0].log.append(99, 0, 0, &[0; 4000]).unwrap();
+    let r = sim.send(1, 10, Target::User(2), Class::Chat, b"m");
+    assert!(matches!(sim.reply(r), Some(ImReply::Accepted { .. })));
+    // The disk never takes the batch: retries fail, then the send is given up.
+    for _ in 0..30 {
+        sim.tick(100);
+    }
+    assert_eq!(sim.nodes[0].im.parked(), 0);
+    assert_eq!(sim.nodes[0].im.stats.park_dropped, 1);
+    // The client, not finding its message, sends it again with its appinfo: stored once.
+    sim.quiesce(&mut rng);
+    let r = sim.send(1, 10, Target::User(2), Class::Chat, b"m");
+    sim.quiesce(&mut rng);
+    assert!(matches!(
+        sim.reply(r),
+        Some(ImReply::Sent {
+            seq: 1,
+            duplicate: false,
+            ..
+        })
+    ));
+    assert_eq!(sim.stream(2).len(), 1);
+}
+
+#[test]
+fn one_user_or_tenant_cannot_take_more_than_its_share_of_a_core() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+    let mut sim = Sim::new(1, 1 << 20);
+    // 10 sends in progress per core; a user, or a tenant (uid >> 8), 20% of it: 2.
+    sim.nodes[0].im.set_limits(WorkLimits {
+        work_max: 10,
+        share_percent: 20,
+        tenant_shift: Some(8),
+        ..WorkLimits::default()
+    });
+    let a = sim.send(1, 1, Target::User(9), Class::Chat, b"1");
+    let b = sim.send(1, 2, Target::User(9), Class::Chat, b"2");
+    let c = sim.send(1, 3, Target::User(9), Class::Chat, b"3");
+    assert_eq!(sim.reply(c), Some(&ImReply::Error(ImError::Busy)));
+    // User 2 is in user 1's tenant (0): its share is taken too. User 300 (tenant 1) is not.
+    let d = sim.send(2, 4, Target::User(9), Class::Chat, b"4");
+    assert_eq!(sim.reply(d), Some(&ImReply::Error(ImError::Busy)));
+    let e = sim.send(300, 5, Target::User(9), Class::Chat, b"5");
+    assert_eq!(sim.reply(e), None, "in flight until durable");
+    assert_eq!(sim.nodes[0].im.stats.work_refused, 2);
+    // Once durable, the work is given back.
+    sim.quiesce(&mut rng);
+    for r in [a, b, e] {
+        assert!(matches!(sim.reply(r), Some(ImReply::Sent { .. })), "{r:?}");
+    }
+    let c = sim.send(1, 3, Target::User(9), Class::Chat, b"3");
+    sim.quiesce(&mut rng);
+    assert!(matches!(sim.reply(c), Some(ImReply::Sent { seq: 3, .. })));
 }

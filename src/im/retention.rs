@@ -1,0 +1,173 @@
+//! Message retention (R24): what compaction keeps of an **expired** log segment, i.e. a sealed
+//! segment whose successor was created before the retention cutoff, so every IM record in it
+//! was written, and every message in it sent, before the cutoff.
+//!
+//! From such a segment compaction drops the messages (kinds 16, 17) and fan-out ends (18),
+//! except the records of fan-outs still in flight, and keeps everything else: money records,
+//! group changes and kinds it does not know. A stream's seqs must go on where they were after
+//! a restart even when its every record was dropped, so where a dropped record held the newest
+//! seq of a stream, a 32-byte **stream head** record (kind 20: stream = uid, seq = that seq,
+//! no payload) takes its place. A head is dropped again by a later compaction once the stream
+//! has grown past it (its newer records are in later segments).
+//!
+//! Pure functions, used by the server's compaction task (runtime) on the blocking thread and
+//! by its core for the decisions that need the engine's state.
+
+use foldhash::HashSet;
+
+use super::model::MsgId;
+use super::record::{
+    decode_delivery, Delivery, KIND_DELIVERY, KIND_FANOUT_DONE, KIND_SENT, KIND_STREAM_HEAD,
+};
+use crate::store::RecordView;
+
+/// The (uid, newest seq) pairs of the streams a record writes into: the sender's for a sent
+/// record, every recipient's last for a delivery, the stream of a head record. Empty for other
+/// kinds and for damaged payloads (they were checked at recovery).
+pub fn heads_of(view: &RecordView<'_>) -> Vec<(u64, u64)> {
+    match view.kind {
+        KIND_SENT | KIND_STREAM_HEAD => vec![(view.stream, view.seq)],
+        KIND_DELIVERY => match decode_delivery(view.payload) {
+            Ok(d) => d
+                .recipients
+                .iter()
+                .filter_map(|&(uid, first)| {
+                    let n = Delivery::count_for(&d.messages, uid);
+                    (n > 0).then(|| (uid, first + n - 1))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// What compaction of one expired segment needs from the core's engine.
+#[derive(Debug, Default, Clone)]
+pub struct ExpiredSegment {
+    /// Messages whose fan-out is not done: their sent and delivery records stay.
+    pub open: HashSet<MsgId>,
+    /// (uid, seq): streams whose newest seq is in this segment; a head record keeps it.
+    pub heads: HashSet<(u64, u64)>,
+}
+
+impl ExpiredSegment {
+    /// Whether compaction keeps `view`; pushes the head records to write in its place onto
+    /// `extra` (kind, stream, seq).
+    pub fn keep(&mut self, view: &RecordView<'_>, extra: &mut Vec<(u8, u64, u64)>) -> bool {
+        let keep = match view.kind {
+            KIND_SENT => self.open.contains(&MsgId {
+                sender: view.stream,
+                seq: view.seq,
+            }),
+            KIND_DELIVERY => match decode_delivery(view.payload) {
+                Ok(d) => d.messages.iter().any(|m| self.open.contains(&m.id)),
+                Err(_) => true,
+            },
+            KIND_FANOUT_DONE | KIND_STREAM_HEAD => false,
+            _ => return true,
+        };
+        if !keep {
+            for head in heads_of(view) {
+                // Once per stream: the first record found holding its newest seq.
+                if self.heads.remove(&head) {
+                    extra.push((KIND_STREAM_HEAD, head.0, head.1));
+                }
+            }
+        }
+        keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::im::model::{Class, EntryKind, Message, Target};
+    use crate::im::record::{encode_delivery, encode_sent};
+
+    fn msg(sender: u64, seq: u64) -> Arc<Message> {
+        Arc::new(Message {
+            id: MsgId { sender, seq },
+            kind: EntryKind::Message,
+            refer: None,
+            appinfo: 1,
+            to: Target::Group(9),
+            class: Class::Chat,
+            sent_ms: 5,
+            body: Box::from(&b"hi"[..]),
+        })
+    }
+
+    #[test]
+    fn heads_cover_senders_and_recipients() {
+        let mut p = Vec::new();
+        encode_delivery(&[msg(1, 4), msg(2, 7)], &[(1, 10), (3, 20)], &mut p);
+        let v = RecordView {
+            kind: KIND_DELIVERY,
+            stream: 1,
+            seq: 4,
+            payload: &p,
+            origin: None,
+        };
+        // User 1 gets only user 2's message (not its own): one entry at 10.
+        assert_eq!(heads_of(&v), vec![(1, 10), (3, 21)]);
+        let mut s = Vec::new();
+        encode_sent(&msg(1, 4), &mut s);
+        let sent = RecordView {
+            kind: KIND_SENT,
+            stream: 1,
+            seq: 4,
+            payload: &s,
+            origin: None,
+        };
+        assert_eq!(heads_of(&sent), vec![(1, 4)]);
+    }
+
+    #[test]
+    fn expired_records_go_open_fanouts_and_money_stay_heads_replace_the_newest() {
+        let mut p = Vec::new();
+        encode_delivery(&[msg(2, 7)], &[(3, 20)], &mut p);
+        let delivery = RecordView {
+            kind: KIND_DELIVERY,
+            stream: 2,
+            seq: 7,
+            payload: &p,
+            origin: None,
+        };
+        let claim = RecordView {
+            kind: 3,
+            stream: 0,
+            seq: 0,
+            payload: &[0; 32],
+            origin: None,
+        };
+        let done = RecordView {
+            kind: KIND_FANOUT_DONE,
+            stream: 2,
+            seq: 7,
+            payload: &[],
+            origin: None,
+        };
+        let mut x = ExpiredSegment {
+            open: HashSet::default(),
+            heads: [(3, 20)].into_iter().collect(),
+        };
+        let mut extra = Vec::new();
+        assert!(x.keep(&claim, &mut extra));
+        assert!(!x.keep(&done, &mut extra));
+        assert!(!x.keep(&delivery, &mut extra));
+        assert_eq!(extra, vec![(KIND_STREAM_HEAD, 3, 20)]);
+        // A second record for the same head adds nothing.
+        extra.clear();
+        assert!(!x.keep(&delivery, &mut extra));
+        assert!(extra.is_empty());
+        // A fan-out in flight keeps its delivery.
+        let mut open = ExpiredSegment {
+            open: [MsgId { sender: 2, seq: 7 }].into_iter().collect(),
+            heads: HashSet::default(),
+        };
+        assert!(open.keep(&delivery, &mut extra));
+    }
+}
