@@ -129,6 +129,20 @@ impl Msg {
     }
 }
 
+/// Start-up stages of a core, as the watchdog reports them.
+const STAGES: [&str; 6] = [
+    "starting its executor",
+    "recovering its IM fan-outs",
+    "connecting its doorbells to the other cores",
+    "waiting for core 0 to bind the ports",
+    "binding its listeners",
+    "ready",
+];
+/// How long the main thread waits for every core to be ready (start-up takes milliseconds;
+/// recovery is done before), and how many times a stuck start is tried (docs/TUNING.md).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+const START_ATTEMPTS: u32 = 3;
+
 /// Read-only (or atomic) state of all cores.
 pub struct Shared {
     pub cores: usize,
@@ -143,6 +157,8 @@ pub struct Shared {
     pub key_lists_path: Option<std::path::PathBuf>,
     pub connections_max: usize,
     bound: Mutex<Option<(SocketAddr, SocketAddr)>>,
+    /// Per core, how far its start-up got (STAGES), for the start-up watchdog.
+    startup: Vec<std::sync::atomic::AtomicU8>,
     /// IM retention (R24): messages kept this long; retention passes this often.
     pub retention: std::time::Duration,
     pub compact_every: std::time::Duration,
@@ -605,27 +621,22 @@ async fn core_main(
 ) {
     let id = setup.parts.core;
     let listen = own.listen;
-    let ring = match own.net {
-        NetPath::Uring => {
-            match uring::NetRing::new(
-                own.recv_buffers,
-                own.spin_us,
-                shared.metrics[id as usize].clone(),
-            ) {
-                Ok(ring) => Some(ring),
-                Err(e) => {
-                    if id == 0 {
-                        eprintln!(
-                            "warning: the io_uring network path is not available here ({e}; it \
-                         needs Linux 6.0 or later); using glommio's sockets"
-                        );
-                    }
-                    None
-                }
+    // glommio notices that the peer of a shared channel connected only when its reactor
+    // runs: an executor asleep with nothing else pending could wait for its doorbells to
+    // connect until something else woke it. A 1 ms timer keeps the reactor turning until the
+    // core is ready; after that the ticker's timer does (docs/ARCHITECTURE.md, "Start-up").
+    let stage = |k: u8| shared.startup[id as usize].store(k, Ordering::Relaxed);
+    stage(1);
+    let starting = Rc::new(Cell::new(true));
+    {
+        let starting = starting.clone();
+        glommio::spawn_local(async move {
+            while starting.get() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
             }
-        }
-        NetPath::Glommio => None,
-    };
+        })
+        .detach();
+    }
     let mut engine = Engine::new(setup.parts);
     engine.warm_up();
     let (commit_wake, commit_rx) = local_channel::new_bounded(1);
@@ -648,16 +659,13 @@ async fn core_main(
         next_conn: Cell::new(0),
         stopping: Cell::new(false),
     });
-    glommio::spawn_local(retention::retention_loop(
-        core.clone(),
-        setup.log_dir.clone(),
-    ))
-    .detach();
+    let log_dir = setup.log_dir.clone();
     glommio::spawn_local(commit_loop(core.clone(), setup.log_dir, commit_rx)).detach();
     // Fan-outs a crash interrupted go out again (their messages wait in the queues until the
     // other cores run).
     core.im_run(|im, log, fx| im.start(log, fx));
     core.wake_commit();
+    stage(2);
     // Receivers and senders connect pairwise with their peers; receivers first, as tasks, so
     // two cores connecting to each other cannot wait on one another.
     for (src, bell) in bells_in.into_iter().enumerate() {
@@ -677,6 +685,7 @@ async fn core_main(
         }
     }
 
+    stage(3);
     // Core 0 binds first (port 0 picks a port); the others join its ports with SO_REUSEPORT.
     let addrs = if id == 0 {
         listen
@@ -690,6 +699,31 @@ async fn core_main(
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
+    };
+    stage(4);
+    // The network ring is made only now, when the executors have started and connected:
+    // made earlier, about one start in a hundred (four servers starting at once) left an
+    // executor asleep for good (docs/ARCHITECTURE.md, "Start-up").
+    let ring = match own.net {
+        NetPath::Uring => {
+            match uring::NetRing::new(
+                own.recv_buffers,
+                own.spin_us,
+                shared.metrics[id as usize].clone(),
+            ) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    if id == 0 {
+                        eprintln!(
+                            "warning: the io_uring network path is not available here ({e}; it \
+                         needs Linux 6.0 or later); using glommio's sockets"
+                        );
+                    }
+                    None
+                }
+            }
+        }
+        NetPath::Glommio => None,
     };
     let listeners = if id == 0 {
         // Only core 0 checks: the other cores join the ports it holds.
@@ -764,7 +798,10 @@ async fn core_main(
             }
         }
     }
+    stage(5);
     let _ = ready.send(Ok(()));
+    starting.set(false);
+    glommio::spawn_local(retention::retention_loop(core.clone(), log_dir)).detach();
 
     // Run until asked to stop.
     ticker(core.clone()).await;
@@ -882,6 +919,9 @@ pub fn run(
         key_lists_path: config.key_lists.clone(),
         connections_max: connections_budget(config.connections_max, cores),
         bound: Mutex::new(None),
+        startup: (0..cores)
+            .map(|_| std::sync::atomic::AtomicU8::new(0))
+            .collect(),
         retention: std::time::Duration::from_secs(config.retention_s),
         compact_every: std::time::Duration::from_secs(config.compact_every_s),
     });
@@ -935,14 +975,56 @@ pub fn run(
     }
     drop(ready_tx);
     let mut failure = None;
+    let started = Instant::now();
     for _ in 0..cores {
-        match ready_rx.recv() {
+        let left = STARTUP_TIMEOUT.saturating_sub(started.elapsed());
+        match ready_rx.recv_timeout(left) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 failure = Some(e);
                 break;
             }
-            Err(_) => {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let stuck: Vec<String> = shared
+                    .startup
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| (s.load(Ordering::Relaxed) as usize) < STAGES.len() - 1)
+                    .map(|(k, s)| {
+                        format!("core {k} {}", STAGES[s.load(Ordering::Relaxed) as usize])
+                    })
+                    .collect();
+                // Nothing was served and the logs are as recovery left them: starting over
+                // loses nothing. The stuck cores cannot be joined, so the process starts
+                // again as a new image (same arguments, same descriptors), a few times.
+                let attempt: u32 = std::env::var("HONGBAO_START_ATTEMPT")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                eprintln!(
+                    "hongbao serve: not ready after {} s ({}; attempt {attempt} of \
+                     {START_ATTEMPTS}){}",
+                    STARTUP_TIMEOUT.as_secs(),
+                    stuck.join(", "),
+                    if attempt < START_ATTEMPTS {
+                        "; starting again (nothing was served)"
+                    } else {
+                        "; stopping (nothing was served)"
+                    }
+                );
+                if attempt < START_ATTEMPTS {
+                    if let Ok(exe) = std::env::current_exe() {
+                        use std::os::unix::process::CommandExt;
+                        let e = std::process::Command::new(exe)
+                            .args(std::env::args_os().skip(1))
+                            .env("HONGBAO_START_ATTEMPT", (attempt + 1).to_string())
+                            .exec();
+                        eprintln!("hongbao serve: could not start again: {e}");
+                    }
+                }
+                std::process::exit(4);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 failure = Some("a core stopped during start-up".into());
                 break;
             }
