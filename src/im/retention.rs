@@ -64,7 +64,10 @@ impl ExpiredSegment {
                 Ok(d) => d.messages.iter().any(|m| self.open.contains(&m.id)),
                 Err(_) => true,
             },
-            KIND_FANOUT_DONE | KIND_STREAM_HEAD => false,
+            // A head still needed stays as it is (so compacting a compacted segment again
+            // changes nothing); one the stream has grown past goes.
+            KIND_STREAM_HEAD => return self.heads.remove(&(view.stream, view.seq)),
+            KIND_FANOUT_DONE => false,
             _ => return true,
         };
         if !keep {
@@ -162,6 +165,21 @@ mod tests {
         // A second record for the same head adds nothing.
         extra.clear();
         assert!(!x.keep(&delivery, &mut extra));
+        assert!(extra.is_empty());
+        // A head record still needed is kept as it is; one no longer needed goes.
+        let head = RecordView {
+            kind: KIND_STREAM_HEAD,
+            stream: 4,
+            seq: 9,
+            payload: &[],
+            origin: None,
+        };
+        let mut again = ExpiredSegment {
+            open: HashSet::default(),
+            heads: [(4, 9)].into_iter().collect(),
+        };
+        assert!(again.keep(&head, &mut extra));
+        assert!(!again.keep(&head, &mut extra));
         assert!(extra.is_empty());
         // A fan-out in flight keeps its delivery.
         let mut open = ExpiredSegment {
