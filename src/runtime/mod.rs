@@ -482,6 +482,21 @@ async fn write_batch(
     result.map_err(|e| e.to_string())
 }
 
+impl Core {
+    /// Handles every message waiting in the queues from the other cores; returns how many.
+    fn drain_inbound(&self) -> usize {
+        let mut n = 0;
+        for src in 0..self.shared.cores {
+            let queue = &self.shared.queues[src][self.id as usize];
+            while let Some(msg) = queue.pop() {
+                self.handle(msg);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
 /// Drains one source core's queue each time its doorbell rings.
 async fn bus_loop(
     core: Rc<Core>,
@@ -553,6 +568,12 @@ async fn ticker(core: Rc<Core>) {
     let mut last_lists_check = Instant::now();
     loop {
         glommio::timer::sleep(TICK).await;
+        // Messages another core queued for this one are drained when its doorbell rings; a
+        // doorbell wake-up glommio lost would leave them waiting until the next one, which may
+        // never come (a sender's last messages). Every tick drains the queues too.
+        if core.drain_inbound() > 0 {
+            core.wake_commit();
+        }
         core.im_tick();
         core.flush();
         {

@@ -2,10 +2,11 @@
 //! older than `im.retention_s` from memory, then compacts the core's **expired** log segments
 //! (sealed, and the next segment created before the cutoff, so everything IM in them is
 //! older than the cutoff) with the rules of [`crate::im::retention`]. The file work (reading
-//! a segment, writing its compacted copy, the rename) runs on glommio's blocking thread pool;
-//! the core's thread only makes the decisions that need its engine (fan-outs in flight, stream
-//! heads). A failed compaction changes nothing (the old segment stays) and is retried at the
-//! next pass.
+//! a segment, writing its compacted copy, the rename) runs on a helper thread of its own, not
+//! on glommio's blocking pool, whose one thread makes the core's group commits durable (a
+//! second-long segment rewrite there would hold up every acknowledgement); the core's thread
+//! only makes the decisions that need its engine (fan-outs in flight, stream heads). A failed
+//! compaction changes nothing (the old segment stays) and is retried at the next pass.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -119,6 +120,27 @@ async fn compact_one(
     .await
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    glommio::executor().spawn_blocking(f).await
+/// Runs `f` on a helper thread and waits for it without blocking the core (checking every
+/// 10 ms: compaction is rare and slow, its latency does not matter).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("hongbao-compact".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| format!("cannot start a compaction thread: {e}"))?;
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return v,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return Err("the compaction thread stopped without an answer".into())
+            }
+        }
+    }
 }
