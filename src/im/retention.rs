@@ -90,6 +90,16 @@ mod tests {
     use crate::im::model::{Class, EntryKind, Message, Target};
     use crate::im::record::{encode_delivery, encode_sent};
 
+    fn view(kind: u8, stream: u64, seq: u64, payload: &[u8]) -> RecordView<'_> {
+        RecordView {
+            kind,
+            stream,
+            seq,
+            payload,
+            origin: None,
+        }
+    }
+
     fn msg(sender: u64, seq: u64) -> Arc<Message> {
         Arc::new(Message {
             id: MsgId { sender, seq },
@@ -107,24 +117,12 @@ mod tests {
     fn heads_cover_senders_and_recipients() {
         let mut p = Vec::new();
         encode_delivery(&[msg(1, 4), msg(2, 7)], &[(1, 10), (3, 20)], &mut p);
-        let v = RecordView {
-            kind: KIND_DELIVERY,
-            stream: 1,
-            seq: 4,
-            payload: &p,
-            origin: None,
-        };
+        let v = view(KIND_DELIVERY, 1, 4, &p);
         // User 1 gets only user 2's message (not its own): one entry at 10.
         assert_eq!(heads_of(&v), vec![(1, 10), (3, 21)]);
         let mut s = Vec::new();
         encode_sent(&msg(1, 4), &mut s);
-        let sent = RecordView {
-            kind: KIND_SENT,
-            stream: 1,
-            seq: 4,
-            payload: &s,
-            origin: None,
-        };
+        let sent = view(KIND_SENT, 1, 4, &s);
         assert_eq!(heads_of(&sent), vec![(1, 4)]);
     }
 
@@ -132,27 +130,9 @@ mod tests {
     fn expired_records_go_open_fanouts_and_money_stay_heads_replace_the_newest() {
         let mut p = Vec::new();
         encode_delivery(&[msg(2, 7)], &[(3, 20)], &mut p);
-        let delivery = RecordView {
-            kind: KIND_DELIVERY,
-            stream: 2,
-            seq: 7,
-            payload: &p,
-            origin: None,
-        };
-        let claim = RecordView {
-            kind: 3,
-            stream: 0,
-            seq: 0,
-            payload: &[0; 32],
-            origin: None,
-        };
-        let done = RecordView {
-            kind: KIND_FANOUT_DONE,
-            stream: 2,
-            seq: 7,
-            payload: &[],
-            origin: None,
-        };
+        let delivery = view(KIND_DELIVERY, 2, 7, &p);
+        let claim = view(3, 0, 0, &[0; 32]);
+        let done = view(KIND_FANOUT_DONE, 2, 7, &[]);
         let mut x = ExpiredSegment {
             open: HashSet::default(),
             heads: [(3, 20)].into_iter().collect(),
@@ -167,13 +147,7 @@ mod tests {
         assert!(!x.keep(&delivery, &mut extra));
         assert!(extra.is_empty());
         // A head record still needed is kept as it is; one no longer needed goes.
-        let head = RecordView {
-            kind: KIND_STREAM_HEAD,
-            stream: 4,
-            seq: 9,
-            payload: &[],
-            origin: None,
-        };
+        let head = view(KIND_STREAM_HEAD, 4, 9, &[]);
         let mut again = ExpiredSegment {
             open: HashSet::default(),
             heads: [(4, 9)].into_iter().collect(),

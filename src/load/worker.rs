@@ -1023,14 +1023,13 @@ impl Worker {
                 }
                 Op::Sync => {
                     c.sync_busy = false;
-                    let page = body;
                     let (me, warmup, nonce) =
                         (c.uids[0], self.plan.warmup_ns, plan_nonce(&self.plan));
                     let mut synced = c.synced;
                     let mut gaps = 0u64;
                     let mut seen = 0i64;
                     let recorder = &mut self.result.recorder;
-                    let max_seq = walk_page(page, |e| {
+                    let max_seq = walk_page(body, |e| {
                         gaps += u64::from(e.seq != synced + 1);
                         synced = e.seq;
                         if e.kind != 1 || e.sender == me {

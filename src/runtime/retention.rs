@@ -52,7 +52,7 @@ async fn compact_expired(
 ) -> Result<(), String> {
     let id = core.id;
     let d = dir.to_path_buf();
-    let ids = blocking(move || list_segments(&d).map_err(|e| e.to_string())).await?;
+    let ids = off_core(move || list_segments(&d).map_err(|e| e.to_string())).await?;
     for pair in ids.windows(2) {
         let (segment, next) = (pair[0], pair[1]);
         if segment < *done_below {
@@ -60,7 +60,7 @@ async fn compact_expired(
         }
         let d = dir.to_path_buf();
         let created =
-            blocking(move || segment_created(&d, id, next).map_err(|e| e.to_string())).await?;
+            off_core(move || segment_created(&d, id, next).map_err(|e| e.to_string())).await?;
         // The header has whole seconds: the next segment was started before created + 1.
         if created < 0 || (created as u64 + 1) * 1000 > cutoff_ms {
             break; // this segment, and every later one, may hold messages still retained
@@ -88,7 +88,7 @@ async fn compact_one(
     let id = core.id;
     // 1. The streams whose newest seq in this segment may be their newest of all.
     let d = dir.to_path_buf();
-    let heads = blocking(move || {
+    let heads = off_core(move || {
         let mut heads = std::collections::HashMap::new();
         scan_segment(&d, id, segment, |_, v| {
             for (uid, seq) in heads_of(&v) {
@@ -114,7 +114,7 @@ async fn compact_one(
     };
     // 3. The rewrite.
     let d = dir.to_path_buf();
-    blocking(move || {
+    off_core(move || {
         compact_segment(&d, id, segment, |v, extra| x.keep(v, extra)).map_err(|e| e.to_string())
     })
     .await
@@ -122,7 +122,7 @@ async fn compact_one(
 
 /// Runs `f` on a helper thread and waits for it without blocking the core (checking every
 /// 10 ms: compaction is rare and slow, its latency does not matter).
-async fn blocking<T: Send + 'static>(
+async fn off_core<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let (tx, rx) = std::sync::mpsc::channel();
