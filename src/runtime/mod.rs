@@ -645,7 +645,8 @@ async fn core_main(
     // glommio notices that the peer of a shared channel connected only when its reactor
     // runs: an executor asleep with nothing else pending could wait for its doorbells to
     // connect until something else woke it. A 1 ms timer keeps the reactor turning until the
-    // core is ready; after that the ticker's timer does (docs/ARCHITECTURE.md, "Start-up").
+    // core is ready; after that the ticker's timer does (docs/ARCHITECTURE.md, "An executor
+    // that slept with ready tasks").
     let stage = |k: u8| shared.startup[id as usize].store(k, Ordering::Relaxed);
     stage(1);
     let starting = Rc::new(Cell::new(true));
@@ -722,9 +723,9 @@ async fn core_main(
         }
     };
     stage(4);
-    // The network ring is made only now, when the executors have started and connected:
-    // made earlier, about one start in a hundred (four servers starting at once) left an
-    // executor asleep for good (docs/ARCHITECTURE.md, "Start-up").
+    // The network ring is made only now, when the executors have started and connected
+    // (made earlier, it widened the window of the executor bug patched in vendor/glommio:
+    // docs/ARCHITECTURE.md, "An executor that slept with ready tasks").
     let ring = match own.net {
         NetPath::Uring => {
             match uring::NetRing::new(
