@@ -68,7 +68,7 @@ fn settle(im: &mut ImCore, log: &mut LogWriter, fx: &mut Effects) {
             im.handle(msg, 0, log, fx);
             busy = true;
         }
-        im.flush(log, fx);
+        im.flush(log);
         if let Some(batch) = log.take_batch() {
             log.complete(batch.end);
             im.batch_done(batch.end, 0, log, fx);

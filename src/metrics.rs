@@ -46,7 +46,7 @@ pub struct CoreMetrics {
     pub im_stream_appends: AtomicU64,
     pub im_delivery_records: AtomicU64,
     pub im_merged_messages: AtomicU64,
-    pub im_refused_deliveries: AtomicU64,
+    pub im_held_deliveries: AtomicU64,
     pub im_streams: AtomicU64,
     pub im_pushes: AtomicU64,
     pub im_expired: AtomicU64,
@@ -281,10 +281,10 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             |m| m.im_merged_messages.load(Relaxed),
         ),
         (
-            "hongbao_im_refused_deliveries_total",
+            "hongbao_im_held_deliveries_total",
             "counter",
-            "Deliveries this core's fan-outs had refused by a busy core (retried).",
-            |m| m.im_refused_deliveries.load(Relaxed),
+            "Deliveries this core held because its log was behind (written in order once it has room).",
+            |m| m.im_held_deliveries.load(Relaxed),
         ),
         (
             "hongbao_im_streams",

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
+use super::dedupe::{DoneIndex, SendKey};
 use super::model::*;
 use super::record::{
     decode_delivery, decode_group, decode_sent, delivery_len, encode_delivery, encode_group,
@@ -57,12 +58,10 @@ pub const MACHINE_BURST: u64 = 200;
 /// Messages a core holds for one huge group while that group's fan-out is in flight (R21's
 /// per-group limit); beyond it sends to the group are refused as busy.
 pub const HELD_PER_GROUP_MAX: usize = 100_000;
-/// First retry of a delivery a busy core refused; doubles up to [`RETRY_MAX_MS`] (R23).
-pub const RETRY_FIRST_MS: u64 = 10;
 /// Soft failure (R23): a send the log cannot take now is parked and retried, the interval
 /// doubling from RETRY_FIRST_MS up to PARK_RETRY_MAX_MS.
+pub const RETRY_FIRST_MS: u64 = 10;
 pub const PARK_RETRY_MAX_MS: u64 = 5_000;
-pub const RETRY_MAX_MS: u64 = 30_000;
 
 /// The recipients of a message, by home core: `partition[core]` (the sender may be among
 /// them; a core skips a recipient's own messages).
@@ -96,12 +95,6 @@ pub enum ImMsg {
     },
     /// To the sender's core: the receiving core holds the message durably.
     Delivered { id: MsgId },
-    /// To the sender's core: the receiving core was too busy; try again later.
-    DeliverRefused {
-        id: MsgId,
-        recipients: Arc<[u64]>,
-        core: u16,
-    },
 }
 
 /// What a call asks the runtime to do.
@@ -160,6 +153,7 @@ struct Group {
     durable: Option<(u64, Arc<Partition>, usize)>,
 }
 
+/// A send not stored yet (stored ones are in the [`DoneIndex`]).
 enum SendState {
     InFlight {
         routes: Vec<Route>,
@@ -167,11 +161,6 @@ enum SendState {
     },
     /// Accepted and parked (soft failure, R23): not in the log yet.
     Parked { fingerprint: u32, accepted_ms: u64 },
-    Done {
-        seq: u64,
-        sent_ms: u64,
-        fingerprint: u32,
-    },
 }
 
 /// Limits of one core's send work (R23): sends accepted and not yet durable, in flight or
@@ -211,9 +200,8 @@ struct Parked {
     since_us: u64,
 }
 
-/// What the appinfo memory is keyed by: sender, appinfo, entry kind (a receipt and a
-/// withdrawal derive their appinfo from the message they refer to).
-type SendKey = (u64, u128, u8);
+// What the appinfo memory is keyed by: sender, appinfo, entry kind (a receipt and a
+// withdrawal derive their appinfo from the message they refer to): `SendKey`.
 
 /// A send to be stored: a client's message, or a receipt or withdrawal the server makes.
 struct Draft {
@@ -278,11 +266,12 @@ struct HugeRun {
     origins: Vec<(MsgId, u16)>,
 }
 
-struct Retry {
-    due_us: u64,
-    core: u16,
-    msg: MessageRef,
+/// Deliveries the log could not take when they came: written, in arrival order, before any
+/// later one (a recipient sees each sender's messages in send order).
+struct Blocked {
+    messages: Vec<MessageRef>,
     recipients: Arc<[u64]>,
+    origins: Vec<(MsgId, u16)>,
 }
 
 /// Counters of one core's IM engine.
@@ -293,7 +282,8 @@ pub struct ImStats {
     pub delivery_records: u64,
     pub stream_appends: u64,
     pub merged_messages: u64,
-    pub refused_deliveries: u64,
+    /// Deliveries held because the log was behind (written in order once it has room).
+    pub held_deliveries: u64,
     /// Entries dropped by retention.
     pub expired: u64,
     /// Sends parked by soft failure (R23), dropped after the parking limit, and refused for
@@ -308,9 +298,10 @@ pub struct ImCore {
     cores: u16,
     streams: HashMap<u64, Stream>,
     groups: HashMap<u64, Group>,
+    /// Sends of users homed here not stored yet.
     sends: HashMap<SendKey, SendState>,
-    /// (sent_ms, key) in acceptance order, to forget appinfos after the dedupe window.
-    send_order: VecDeque<(u64, SendKey)>,
+    /// Stored sends of users homed here, for the dedupe window (R18).
+    done: DoneIndex,
     /// API/app send buckets per sender: (tokens in millionths, last refill in microseconds).
     machine: HashMap<u64, (u64, u64)>,
     /// Readers of messages sent by users homed here, from the receipts in their streams.
@@ -321,9 +312,8 @@ pub struct ImCore {
     waiters: VecDeque<(LogPosition, Waiter)>,
     /// Deliveries received since the last flush, merged by recipient list at the flush.
     inbox: Vec<(MessageRef, Arc<[u64]>, u16)>,
-    retries: Vec<Retry>,
-    /// Current back-off of deliveries refused by a busy core, per (message, core).
-    backoffs: HashMap<(MsgId, u16), u64>,
+    /// Deliveries waiting for room in the log, in arrival order.
+    blocked: VecDeque<Blocked>,
     /// Huge groups with a fan-out in flight from this core: messages in it.
     group_in_flight: HashMap<u64, usize>,
     /// Messages to huge groups waiting for the group's fan-out in flight to finish; released
@@ -387,7 +377,7 @@ impl ImCore {
             streams: HashMap::new(),
             groups: HashMap::new(),
             sends: HashMap::new(),
-            send_order: VecDeque::new(),
+            done: DoneIndex::default(),
             reads: HashMap::new(),
             machine: HashMap::new(),
             pending: HashMap::new(),
@@ -395,8 +385,7 @@ impl ImCore {
             outbox: HashMap::new(),
             waiters: VecDeque::new(),
             inbox: Vec::new(),
-            retries: Vec::new(),
-            backoffs: HashMap::new(),
+            blocked: VecDeque::new(),
             group_in_flight: HashMap::new(),
             held: HashMap::new(),
             huge_budget: HUGE_BYTES_PER_COMMIT,
@@ -590,6 +579,20 @@ impl ImCore {
         self.submit(draft, route, now_us, log, out);
     }
 
+    /// The stored send `key` (its entry in the sender's stream), if remembered (R18).
+    fn stored(&self, key: &SendKey) -> Option<&MessageRef> {
+        let entry = |seq: u64| {
+            let s = self.streams.get(&key.0)?;
+            let m = s
+                .entries
+                .get(usize::try_from(seq.checked_sub(s.base)?).ok()?)?;
+            (m.id == MsgId { sender: key.0, seq } && m.appinfo == key.1 && m.kind as u8 == key.2)
+                .then_some(m)
+        };
+        let seq = self.done.get(key, |seq| entry(seq).is_some())?;
+        entry(seq)
+    }
+
     /// The durable entry of `uid`'s stream at `seq`, if it is a message (not a receipt or a
     /// withdrawal).
     fn message_at(&self, uid: u64, seq: u64) -> Option<MessageRef> {
@@ -705,25 +708,23 @@ impl ImCore {
         }
         let fp = fingerprint(req.to, req.class, &req.body);
         let key = draft.key();
-        match self.sends.get_mut(&key) {
-            Some(SendState::Done {
-                seq,
-                sent_ms,
-                fingerprint,
-            }) => {
-                let reply = if *fingerprint == fp {
-                    self.stats.duplicates += 1;
-                    ImReply::Sent {
-                        seq: *seq,
-                        sent_ms: *sent_ms,
-                        duplicate: true,
-                    }
-                } else {
-                    ImReply::Error(ImError::AppinfoReused)
-                };
-                out.replies.push((route, reply));
-                return;
+        if let Some(m) = self.stored(&key) {
+            let reply = if fingerprint(m.to, m.class, &m.body) == fp {
+                ImReply::Sent {
+                    seq: m.id.seq,
+                    sent_ms: m.sent_ms,
+                    duplicate: true,
+                }
+            } else {
+                ImReply::Error(ImError::AppinfoReused)
+            };
+            if matches!(reply, ImReply::Sent { .. }) {
+                self.stats.duplicates += 1;
             }
+            out.replies.push((route, reply));
+            return;
+        }
+        match self.sends.get_mut(&key) {
             Some(SendState::InFlight {
                 routes,
                 fingerprint,
@@ -1009,34 +1010,7 @@ impl ImCore {
                 origin,
             } => self.inbox.push((msg, recipients, origin)),
             ImMsg::Delivered { id } => self.delivered(id, now_us, log, out),
-            ImMsg::DeliverRefused {
-                id,
-                recipients,
-                core,
-            } => {
-                self.stats.refused_deliveries += 1;
-                let Some(msg) = self.find_sent(id) else {
-                    panic!("refused delivery of unknown message {id}");
-                };
-                let backoff_ms = self
-                    .backoffs
-                    .get(&(id, core))
-                    .map_or(RETRY_FIRST_MS, |b| (b * 2).min(RETRY_MAX_MS));
-                self.backoffs.insert((id, core), backoff_ms);
-                self.retries.push(Retry {
-                    due_us: now_us + backoff_ms * 1000,
-                    core,
-                    msg,
-                    recipients,
-                });
-            }
         }
-    }
-
-    fn find_sent(&self, id: MsgId) -> Option<MessageRef> {
-        let s = self.streams.get(&id.sender)?;
-        let i = id.seq.checked_sub(s.base)? as usize;
-        s.entries.get(i).filter(|m| m.id == id).cloned()
     }
 
     fn expand(&self, gid: u64, sender: u64, class: Class) -> Result<Arc<Partition>, ImError> {
@@ -1149,11 +1123,6 @@ impl ImCore {
                 }
             }
         }
-        if !self.backoffs.is_empty() {
-            for core in 0..self.cores {
-                self.backoffs.remove(&(id, core));
-            }
-        }
         // A control record: tiny, and it must not be starved by the backlog bound (without
         // it, recovery would only deliver again to nobody).
         log.append_control(KIND_FANOUT_DONE, id.sender, id.seq, &[])
@@ -1221,7 +1190,8 @@ impl ImCore {
 
     /// Appends the deliveries received since the last flush: those for the same recipients
     /// merge into one record (R21). Call after each batch of [`ImCore::handle`] calls.
-    pub fn flush(&mut self, log: &mut LogWriter, out: &mut Effects) {
+    pub fn flush(&mut self, log: &mut LogWriter) {
+        self.write_blocked(log);
         if self.inbox.is_empty() {
             return;
         }
@@ -1272,7 +1242,18 @@ impl ImCore {
             .into_iter()
             .partition(|r| r.recipients.len() < HUGE_GROUP);
         for run in small {
-            self.deliver(run.messages, &run.recipients, run.origins, None, log, out);
+            // Behind deliveries still held, or held itself when the log is behind: recipients
+            // see each sender's messages in send order either way.
+            if !self.blocked.is_empty()
+                || !self.deliver(&run.messages, &run.recipients, &run.origins, log)
+            {
+                self.stats.held_deliveries += 1;
+                self.blocked.push_back(Blocked {
+                    messages: run.messages,
+                    recipients: run.recipients,
+                    origins: run.origins,
+                });
+            }
         }
         for run in huge {
             self.huge_queue.push_back(HugeRun {
@@ -1282,14 +1263,14 @@ impl ImCore {
                 origins: run.origins,
             });
         }
-        self.write_huge(log, out);
+        self.write_huge(log);
     }
 
     /// Writes huge-group deliveries while this batch's budget lasts: each chunk of members is
     /// one record; the origins are told when the last chunk is durable (chunks are durable in
     /// log order). After each completed batch at least one chunk goes, so they progress.
-    fn write_huge(&mut self, log: &mut LogWriter, out: &mut Effects) {
-        while let Some(run) = self.huge_queue.front_mut() {
+    fn write_huge(&mut self, log: &mut LogWriter) {
+        while let Some(run) = self.huge_queue.front() {
             let fixed = delivery_len(&run.messages, 0);
             let bytes_room = self.huge_budget.saturating_sub(self.huge_used + fixed) / 16;
             let appends_room =
@@ -1306,55 +1287,46 @@ impl ImCore {
             let start = run.next;
             let end = (start + n).min(run.recipients.len());
             let chunk: Arc<[u64]> = Arc::from(&run.recipients[start..end]);
-            let rest: Arc<[u64]> = Arc::from(&run.recipients[start..]);
             let last = end == run.recipients.len();
             let messages = run.messages.clone();
+            // The origins are told once the last chunk is durable.
             let origins = if last {
-                std::mem::take(&mut run.origins)
+                run.origins.clone()
             } else {
                 Vec::new()
             };
-            run.next = end;
+            if !self.deliver(&messages, &chunk, &origins, log) {
+                // The log is full: the run waits at the front and goes on after a commit.
+                return;
+            }
             self.huge_used += fixed + 16 * (end - start);
-            self.huge_appends += run.messages.len() * (end - start);
-            let refused_origins = if last {
-                None
-            } else {
-                Some(run.origins.clone())
-            };
+            self.huge_appends += messages.len() * (end - start);
             if last {
                 self.huge_queue.pop_front();
+            } else {
+                self.huge_queue.front_mut().expect("checked").next = end;
             }
-            if !self.deliver(messages, &chunk, origins, Some(&rest), log, out) {
-                // The log is full: the origins retry the members not written yet.
-                if let Some(origins) = refused_origins {
-                    self.huge_queue.pop_front();
-                    for (id, origin) in origins {
-                        out.messages.push((
-                            origin,
-                            ImMsg::DeliverRefused {
-                                id,
-                                recipients: rest.clone(),
-                                core: self.core,
-                            },
-                        ));
-                    }
-                }
+        }
+    }
+
+    /// Writes held deliveries in arrival order while the log takes them.
+    fn write_blocked(&mut self, log: &mut LogWriter) {
+        while let Some(b) = self.blocked.pop_front() {
+            if !self.deliver(&b.messages, &b.recipients, &b.origins, log) {
+                self.blocked.push_front(b);
                 return;
             }
         }
     }
 
-    /// Appends one delivery record; false when the log refused it (then `origins` are told
-    /// to retry `retry` (default: `recipients`).
+    /// Appends one delivery record; false when the log refused it (it is behind; nothing was
+    /// written and the caller keeps the delivery).
     fn deliver(
         &mut self,
-        messages: Vec<MessageRef>,
+        messages: &[MessageRef],
         recipients: &Arc<[u64]>,
-        origins: Vec<(MsgId, u16)>,
-        retry: Option<&Arc<[u64]>>,
+        origins: &[(MsgId, u16)],
         log: &mut LogWriter,
-        out: &mut Effects,
     ) -> bool {
         let mut list = Vec::with_capacity(recipients.len());
         for &uid in recipients.iter() {
@@ -1363,7 +1335,7 @@ impl ImCore {
                 self.core,
                 "delivery for user {uid} reached a core that is not its home"
             );
-            let n = Delivery::count_for(&messages, uid);
+            let n = Delivery::count_for(messages, uid);
             if n == 0 {
                 continue;
             }
@@ -1371,7 +1343,7 @@ impl ImCore {
             list.push((uid, next));
         }
         self.scratch.clear();
-        encode_delivery(&messages, &list, &mut self.scratch);
+        encode_delivery(messages, &list, &mut self.scratch);
         let first = messages[0].id;
         match log.append(KIND_DELIVERY, first.sender, first.seq, &self.scratch) {
             Ok(appended) => {
@@ -1385,7 +1357,7 @@ impl ImCore {
                 for &(uid, first_seq) in &list {
                     let s = self.streams.entry(uid).or_default();
                     debug_assert_eq!(s.next_seq(), first_seq);
-                    for m in &messages {
+                    for m in messages {
                         if m.id.sender != uid {
                             s.entries.push(m.clone());
                         }
@@ -1396,32 +1368,19 @@ impl ImCore {
                 self.stats.merged_messages += messages.len() as u64 - 1;
                 self.stats.stream_appends += list
                     .iter()
-                    .map(|&(uid, _)| Delivery::count_for(&messages, uid))
+                    .map(|&(uid, _)| Delivery::count_for(messages, uid))
                     .sum::<u64>();
                 self.waiters.push_back((
                     appended.end,
                     Waiter::Delivery {
                         streams,
-                        messages: origins,
+                        messages: origins.to_vec(),
                         reads,
                     },
                 ));
                 true
             }
-            Err(AppendError::Backlog(_)) => {
-                let retry = retry.unwrap_or(recipients);
-                for (id, origin) in origins {
-                    out.messages.push((
-                        origin,
-                        ImMsg::DeliverRefused {
-                            id,
-                            recipients: retry.clone(),
-                            core: self.core,
-                        },
-                    ));
-                }
-                false
-            }
+            Err(AppendError::Backlog(_)) => false,
             Err(AppendError::TooLarge(_)) => unreachable!("deliveries are sized to fit"),
         }
     }
@@ -1585,7 +1544,8 @@ impl ImCore {
     ) {
         self.huge_used = 0;
         self.huge_appends = 0;
-        self.write_huge(log, out);
+        self.write_blocked(log);
+        self.write_huge(log);
         while self.waiters.front().is_some_and(|(end, _)| *end <= durable) {
             let (_, waiter) = self.waiters.pop_front().expect("checked");
             match waiter {
@@ -1599,13 +1559,8 @@ impl ImCore {
                     s.durable = s.durable.max(msg.id.seq);
                     out.pushes.push((msg.id.sender, s.durable));
                     self.release_work(msg.id.sender);
-                    let fingerprint = fingerprint(msg.to, msg.class, &msg.body);
-                    let done = SendState::Done {
-                        seq: msg.id.seq,
-                        sent_ms: msg.sent_ms,
-                        fingerprint,
-                    };
-                    if let Some(SendState::InFlight { routes, .. }) = self.sends.insert(key, done) {
+                    self.done.insert(key, msg.id.seq, msg.sent_ms);
+                    if let Some(SendState::InFlight { routes, .. }) = self.sends.remove(&key) {
                         for r in routes {
                             out.replies.push((
                                 r,
@@ -1617,7 +1572,6 @@ impl ImCore {
                             ));
                         }
                     }
-                    self.send_order.push_back((msg.sent_ms, key));
                     self.fan_out_or_hold(msg, partition, accepted_us, now_us, log, out);
                 }
                 Waiter::Delivery {
@@ -1662,37 +1616,16 @@ impl ImCore {
         }
     }
 
-    /// Periodic work: deliveries to retry, appinfos to forget.
-    pub fn tick(&mut self, now_us: u64, log: &mut LogWriter, out: &mut Effects) {
+    /// Periodic work: parked sends and held deliveries to retry, appinfos to forget.
+    pub fn tick(&mut self, now_us: u64, log: &mut LogWriter) {
         let now_ms = now_us / 1000;
         self.retry_parked(now_us, log);
         // Buckets that would be full again are forgotten (bounded memory).
         let full_after = MACHINE_BURST * 1_000_000 / MACHINE_PER_SECOND;
         self.machine
             .retain(|_, (_, at)| now_us.saturating_sub(*at) < full_after);
-        let mut i = 0;
-        while i < self.retries.len() {
-            if self.retries[i].due_us <= now_us {
-                let r = self.retries.swap_remove(i);
-                out.messages.push((
-                    r.core,
-                    ImMsg::Deliver {
-                        msg: r.msg,
-                        recipients: r.recipients,
-                        origin: self.core,
-                    },
-                ));
-            } else {
-                i += 1;
-            }
-        }
-        while let Some(&(sent_ms, key)) = self.send_order.front() {
-            if sent_ms.saturating_add(DEDUPE_WINDOW_MS) > now_ms {
-                break;
-            }
-            self.send_order.pop_front();
-            self.sends.remove(&key);
-        }
+        self.write_blocked(log);
+        self.done.expire(now_ms.saturating_sub(DEDUPE_WINDOW_MS));
     }
 
     /// Entries of `uid`'s stream after seq `after`, at most `limit`, durable ones only.
@@ -1756,7 +1689,6 @@ impl ImCore {
         let mut open: HashSet<MsgId> = self.outbox.keys().copied().collect();
         open.extend(self.held.values().flatten().map(|(m, _, _)| m.id));
         open.extend(self.redrive.iter().map(|(m, _)| m.id));
-        open.extend(self.retries.iter().map(|r| r.msg.id));
         for run in &self.huge_queue {
             open.extend(run.messages.iter().map(|m| m.id));
         }
@@ -1769,7 +1701,7 @@ impl ImCore {
             && self.pending.is_empty()
             && self.outbox.is_empty()
             && self.inbox.is_empty()
-            && self.retries.is_empty()
+            && self.blocked.is_empty()
             && self.held.is_empty()
             && self.huge_queue.is_empty()
             && self.parked.is_empty()
@@ -1980,15 +1912,7 @@ impl ImRecovery {
             let core = &mut out[home(m.id.sender, cores) as usize];
             if m.sent_ms.saturating_add(DEDUPE_WINDOW_MS) > now_ms {
                 let key = (m.id.sender, m.appinfo, m.kind as u8);
-                core.sends.insert(
-                    key,
-                    SendState::Done {
-                        seq: m.id.seq,
-                        sent_ms: m.sent_ms,
-                        fingerprint: fingerprint(m.to, m.class, &m.body),
-                    },
-                );
-                core.send_order.push_back((m.sent_ms, key));
+                core.done.insert(key, m.id.seq, m.sent_ms);
             }
             if !self.done.contains(&m.id) {
                 let have = self.delivered_to.get(&m.id).cloned().unwrap_or_default();

@@ -103,7 +103,7 @@ impl Core {
                 let mut im = self.im.borrow_mut();
                 match next {
                     Some(msg) => im.handle(msg, now_us(), engine.log_mut(), &mut fx),
-                    None => im.flush(engine.log_mut(), &mut fx),
+                    None => im.flush(engine.log_mut()),
                 }
             }
             let more = !fx.messages.is_empty();
@@ -362,7 +362,7 @@ impl Core {
         self.im_run(|im, log, fx| im.handle(msg, now, log, fx));
     }
 
-    /// Periodic IM work (retries of refused deliveries, forgetting old appinfos).
+    /// Periodic IM work (parked sends and held deliveries, forgetting old appinfos).
     pub(crate) fn im_tick(&self) {
         let now = now_us();
         {
@@ -376,8 +376,8 @@ impl Core {
                 .store(s.delivery_records, Ordering::Relaxed);
             m.im_merged_messages
                 .store(s.merged_messages, Ordering::Relaxed);
-            m.im_refused_deliveries
-                .store(s.refused_deliveries, Ordering::Relaxed);
+            m.im_held_deliveries
+                .store(s.held_deliveries, Ordering::Relaxed);
             m.im_streams
                 .store(im.stream_count() as u64, Ordering::Relaxed);
             m.im_parked.store(s.parked, Ordering::Relaxed);
@@ -386,6 +386,6 @@ impl Core {
             m.im_work_refused.store(s.work_refused, Ordering::Relaxed);
         }
         // Also flushes deliveries a busy flush deferred (huge groups beyond the budget).
-        self.im_run(|im, log, fx| im.tick(now, log, fx));
+        self.im_run(|im, log, _| im.tick(now, log));
     }
 }
