@@ -33,6 +33,7 @@ pub mod claims;
 pub mod client;
 pub mod fsutil;
 pub mod gen;
+pub mod heap;
 pub mod im;
 pub mod inspect;
 pub mod ledger;

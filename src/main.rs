@@ -227,6 +227,10 @@ struct ServeArgs {
     run_for: Option<u64>,
 }
 
+/// Counts the heap in use (`hongbao_heap_bytes`, `im.memory_max_mb`): src/heap.rs.
+#[global_allocator]
+static ALLOCATOR: hongbao::heap::Counting = hongbao::heap::Counting;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {

@@ -47,6 +47,7 @@ pub struct CoreMetrics {
     pub im_delivery_records: AtomicU64,
     pub im_merged_messages: AtomicU64,
     pub im_held_deliveries: AtomicU64,
+    pub im_memory_refused: AtomicU64,
     pub im_streams: AtomicU64,
     pub im_pushes: AtomicU64,
     pub im_expired: AtomicU64,
@@ -157,7 +158,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 30] = [
+    let simple: [Family; 31] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -287,6 +288,12 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             |m| m.im_held_deliveries.load(Relaxed),
         ),
         (
+            "hongbao_im_memory_refused_total",
+            "counter",
+            "New IM writes refused (busy) while the heap was over im.memory_max_mb.",
+            |m| m.im_memory_refused.load(Relaxed),
+        ),
+        (
             "hongbao_im_streams",
             "gauge",
             "User streams homed on this core.",
@@ -379,6 +386,13 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &FANOUT_BUCKETS_US,
         |m| (&m.im_fanout_buckets[..], m.im_fanout_us_sum.load(Relaxed)),
     );
+    family(
+        &mut out,
+        "hongbao_heap_bytes",
+        "gauge",
+        "Heap in use by the whole process (allocated, not freed), in bytes.",
+    );
+    let _ = writeln!(out, "hongbao_heap_bytes {}", crate::heap::in_use());
     out
 }
 

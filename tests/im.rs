@@ -767,3 +767,32 @@ fn sends_beyond_what_the_log_takes_are_accepted_and_stored_in_order() {
     );
     assert!(metric(&server, "hongbao_im_parked_total") >= accepted);
 }
+
+#[test]
+fn over_the_memory_limit_sends_are_busy_and_the_server_goes_on() {
+    let event = Event::new();
+    let cfg = event.path().join("tiny-memory.toml");
+    // 1 MiB: the server's own heap is over it from the start.
+    std::fs::write(&cfg, "[im]\nmemory_max_mb = 1\n").unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let server = event.serve("data", &["--cores", "1", "--config", cfg.as_str()]);
+    let (_, text) = http(server.http, "GET", "/metrics", None, "");
+    let heap: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hongbao_heap_bytes ")?.parse().ok())
+        .expect("the heap gauge");
+    assert!(heap > 1 << 20, "heap {heap}");
+    // The limit is checked every tick.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut a = server.client(&event.auth(1));
+    let r = a
+        .im_send(1, Target::User(2), Class::Chat, b"hello")
+        .unwrap();
+    assert_eq!(error(r), ErrorCode::Busy as u16);
+    std::thread::sleep(Duration::from_millis(50)); // counters are published every tick
+    assert!(metric(&server, "hongbao_im_memory_refused_total") >= 1);
+    // Pulls, and the money side, go on.
+    assert_eq!(page(&mut a), (0, Vec::new()));
+    assert!(matches!(a.shake().unwrap(), Reply::Shake(_)));
+    assert!(server.stderr().contains("im.memory_max_mb"));
+}

@@ -291,6 +291,8 @@ pub struct ImStats {
     pub parked: u64,
     pub park_dropped: u64,
     pub work_refused: u64,
+    /// New sends and group changes refused while the process's heap was over its limit.
+    pub memory_refused: u64,
 }
 
 pub struct ImCore {
@@ -341,6 +343,8 @@ pub struct ImCore {
     /// One empty member slice, shared by every partition that needs one.
     empty: Arc<[u64]>,
     scratch: Vec<u8>,
+    /// The process's heap is over `im.memory_max_mb`: new writes are refused (busy).
+    memory_full: bool,
     pub stats: ImStats,
 }
 
@@ -404,6 +408,7 @@ impl ImCore {
             park_backoff_ms: RETRY_FIRST_MS,
             empty: Arc::from(Vec::new()),
             scratch: Vec::new(),
+            memory_full: false,
             stats: ImStats::default(),
         }
     }
@@ -429,6 +434,22 @@ impl ImCore {
     /// Sets the send work limits (R23).
     pub fn set_limits(&mut self, limits: WorkLimits) {
         self.limits = limits;
+    }
+
+    /// Whether the process's heap is over its limit (set by the runtime): while it is, new
+    /// sends, receipts, withdrawals and group changes are answered busy. Retries of stored
+    /// sends, pulls and the delivery of accepted messages go on.
+    pub fn set_memory_full(&mut self, full: bool) {
+        self.memory_full = full;
+    }
+
+    /// Refuses a new write while memory is full.
+    fn memory_refuses(&mut self, route: Route, out: &mut Effects) -> bool {
+        if self.memory_full {
+            self.stats.memory_refused += 1;
+            out.replies.push((route, ImReply::Error(ImError::Busy)));
+        }
+        self.memory_full
     }
 
     /// Sends parked by soft failure, waiting for the log.
@@ -753,6 +774,9 @@ impl ImCore {
                 return;
             }
             None => {}
+        }
+        if self.memory_refuses(route, out) {
+            return;
         }
         if matches!(req.class, Class::Api | Class::App) && !self.machine_allows(req.sender, now_us)
         {
@@ -1401,6 +1425,9 @@ impl ImCore {
                 .push((route, ImReply::Error(ImError::GroupExists)));
             return;
         }
+        if self.memory_refuses(route, out) {
+            return;
+        }
         let mut set: HashSet<u64> = members.iter().copied().collect();
         set.insert(owner);
         if set.len() > GROUP_MEMBERS_MAX {
@@ -1442,6 +1469,9 @@ impl ImCore {
             GroupChange::Remove { actor, members } => (false, actor, members),
             GroupChange::Create { .. } => panic!("creation is create_group"),
         };
+        if self.memory_refuses(route, out) {
+            return;
+        }
         let Some(g) = self.groups.get(&gid) else {
             out.replies
                 .push((route, ImReply::Error(ImError::NoSuchGroup)));

@@ -384,7 +384,28 @@ impl Core {
             m.im_parked_now.store(im.parked() as u64, Ordering::Relaxed);
             m.im_park_dropped.store(s.park_dropped, Ordering::Relaxed);
             m.im_work_refused.store(s.work_refused, Ordering::Relaxed);
+            m.im_memory_refused
+                .store(s.memory_refused, Ordering::Relaxed);
         }
+        // The heap is the whole process's: every core reads the same sum (64 loads).
+        let heap = crate::heap::in_use();
+        let full = heap > self.shared.im_memory_max;
+        let was_full = self.im_memory_full.replace(full);
+        if full != was_full && self.id == 0 {
+            let mib = |b: u64| b >> 20;
+            if full {
+                eprintln!(
+                    "IM: heap {} MiB is over im.memory_max_mb = {}: new messages and group \
+                     changes are answered busy until memory is freed (retention, restart, \
+                     more RAM)",
+                    mib(heap),
+                    mib(self.shared.im_memory_max)
+                );
+            } else {
+                eprintln!("IM: heap {} MiB is under im.memory_max_mb again", mib(heap));
+            }
+        }
+        self.im.borrow_mut().set_memory_full(full);
         // Also flushes deliveries a busy flush deferred (huge groups beyond the budget).
         self.im_run(|im, log, _| im.tick(now, log));
     }

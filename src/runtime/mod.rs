@@ -162,6 +162,8 @@ pub struct Shared {
     /// IM retention (R24): messages kept this long; retention passes this often.
     pub retention: std::time::Duration,
     pub compact_every: std::time::Duration,
+    /// `im.memory_max_mb` in bytes: above it the IM engines refuse new writes.
+    pub im_memory_max: u64,
 }
 
 /// A request in a connection's pipeline, in request order.
@@ -198,6 +200,8 @@ pub(crate) struct Core {
     im: RefCell<crate::im::ImCore>,
     /// IM messages this core sent itself, handled before the call that made them returns.
     im_local: RefCell<VecDeque<crate::im::ImMsg>>,
+    /// Whether the heap was over `im.memory_max_mb` at the last tick.
+    im_memory_full: Cell<bool>,
     /// Users homed here: the cores with connections watching them.
     presence: RefCell<HashMap<u64, Vec<u16>>>,
     /// Connections of this core watching their user's stream.
@@ -669,6 +673,7 @@ async fn core_main(
         engine: RefCell::new(engine),
         im: RefCell::new(setup.im),
         im_local: RefCell::new(VecDeque::new()),
+        im_memory_full: Cell::new(false),
         presence: RefCell::new(HashMap::new()),
         watchers: RefCell::new(HashMap::new()),
         auth_keys: own.auth_keys,
@@ -946,6 +951,7 @@ pub fn run(
             .collect(),
         retention: std::time::Duration::from_secs(config.retention_s),
         compact_every: std::time::Duration::from_secs(config.compact_every_s),
+        im_memory_max: config.im_memory_max,
     });
     // Doorbells: bells[src][dst].
     let mut bells_out: Vec<Vec<Option<SharedSender<()>>>> = (0..cores)

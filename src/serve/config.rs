@@ -40,6 +40,9 @@ pub struct ImSection {
     pub tenant_shift: Option<u8>,
     /// Seconds a parked send is retried before it is dropped.
     pub park_for_s: Option<u64>,
+    /// Heap (MiB, the whole process) above which new IM messages and group changes are
+    /// refused as busy, so the server never runs out of memory (default: 3/4 of the RAM).
+    pub memory_max_mb: Option<u64>,
 }
 
 /// `im.retention_s` by default: 180 days.
@@ -138,6 +141,8 @@ pub struct ServeConfig {
     pub retention_s: u64,
     pub compact_every_s: u64,
     pub work: crate::im::engine::WorkLimits,
+    /// `im.memory_max_mb`, in bytes.
+    pub im_memory_max: u64,
     /// Stop by itself after this long (bounded runs: demos, benchmarks, tests).
     pub run_for: Option<std::time::Duration>,
 }
@@ -250,6 +255,11 @@ impl ConfigFile {
         if work.tenant_shift.is_some_and(|s| s > 63) {
             return Err("im.tenant_shift must be from 0 to 63".into());
         }
+        let im_memory_max = match self.im.memory_max_mb {
+            Some(0) => return Err("im.memory_max_mb must be at least 1".into()),
+            Some(mb) => mb.saturating_mul(1 << 20),
+            None => crate::heap::mem_total().map_or(8 << 30, |b| b / 4 * 3),
+        };
         let compact_every_s = self.im.compact_every_s.unwrap_or(COMPACT_EVERY_S_DEFAULT);
         if !(1..=86_400).contains(&compact_every_s) {
             return Err(format!(
@@ -307,6 +317,7 @@ impl ConfigFile {
             retention_s,
             compact_every_s,
             work,
+            im_memory_max,
             run_for: None,
         })
     }

@@ -329,6 +329,53 @@ fn single_chat_is_stored_once_in_both_streams_and_visible_only_when_durable() {
 }
 
 #[test]
+fn over_the_memory_limit_new_writes_are_busy_and_stored_sends_still_answer() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(12);
+    let mut sim = Sim::new(2, 64 << 20);
+    let first = sim.send(10, 1, Target::User(20), Class::Chat, b"hello");
+    sim.quiesce(&mut rng);
+    assert!(matches!(
+        sim.reply(first),
+        Some(ImReply::Sent { seq: 1, .. })
+    ));
+    for n in &mut sim.nodes {
+        n.im.set_memory_full(true);
+    }
+    let new = sim.send(10, 2, Target::User(20), Class::Chat, b"more");
+    let group = sim.group(7, 10, &[10, 20]);
+    let retry = sim.send(10, 1, Target::User(20), Class::Chat, b"hello");
+    sim.quiesce(&mut rng);
+    assert_eq!(sim.reply(new), Some(&ImReply::Error(ImError::Busy)));
+    assert_eq!(sim.reply(group), Some(&ImReply::Error(ImError::Busy)));
+    assert!(matches!(
+        sim.reply(retry),
+        Some(ImReply::Sent {
+            seq: 1,
+            duplicate: true,
+            ..
+        })
+    ));
+    let refused: u64 = sim.nodes.iter().map(|n| n.im.stats.memory_refused).sum();
+    assert_eq!(refused, 2);
+    assert_eq!((sim.stream(10).len(), sim.stream(20).len()), (1, 1));
+    // Memory freed: the same send goes through.
+    for n in &mut sim.nodes {
+        n.im.set_memory_full(false);
+    }
+    let again = sim.send(10, 2, Target::User(20), Class::Chat, b"more");
+    sim.quiesce(&mut rng);
+    assert!(matches!(
+        sim.reply(again),
+        Some(ImReply::Sent {
+            seq: 2,
+            duplicate: false,
+            ..
+        })
+    ));
+    assert_eq!(sim.stream(20).len(), 2);
+}
+
+#[test]
 fn group_send_reaches_every_member_once_and_merges_backlogged_messages() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
     let mut sim = Sim::new(2, 64 << 20);
