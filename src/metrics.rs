@@ -53,6 +53,8 @@ pub struct CoreMetrics {
     pub im_expired: AtomicU64,
     pub im_parked: AtomicU64,
     pub im_parked_now: AtomicU64,
+    pub im_appinfo_entries: AtomicU64,
+    pub im_deliveries_held: AtomicU64,
     pub im_park_dropped: AtomicU64,
     pub im_work_refused: AtomicU64,
     pub log_compactions: AtomicU64,
@@ -158,7 +160,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 31] = [
+    let simple: [Family; 33] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -322,6 +324,18 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "gauge",
             "Sends parked now, waiting for the log.",
             |m| m.im_parked_now.load(Relaxed),
+        ),
+        (
+            "hongbao_im_appinfo_entries",
+            "gauge",
+            "Stored sends the appinfo memory holds for retries (24 hours, R18).",
+            |m| m.im_appinfo_entries.load(Relaxed),
+        ),
+        (
+            "hongbao_im_deliveries_held",
+            "gauge",
+            "Delivery records waiting for room in this core's log now.",
+            |m| m.im_deliveries_held.load(Relaxed),
         ),
         (
             "hongbao_im_park_dropped_total",

@@ -125,6 +125,9 @@ fn single_chat_push_then_pull_and_idempotent_retries() {
     let mine = pull_all(&mut alice);
     assert_eq!(mine.len(), 21);
     assert!(mine.iter().all(|e| e.sender == 1));
+    // 21 stored sends remembered for retries (gauges are published every tick).
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(metric(&server, "hongbao_im_appinfo_entries"), 21);
 }
 
 #[test]

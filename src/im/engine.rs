@@ -1781,6 +1781,16 @@ impl ImCore {
     pub fn stream_count(&self) -> usize {
         self.streams.len()
     }
+
+    /// Stored sends the appinfo memory holds (R18).
+    pub fn appinfo_entries(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Delivery records waiting for room in the log now.
+    pub fn deliveries_held(&self) -> usize {
+        self.blocked.len()
+    }
 }
 
 /// Rebuilds every core's IM state from the records of every core's log (in any order of

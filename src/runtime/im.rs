@@ -382,6 +382,10 @@ impl Core {
                 .store(im.stream_count() as u64, Ordering::Relaxed);
             m.im_parked.store(s.parked, Ordering::Relaxed);
             m.im_parked_now.store(im.parked() as u64, Ordering::Relaxed);
+            m.im_appinfo_entries
+                .store(im.appinfo_entries() as u64, Ordering::Relaxed);
+            m.im_deliveries_held
+                .store(im.deliveries_held() as u64, Ordering::Relaxed);
             m.im_park_dropped.store(s.park_dropped, Ordering::Relaxed);
             m.im_work_refused.store(s.work_refused, Ordering::Relaxed);
             m.im_memory_refused
