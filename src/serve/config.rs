@@ -41,7 +41,7 @@ pub struct ImSection {
     /// Seconds a parked send is retried before it is dropped.
     pub park_for_s: Option<u64>,
     /// Heap (MiB, the whole process) above which new IM messages and group changes are
-    /// refused as busy, so the server never runs out of memory (default: 3/4 of the RAM).
+    /// refused as busy, so the server never runs out of memory (default: 1/3 of the RAM: recovery needs about twice the steady heap for a moment).
     pub memory_max_mb: Option<u64>,
 }
 
@@ -258,7 +258,7 @@ impl ConfigFile {
         let im_memory_max = match self.im.memory_max_mb {
             Some(0) => return Err("im.memory_max_mb must be at least 1".into()),
             Some(mb) => mb.saturating_mul(1 << 20),
-            None => crate::heap::mem_total().map_or(8 << 30, |b| b / 4 * 3),
+            None => crate::heap::mem_total().map_or(8 << 30, |b| b / 3),
         };
         let compact_every_s = self.im.compact_every_s.unwrap_or(COMPACT_EVERY_S_DEFAULT);
         if !(1..=86_400).contains(&compact_every_s) {
