@@ -614,6 +614,14 @@ fn page(c: &mut Client) -> (u64, Vec<Entry>) {
     }
 }
 
+/// A one-core server with these settings (a config file written into the event's directory).
+fn one_core_with(event: &Event, file: &str, settings: &str) -> common::Server {
+    let cfg = event.path().join(file);
+    std::fs::write(&cfg, settings).unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    event.serve("data", &["--cores", "1", "--config", cfg.as_str()])
+}
+
 fn metric(server: &common::Server, name: &str) -> u64 {
     let (_, text) = http(server.http, "GET", "/metrics", None, "");
     text.lines()
@@ -716,11 +724,8 @@ fn retention_drops_old_messages_and_compaction_keeps_money_and_seqs() {
 #[test]
 fn sends_beyond_what_the_log_takes_are_accepted_and_stored_in_order() {
     let event = Event::new();
-    let cfg = event.path().join("small-log.toml");
     // The smallest backlog the server allows: a pipeline of 16 KiB messages outruns it.
-    std::fs::write(&cfg, "[store]\npending_bytes = 65536\n").unwrap();
-    let cfg = cfg.to_str().unwrap().to_string();
-    let server = event.serve("data", &["--cores", "1", "--config", cfg.as_str()]);
+    let server = one_core_with(&event, "small-log.toml", "[store]\npending_bytes = 65536\n");
     let mut a = server.client(&event.auth(1));
     let n = 150u32;
     let mut ids = Vec::new();
@@ -774,11 +779,8 @@ fn sends_beyond_what_the_log_takes_are_accepted_and_stored_in_order() {
 #[test]
 fn over_the_memory_limit_sends_are_busy_and_the_server_goes_on() {
     let event = Event::new();
-    let cfg = event.path().join("tiny-memory.toml");
     // 1 MiB: the server's own heap is over it from the start.
-    std::fs::write(&cfg, "[im]\nmemory_max_mb = 1\n").unwrap();
-    let cfg = cfg.to_str().unwrap().to_string();
-    let server = event.serve("data", &["--cores", "1", "--config", cfg.as_str()]);
+    let server = one_core_with(&event, "tiny-memory.toml", "[im]\nmemory_max_mb = 1\n");
     let (_, text) = http(server.http, "GET", "/metrics", None, "");
     let heap: u64 = text
         .lines()

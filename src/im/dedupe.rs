@@ -16,7 +16,8 @@ use std::hash::BuildHasher;
 
 use foldhash::{HashMap, HashMapExt};
 
-/// What an entry is keyed by: sender, appinfo, entry kind.
+/// What an entry is keyed by: sender, appinfo, entry kind (a receipt and a withdrawal derive
+/// their appinfo from the message they refer to).
 pub type SendKey = (u64, u128, u8);
 
 pub struct DoneIndex<S = foldhash::quality::RandomState> {
@@ -63,18 +64,17 @@ impl<S: BuildHasher> DoneIndex<S> {
         self.marks.front().map(|&(s, _)| s * 1000)
     }
 
-    /// The seq `key` was stored at, if remembered. `is_key(seq)` says whether the entry at
-    /// `seq` of the key's sender is that key (it rules out hash collisions).
-    pub fn get(&self, key: &SendKey, is_key: impl Fn(u64) -> bool) -> Option<u64> {
+    /// Where `key` was stored, if remembered: `at(seq)` looks at the entry at `seq` of the
+    /// key's sender and gives it back only if it is that key (which rules out hash
+    /// collisions).
+    pub fn get<T>(&self, key: &SendKey, at: impl Fn(u64) -> Option<T>) -> Option<T> {
         let h = self.hash(key);
         let seq = *self.map.get(&h)?;
-        if is_key(seq) {
-            return Some(seq);
+        if let Some(found) = at(seq) {
+            return Some(found);
         }
-        self.overflow
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|&(_, seq)| seq)
+        let &(_, seq) = self.overflow.iter().find(|(k, _)| k == key)?;
+        at(seq)
     }
 
     /// Remembers that `key`, sent at `sent_ms`, was stored at `seq`. The caller checked that
@@ -156,8 +156,8 @@ mod tests {
     struct Streams(StdMap<(u64, u64), SendKey>);
 
     impl Streams {
-        fn is(&self, key: SendKey) -> impl Fn(u64) -> bool + '_ {
-            move |seq| self.0.get(&(key.0, seq)) == Some(&key)
+        fn is(&self, key: SendKey) -> impl Fn(u64) -> Option<u64> + '_ {
+            move |seq| (self.0.get(&(key.0, seq)) == Some(&key)).then_some(seq)
         }
     }
 

@@ -205,9 +205,6 @@ struct Parked {
     since_us: u64,
 }
 
-// What the appinfo memory is keyed by: sender, appinfo, entry kind (a receipt and a
-// withdrawal derive their appinfo from the message they refer to): `SendKey`.
-
 /// A send to be stored: a client's message, or a receipt or withdrawal the server makes.
 struct Draft {
     req: SendRequest,
@@ -279,14 +276,6 @@ struct Run {
     bytes: usize,
 }
 
-/// Deliveries the log could not take when they came: written, in arrival order, before any
-/// later one (a recipient sees each sender's messages in send order).
-struct Blocked {
-    messages: Vec<MessageRef>,
-    recipients: Arc<[u64]>,
-    origins: Vec<(MsgId, u16)>,
-}
-
 /// Counters of one core's IM engine.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ImStats {
@@ -327,8 +316,10 @@ pub struct ImCore {
     waiters: VecDeque<(LogPosition, Waiter)>,
     /// Deliveries received since the last flush, merged by recipient list at the flush.
     inbox: Vec<(MessageRef, Arc<[u64]>, u16)>,
-    /// Deliveries waiting for room in the log, in arrival order.
-    blocked: VecDeque<Blocked>,
+    /// Deliveries (merged runs) the log could not take when they came, in arrival order:
+    /// written before any later one, so a recipient sees each sender's messages in send
+    /// order.
+    blocked: VecDeque<Run>,
     /// Huge groups with a fan-out in flight from this core: messages in it.
     group_in_flight: HashMap<u64, usize>,
     /// Messages to huge groups waiting for the group's fan-out in flight to finish; released
@@ -474,9 +465,9 @@ impl ImCore {
 
     /// Whether the process's heap is over its limit (set by the runtime): while it is, new
     /// sends, receipts, withdrawals and group changes are answered busy. Retries of stored
-    /// sends, pulls and the delivery of accepted messages go on.
-    pub fn set_memory_full(&mut self, full: bool) {
-        self.memory_full = full;
+    /// sends, pulls and the delivery of accepted messages go on. Returns the previous state.
+    pub fn set_memory_full(&mut self, full: bool) -> bool {
+        std::mem::replace(&mut self.memory_full, full)
     }
 
     /// Refuses a new write while memory is full.
@@ -638,16 +629,14 @@ impl ImCore {
 
     /// The stored send `key` (its entry in the sender's stream), if remembered (R18).
     fn stored(&self, key: &SendKey) -> Option<&MessageRef> {
-        let entry = |seq: u64| {
+        self.done.get(key, |seq| {
             let s = self.streams.get(&key.0)?;
             let m = s
                 .entries
                 .get(usize::try_from(seq.checked_sub(s.base)?).ok()?)?;
             (m.id == MsgId { sender: key.0, seq } && m.appinfo == key.1 && m.kind as u8 == key.2)
                 .then_some(m)
-        };
-        let seq = self.done.get(key, |seq| entry(seq).is_some())?;
-        entry(seq)
+        })
     }
 
     /// The durable entry of `uid`'s stream at `seq`, if it is a message (not a receipt or a
@@ -775,9 +764,7 @@ impl ImCore {
             } else {
                 ImReply::Error(ImError::AppinfoReused)
             };
-            if matches!(reply, ImReply::Sent { .. }) {
-                self.stats.duplicates += 1;
-            }
+            self.stats.duplicates += u64::from(matches!(reply, ImReply::Sent { .. }));
             out.replies.push((route, reply));
             return;
         }
@@ -1308,11 +1295,7 @@ impl ImCore {
                 || !self.deliver(&run.messages, &run.recipients, &run.origins, log)
             {
                 self.stats.held_deliveries += 1;
-                self.blocked.push_back(Blocked {
-                    messages: run.messages,
-                    recipients: run.recipients,
-                    origins: run.origins,
-                });
+                self.blocked.push_back(run);
             }
         }
         self.merge_runs = runs;

@@ -394,7 +394,7 @@ impl Core {
         // The heap is the whole process's: every core reads the same sum (64 loads).
         let heap = crate::heap::in_use();
         let full = heap > self.shared.im_memory_max;
-        let was_full = self.im_memory_full.replace(full);
+        let was_full = self.im.borrow_mut().set_memory_full(full);
         if full != was_full && self.id == 0 {
             let mib = |b: u64| b >> 20;
             if full {
@@ -409,7 +409,6 @@ impl Core {
                 eprintln!("IM: heap {} MiB is under im.memory_max_mb again", mib(heap));
             }
         }
-        self.im.borrow_mut().set_memory_full(full);
         // Also flushes deliveries a busy flush deferred (huge groups beyond the budget).
         self.im_run(|im, log, _| im.tick(now, log));
     }

@@ -200,8 +200,6 @@ pub(crate) struct Core {
     im: RefCell<crate::im::ImCore>,
     /// IM messages this core sent itself, handled before the call that made them returns.
     im_local: RefCell<VecDeque<crate::im::ImMsg>>,
-    /// Whether the heap was over `im.memory_max_mb` at the last tick.
-    im_memory_full: Cell<bool>,
     /// Users homed here: the cores with connections watching them.
     presence: RefCell<HashMap<u64, Vec<u16>>>,
     /// Connections of this core watching their user's stream.
@@ -673,7 +671,6 @@ async fn core_main(
         engine: RefCell::new(engine),
         im: RefCell::new(setup.im),
         im_local: RefCell::new(VecDeque::new()),
-        im_memory_full: Cell::new(false),
         presence: RefCell::new(HashMap::new()),
         watchers: RefCell::new(HashMap::new()),
         auth_keys: own.auth_keys,

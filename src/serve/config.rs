@@ -41,7 +41,8 @@ pub struct ImSection {
     /// Seconds a parked send is retried before it is dropped.
     pub park_for_s: Option<u64>,
     /// Heap (MiB, the whole process) above which new IM messages and group changes are
-    /// refused as busy, so the server never runs out of memory (default: 1/3 of the RAM: recovery needs about twice the steady heap for a moment).
+    /// refused as busy, so the server never runs out of memory (default: 1/3 of the RAM;
+    /// recovery needs about twice the steady heap for a moment).
     pub memory_max_mb: Option<u64>,
 }
 
@@ -347,6 +348,22 @@ mod tests {
         assert_eq!(c.caps.envelopes_per_user, 3);
         assert_eq!(c.listen.to_string(), LISTEN_DEFAULT);
         assert!(c.pacing_enabled && !c.rehearse);
+    }
+
+    #[test]
+    fn the_im_memory_limit_defaults_to_a_third_of_the_ram_and_refuses_zero() {
+        let base = "[server]\ntickets = \"t\"\nkeyring = \"k\"\ndata = \"d\"\nauth_keys = \"a\"\n";
+        let resolve = |extra: &str| {
+            toml::from_str::<ConfigFile>(&format!("{base}{extra}"))
+                .unwrap()
+                .resolve()
+        };
+        let ram = crate::heap::mem_total().unwrap();
+        assert_eq!(resolve("").unwrap().im_memory_max, ram / 3);
+        let c = resolve("[im]\nmemory_max_mb = 512\n").unwrap();
+        assert_eq!(c.im_memory_max, 512 << 20);
+        let e = resolve("[im]\nmemory_max_mb = 0\n").unwrap_err();
+        assert!(e.contains("im.memory_max_mb"), "{e}");
     }
 
     #[test]
