@@ -350,14 +350,16 @@ mod tests {
         assert!(c.pacing_enabled && !c.rehearse);
     }
 
+    /// The required settings plus `extra`, resolved.
+    fn resolve(extra: &str) -> Result<ServeConfig, String> {
+        let base = "[server]\ntickets = \"t\"\nkeyring = \"k\"\ndata = \"d\"\nauth_keys = \"a\"\n";
+        toml::from_str::<ConfigFile>(&format!("{base}{extra}"))
+            .unwrap()
+            .resolve()
+    }
+
     #[test]
     fn the_im_memory_limit_defaults_to_a_third_of_the_ram_and_refuses_zero() {
-        let base = "[server]\ntickets = \"t\"\nkeyring = \"k\"\ndata = \"d\"\nauth_keys = \"a\"\n";
-        let resolve = |extra: &str| {
-            toml::from_str::<ConfigFile>(&format!("{base}{extra}"))
-                .unwrap()
-                .resolve()
-        };
         let ram = crate::heap::mem_total().unwrap();
         assert_eq!(resolve("").unwrap().im_memory_max, ram / 3);
         let c = resolve("[im]\nmemory_max_mb = 512\n").unwrap();
@@ -368,12 +370,6 @@ mod tests {
 
     #[test]
     fn timing_settings_are_bounded() {
-        let base = "[server]\ntickets = \"t\"\nkeyring = \"k\"\ndata = \"d\"\nauth_keys = \"a\"\n";
-        let resolve = |extra: &str| {
-            toml::from_str::<ConfigFile>(&format!("{base}{extra}"))
-                .unwrap()
-                .resolve()
-        };
         let c = resolve("").unwrap();
         assert_eq!(
             (c.preempt_us, c.spin_us),
