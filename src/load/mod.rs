@@ -283,12 +283,18 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         None
     };
     let limit = crate::fsutil::raise_nofile_limit().unwrap_or(1024);
-    let needed = (args.conns + args.idle) as u64 + 64;
+    // Idle connections are held without descriptors where io_uring allows (idle.rs).
+    let idle_fds = if args.idle > 0 && !idle::held_without_descriptors() {
+        args.idle
+    } else {
+        0
+    };
+    let needed = (args.conns + idle_fds) as u64 + 64;
     if needed > limit {
         return Err(format!(
             "{} connections need about {needed} descriptors; this process may open {limit}: \
              raise the limit (ulimit -n, tuning/limits.sh)",
-            args.conns + args.idle
+            args.conns + idle_fds
         ));
     }
 
@@ -347,7 +353,7 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         ready.push((plan, streams.map_err(|e| format!("cannot connect to {e}"))?));
     }
 
-    let idle_set = if args.idle > 0 {
+    let mut idle_set = if args.idle > 0 {
         let sources = if args.sources.is_empty() {
             idle::default_sources(target, args.idle, idle::per_source())
         } else {
@@ -537,7 +543,7 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
         connection_errors,
         series,
         timeline,
-        idle: idle_set.as_ref().map(|set| set.summary(args.idle)),
+        idle: idle_set.as_mut().map(|set| set.summary(args.idle)),
     };
     let mut written = Vec::new();
     if let Some(dir) = &args.out {

@@ -114,15 +114,15 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, protocol:
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                if core.conn_count() >= core.shared.connections_max {
+                if core.conn_count() >= core.shared.fd_connections_max {
                     // Over the bound: close at once rather than grow without limit.
                     drop(stream);
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
                 use std::os::fd::AsRawFd;
-                let fd = stream.as_raw_fd();
-                spawn_conn(&core, Copying::new(stream), fd, protocol);
+                let cut = Cut::Fd(stream.as_raw_fd());
+                spawn_conn(&core, Copying::new(stream), cut, protocol);
             }
             Err(e) => {
                 // Out of descriptors or memory: say so, wait a little, go on.
@@ -133,16 +133,36 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, protocol:
     }
 }
 
+/// How the core cuts a connection at shutdown: by descriptor (glommio's sockets) or through
+/// the network ring (its sockets are direct descriptors).
+pub(crate) enum Cut {
+    Fd(std::os::fd::RawFd),
+    Ring(super::uring::Cutter),
+}
+
+impl Cut {
+    /// `shutdown(2)` of one or both directions (`SHUT_RD`, `SHUT_RDWR`).
+    pub fn shutdown(&self, how: libc::c_int) {
+        match self {
+            // SAFETY: the connection's own descriptor, open while it is in the core's table.
+            Cut::Fd(fd) => unsafe {
+                libc::shutdown(*fd, how);
+            },
+            Cut::Ring(c) => c.shutdown(how),
+        }
+    }
+}
+
 /// Runs a connection's protocol loop as a task of the core (either network path).
 pub(crate) fn spawn_conn<S: Input + AsyncWrite + Unpin + 'static>(
     core: &Rc<Core>,
     stream: S,
-    fd: std::os::fd::RawFd,
+    cut: Cut,
     protocol: Protocol,
 ) {
     let c = core.clone();
     glommio::spawn_local(async move {
-        let id = c.add_conn(fd);
+        let id = c.add_conn(cut);
         match protocol {
             Protocol::Binary => binary_conn(&c, stream).await,
             Protocol::Http => http_conn(&c, stream).await,

@@ -20,7 +20,7 @@ pub use im::{GroupOp, OwnOp};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -155,7 +155,11 @@ pub struct Shared {
     /// Cores that still have connections (during shutdown).
     draining: AtomicUsize,
     pub key_lists_path: Option<std::path::PathBuf>,
+    /// Connections per core (`server.connections_max`): the io_uring path holds them as
+    /// direct descriptors, outside the process's descriptor table.
     pub connections_max: usize,
+    /// The same bound cut to the descriptor limit, for glommio's sockets.
+    pub fd_connections_max: usize,
     bound: Mutex<Option<(SocketAddr, SocketAddr)>>,
     /// Per core, how far its start-up got (STAGES), for the start-up watchdog.
     startup: Vec<std::sync::atomic::AtomicU8>,
@@ -212,7 +216,7 @@ pub(crate) struct Core {
     doorbells: RefCell<Vec<Option<ConnectedSender<()>>>>,
     commit_wake: LocalSender<()>,
     pub lists: RefCell<KeyLists>,
-    conns: RefCell<HashMap<u64, RawFd>>,
+    conns: RefCell<HashMap<u64, conn::Cut>>,
     next_conn: Cell<u64>,
     stopping: Cell<bool>,
 }
@@ -382,10 +386,10 @@ impl Core {
         }
     }
 
-    pub fn add_conn(&self, fd: RawFd) -> u64 {
+    pub(crate) fn add_conn(&self, cut: conn::Cut) -> u64 {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        self.conns.borrow_mut().insert(id, fd);
+        self.conns.borrow_mut().insert(id, cut);
         let m = self.metrics();
         m.connections_accepted.fetch_add(1, Ordering::Relaxed);
         m.connections_open.fetch_add(1, Ordering::Relaxed);
@@ -546,18 +550,13 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit it (the io_uring path's direct descriptors cannot be given
+    // socket options by a system call).
+    socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     // The kernel caps the backlog at net.core.somaxconn (docs/TUNING.md).
     socket.listen(65_535)?;
     Ok(socket.into())
-}
-
-fn shutdown_fd(fd: RawFd, how: libc::c_int) {
-    // SAFETY: plain syscall on a descriptor this core registered and still owns; a stale fd
-    // is removed from the table before its socket is closed (same thread).
-    unsafe {
-        libc::shutdown(fd, how);
-    }
 }
 
 /// Retries full queues, updates gauges, reloads key lists, and runs the shutdown sequence.
@@ -733,6 +732,7 @@ async fn core_main(
             match uring::NetRing::new(
                 own.recv_buffers,
                 own.spin_us,
+                shared.connections_max,
                 shared.metrics[id as usize].clone(),
             ) {
                 Ok(ring) => Some(ring),
@@ -740,7 +740,9 @@ async fn core_main(
                     if id == 0 {
                         eprintln!(
                             "warning: the io_uring network path is not available here ({e}; it \
-                         needs Linux 6.0 or later); using glommio's sockets"
+                         needs Linux 6.0 or later); using glommio's sockets, {} connection(s) \
+                         per core at most (the descriptor limit)",
+                            shared.fd_connections_max
                         );
                     }
                     None
@@ -791,8 +793,8 @@ async fn core_main(
                         // Over the bound: close at once rather than grow without limit.
                         return;
                     }
-                    let fd = stream.fd();
-                    conn::spawn_conn(&c, stream, fd, protocol);
+                    let cut = conn::Cut::Ring(stream.cutter());
+                    conn::spawn_conn(&c, stream, cut, protocol);
                 }),
             );
             if let Err(e) = listening {
@@ -836,21 +838,19 @@ async fn core_main(
     if let Some(ring) = &ring {
         ring.stop_accepting();
     }
-    let fds: Vec<RawFd> = core.conns.borrow().values().copied().collect();
-    for fd in fds {
-        shutdown_fd(fd, libc::SHUT_RD);
+    for cut in core.conns.borrow().values() {
+        cut.shutdown(libc::SHUT_RD);
     }
     let started = Instant::now();
     while core.conn_count() > 0 {
         if started.elapsed() > DRAIN_TIMEOUT {
-            let fds: Vec<RawFd> = core.conns.borrow().values().copied().collect();
             eprintln!(
                 "core {id}: cutting {} connection(s) that did not finish in {:?}",
-                fds.len(),
+                core.conn_count(),
                 DRAIN_TIMEOUT
             );
-            for fd in fds {
-                shutdown_fd(fd, libc::SHUT_RDWR);
+            for cut in core.conns.borrow().values() {
+                cut.shutdown(libc::SHUT_RDWR);
             }
             break;
         }
@@ -877,12 +877,16 @@ const FD_RESERVE: u64 = 128;
 /// Connections per core that fit the process's descriptor limit (raised to its hard limit
 /// first) with `FD_RESERVE` to spare, so that connections can never starve the log of a
 /// descriptor (a log that cannot open its next segment must stop the server).
-fn connections_budget(configured: usize, cores: usize) -> usize {
+/// `say`: print a note when the limit cuts the bound (the path that uses it is configured).
+fn connections_budget(configured: usize, cores: usize, say: bool) -> usize {
     let Some(limit) = crate::fsutil::raise_nofile_limit() else {
         return configured;
     };
     let fit = (limit.saturating_sub(FD_RESERVE) / cores.max(1) as u64) as usize;
     if fit < configured {
+        if !say {
+            return fit.max(1);
+        }
         eprintln!(
             "note: the descriptor limit ({}) allows {fit} connections per core (server.\
              connections_max is {configured}); raise it with `ulimit -n` (docs/TUNING.md)",
@@ -941,7 +945,12 @@ pub fn run(
         shutdown: shutdown.clone(),
         draining: AtomicUsize::new(cores),
         key_lists_path: config.key_lists.clone(),
-        connections_max: connections_budget(config.connections_max, cores),
+        connections_max: config.connections_max,
+        fd_connections_max: connections_budget(
+            config.connections_max,
+            cores,
+            matches!(config.net, NetPath::Glommio),
+        ),
         bound: Mutex::new(None),
         startup: (0..cores)
             .map(|_| std::sync::atomic::AtomicU8::new(0))

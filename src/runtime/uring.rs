@@ -23,6 +23,18 @@
 //! When a poll finds nothing, it enables the ring's eventfd and parks on a glommio read of that
 //! eventfd, so an idle core sleeps in glommio's `io_uring_enter` as before.
 //!
+//! Sockets as direct descriptors: connections are accepted straight into the ring's table of
+//! registered files (`IORING_OP_ACCEPT` with an allocated fixed slot) and every operation on
+//! them names that slot, so a connection never takes a place in the process's descriptor
+//! table (and the kernel skips the descriptor lookup on each receive and send). The process's
+//! `RLIMIT_NOFILE` still caps each ring's table (the kernel refuses a larger one), so a core
+//! that needs more connections than one table holds opens another ring beside the first: a
+//! *part*, with its own table, provided buffers and submission queue, driven by the same task
+//! and woken through the same eventfd. A core holds `server.connections_max` connections
+//! whatever the descriptor limit (docs/TUNING.md). Accepting moves to another part before a
+//! table is full (`ACCEPT_HEADROOM`): a connection the kernel accepts into a full table is
+//! closed at once, so the headroom covers a whole accept backlog arriving between two turns.
+//!
 //! Memory per connection: a slot of ~130 bytes plus whatever input is waiting to be read and
 //! output waiting to be sent; the receive buffers (`server.recv_buffers` x 4 KiB per core) are
 //! shared by all connections and each is returned as soon as its bytes are copied out. When
@@ -43,6 +55,14 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 /// Submission queue entries; the completion queue is four times larger, and the kernel keeps
 /// overflowing completions (FEAT_NODROP) rather than losing them.
 const SQ_ENTRIES: u32 = 2048;
+/// Submission queue entries of the parts opened beyond the first (they hold overflow
+/// connections, most of them idle in the connection-scale case).
+const SQ_ENTRIES_EXTRA: u32 = 256;
+/// Registered-file slots a part leaves free before accepting moves to another part (the
+/// kernel accepts a whole backlog, up to net.core.somaxconn, in one go).
+const ACCEPT_HEADROOM: u32 = 4096;
+/// Largest table of registered files per part (the kernel's own cap is 2^20).
+const TABLE_MAX: u32 = 65_536;
 /// Size of a provided receive buffer (their number per core is `server.recv_buffers`).
 const BUF_BYTES: usize = 4096;
 const BUF_GROUP: u16 = 0;
@@ -149,7 +169,9 @@ impl Drop for BufRing {
 /// One connection's state, owned by the ring so completions can reach it.
 #[derive(Default)]
 struct Conn {
-    fd: RawFd,
+    /// The part (ring) the connection lives on and its slot in that part's registered files.
+    part: u16,
+    file: u32,
     gen: u32,
     input: BytesMut,
     eof: bool,
@@ -177,19 +199,35 @@ struct Listener {
     fd: RawFd,
     on_accept: AcceptFn,
     armed: bool,
+    /// The part its accept is (or will next be) armed on.
+    part: u16,
     stopped: bool,
 }
 
-struct Inner {
+/// One ring with its own registered-file table and provided buffers (see the module docs).
+struct Part {
     ring: IoUring,
-    metrics: std::sync::Arc<crate::metrics::CoreMetrics>,
     bufs: BufRing,
+    /// Registered-file slots in use (connections not yet closed).
+    files: u32,
+}
+
+struct Inner {
+    /// Field order matters: each part's ring is torn down before its buffers.
+    parts: Vec<Part>,
+    /// Registered-file slots per part, and how many parts there may be.
+    table: u32,
+    parts_max: usize,
+    /// Provided receive buffers of the first part and of each further part.
+    buffers: u16,
+    eventfd: RawFd,
+    metrics: std::sync::Arc<crate::metrics::CoreMetrics>,
     conns: Vec<Conn>,
     free: Vec<u32>,
     listeners: Vec<Listener>,
-    /// Accepted sockets whose tasks are spawned after the completion loop (their callbacks
-    /// may use the ring).
-    accepted: Vec<(usize, RawFd)>,
+    /// Accepted connections (listener, part, registered-file slot) whose tasks are spawned
+    /// after the completion loop (their callbacks may use the ring).
+    accepted: Vec<(usize, u16, u32)>,
     /// Listeners whose accept failed (out of descriptors, memory): re-armed after a pause.
     accept_retry: Vec<usize>,
 }
@@ -206,33 +244,34 @@ pub(crate) struct NetRing {
 }
 
 impl NetRing {
-    /// Sets up the ring, its provided buffers and its eventfd. Fails on kernels without
-    /// `SINGLE_ISSUER`, multishot receives or provided-buffer rings (Linux 6.0); the caller
-    /// then uses glommio's sockets.
+    /// Sets up the first part (ring, provided buffers, registered-file table) and the
+    /// eventfd. Fails on kernels without `SINGLE_ISSUER`, multishot receives, provided-buffer
+    /// rings or allocated direct descriptors (Linux 6.0); the caller then uses glommio's
+    /// sockets.
     /// `buffers`: provided receive buffers, a power of two (`server.recv_buffers`); `spin_us`:
-    /// how long the driver polls an idle ring before it parks (`server.spin_us`).
+    /// how long the driver polls an idle ring before it parks (`server.spin_us`);
+    /// `connections_max`: the core's bound on connections, which sizes the parts.
     pub fn new(
         buffers: u16,
         spin_us: u32,
+        connections_max: usize,
         metrics: std::sync::Arc<crate::metrics::CoreMetrics>,
     ) -> io::Result<Rc<NetRing>> {
-        let mut ring: IoUring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .setup_cqsize(SQ_ENTRIES * 4)
-            .build(SQ_ENTRIES)?;
-        let bufs = BufRing::new(buffers)?;
-        // SAFETY: the entries stay allocated until `Inner` is dropped, and `Inner`'s drop order
-        // (ring before bufs) tears the ring down first.
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                bufs.entries as u64,
-                buffers,
-                BUF_GROUP,
-                0,
-            )?;
+        // The kernel refuses a table larger than the descriptor limit.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit on this process with a valid struct.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return Err(io::Error::last_os_error());
         }
+        let want = connections_max.saturating_add(ACCEPT_HEADROOM as usize);
+        let table = (lim.rlim_cur.min(TABLE_MAX as u64) as u32)
+            .min(want.min(u32::MAX as usize) as u32)
+            .max(1);
+        let usable = table.saturating_sub(headroom(table)).max(1) as usize;
+        let parts_max = connections_max.div_ceil(usable).clamp(1, u16::MAX as usize);
         // SAFETY: plain syscall; the descriptor is owned by the `BufferedFile` below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -240,19 +279,22 @@ impl NetRing {
         }
         // SAFETY: `efd` is a fresh descriptor nobody else owns.
         let eventfd = unsafe { glommio::io::BufferedFile::from_raw_fd(efd) };
-        ring.submitter().register_eventfd(efd)?;
-        ring.completion().disable_eventfd();
+        let mut inner = Inner {
+            parts: Vec::new(),
+            table,
+            parts_max,
+            buffers,
+            eventfd: efd,
+            metrics,
+            conns: Vec::new(),
+            free: Vec::new(),
+            listeners: Vec::new(),
+            accepted: Vec::new(),
+            accept_retry: Vec::new(),
+        };
+        inner.add_part()?;
         Ok(Rc::new(NetRing {
-            inner: RefCell::new(Inner {
-                ring,
-                metrics,
-                bufs,
-                conns: Vec::new(),
-                free: Vec::new(),
-                listeners: Vec::new(),
-                accepted: Vec::new(),
-                accept_retry: Vec::new(),
-            }),
+            inner: RefCell::new(inner),
             eventfd,
             parked: Cell::new(false),
             spin: std::time::Duration::from_micros(spin_us as u64),
@@ -262,12 +304,15 @@ impl NetRing {
 
     /// Starts accepting on a bound, listening socket (owned by the caller, kept open while the
     /// ring uses it). Returns the listener's index for [`NetRing::stop_accepting`].
+    /// Accepted connections inherit the listener's socket options (set `TCP_NODELAY` on it:
+    /// a direct descriptor cannot be given socket options by a system call).
     pub fn listen(self: &Rc<Self>, fd: RawFd, on_accept: AcceptFn) -> io::Result<usize> {
         let mut inner = self.inner.borrow_mut();
         inner.listeners.push(Listener {
             fd,
             on_accept,
             armed: false,
+            part: 0,
             stopped: false,
         });
         let index = inner.listeners.len() - 1;
@@ -283,10 +328,8 @@ impl NetRing {
         for i in 0..inner.listeners.len() {
             inner.listeners[i].stopped = true;
             if inner.listeners[i].armed {
-                let e = opcode::AsyncCancel::new(user_data(KIND_ACCEPT, 0, i as u32))
-                    .build()
-                    .user_data(user_data(KIND_IGNORE, 0, 0));
-                let _ = inner.push(&e);
+                let part = inner.listeners[i].part;
+                inner.cancel_accept(part, i);
             }
         }
         drop(inner);
@@ -311,8 +354,12 @@ impl NetRing {
     /// Submits queued operations at once if the driver is parked (it would not see them).
     fn kick(&self) {
         if self.parked.get() {
-            let inner = self.inner.borrow();
-            let _ = inner.ring.submit();
+            let mut inner = self.inner.borrow_mut();
+            for part in &mut inner.parts {
+                if !part.ring.submission().is_empty() {
+                    let _ = part.ring.submit();
+                }
+            }
         }
     }
 
@@ -344,9 +391,9 @@ impl NetRing {
             }
             // Enable the eventfd, then make the kernel run whatever it still holds for this
             // ring: anything after that signals the eventfd.
-            self.inner.borrow_mut().ring.completion().enable_eventfd();
+            self.inner.borrow_mut().set_eventfd(true);
             if self.turn(true) > 0 {
-                self.inner.borrow_mut().ring.completion().disable_eventfd();
+                self.inner.borrow_mut().set_eventfd(false);
                 futures_lite::future::yield_now().await;
                 continue;
             }
@@ -355,7 +402,7 @@ impl NetRing {
             // `stop`). Its count does not matter; the read resets it.
             let _ = self.eventfd.read_at(0, 8).await;
             self.parked.set(false);
-            self.inner.borrow_mut().ring.completion().disable_eventfd();
+            self.inner.borrow_mut().set_eventfd(false);
         }
     }
 
@@ -367,55 +414,65 @@ impl NetRing {
         let mut accepted = Vec::new();
         {
             let mut inner = self.inner.borrow_mut();
-            let work = !inner.ring.submission().is_empty() || inner.ring.submission().taskrun();
-            if work || force {
-                let to_submit = inner.ring.submission().len() as u32;
-                // SAFETY: plain io_uring_enter on our ring: submit what is queued (every entry
-                // points at memory owned by `Inner`) and run pending completions (GETEVENTS).
-                let entered = unsafe {
-                    inner.ring.submitter().enter::<libc::sigset_t>(
-                        to_submit,
-                        0,
-                        IORING_ENTER_GETEVENTS,
-                        None,
-                    )
-                };
-                if let Err(e) = entered {
-                    if e.raw_os_error() != Some(libc::EBUSY)
-                        && e.raw_os_error() != Some(libc::EINTR)
-                    {
-                        eprintln!("io_uring_enter failed: {e}");
+            let inner = &mut *inner;
+            for p in 0..inner.parts.len() {
+                let part = &mut inner.parts[p];
+                let work = !part.ring.submission().is_empty() || part.ring.submission().taskrun();
+                if work || force {
+                    let to_submit = part.ring.submission().len() as u32;
+                    // SAFETY: plain io_uring_enter on our ring: submit what is queued (every
+                    // entry points at memory owned by `Inner`) and run pending completions
+                    // (GETEVENTS).
+                    let entered = unsafe {
+                        part.ring.submitter().enter::<libc::sigset_t>(
+                            to_submit,
+                            0,
+                            IORING_ENTER_GETEVENTS,
+                            None,
+                        )
+                    };
+                    if let Err(e) = entered {
+                        if e.raw_os_error() != Some(libc::EBUSY)
+                            && e.raw_os_error() != Some(libc::EINTR)
+                        {
+                            eprintln!("io_uring_enter failed: {e}");
+                        }
                     }
                 }
-            }
-            loop {
-                let cqe = inner.ring.completion().next();
-                let Some(cqe) = cqe else { break };
-                handled += 1;
-                inner.complete(cqe.user_data(), cqe.result(), cqe.flags());
-            }
-            if handled > 0 {
-                inner.bufs.publish();
+                let mut reaped = 0;
+                loop {
+                    let cqe = inner.parts[p].ring.completion().next();
+                    let Some(cqe) = cqe else { break };
+                    reaped += 1;
+                    inner.complete(p as u16, cqe.user_data(), cqe.result(), cqe.flags());
+                }
+                if reaped > 0 {
+                    inner.parts[p].bufs.publish();
+                }
+                handled += reaped;
             }
             std::mem::swap(&mut accepted, &mut inner.accepted);
             for index in inner.accept_retry.drain(..) {
                 let ring = self.clone();
                 glommio::spawn_local(async move {
-                    glommio::timer::sleep(ACCEPT_RETRY).await;
-                    let armed = ring.inner.borrow_mut().arm_accept(index);
-                    if let Err(e) = armed {
-                        eprintln!("accept could not be re-armed: {e}");
+                    loop {
+                        glommio::timer::sleep(ACCEPT_RETRY).await;
+                        let armed = ring.inner.borrow_mut().arm_accept(index);
+                        match armed {
+                            Ok(true) => break,
+                            Ok(false) => {}
+                            Err(e) => eprintln!("accept could not be re-armed: {e}; retrying"),
+                        }
                     }
                     ring.kick();
                 })
                 .detach();
             }
         }
-        for (listener, fd) in accepted {
-            set_nodelay(fd);
+        for (listener, part, file) in accepted {
             let stream = {
                 let mut inner = self.inner.borrow_mut();
-                self.new_stream(&mut inner, fd)
+                self.new_stream(&mut inner, part, file)
             };
             // The callback spawns the connection's task; it must not hold the ring borrowed.
             let on_accept = self.inner.borrow().listeners[listener].on_accept.clone();
@@ -424,7 +481,7 @@ impl NetRing {
         handled
     }
 
-    fn new_stream(self: &Rc<Self>, inner: &mut Inner, fd: RawFd) -> UringStream {
+    fn new_stream(self: &Rc<Self>, inner: &mut Inner, part: u16, file: u32) -> UringStream {
         let slot = match inner.free.pop() {
             Some(s) => s,
             None => {
@@ -435,7 +492,8 @@ impl NetRing {
         let c = &mut inner.conns[slot as usize];
         let gen = c.gen.wrapping_add(1) & 0x00ff_ffff;
         *c = Conn {
-            fd,
+            part,
+            file,
             gen,
             ..Conn::default()
         };
@@ -447,14 +505,70 @@ impl NetRing {
     }
 }
 
+/// Slots a part keeps free before accepting moves on (see `ACCEPT_HEADROOM`).
+fn headroom(table: u32) -> u32 {
+    ACCEPT_HEADROOM.min(table / 4)
+}
+
 impl Inner {
-    fn push(&mut self, e: &squeue::Entry) -> io::Result<()> {
+    /// Opens one more part: a ring with its provided buffers, a sparse registered-file table
+    /// and the shared eventfd (disabled until the driver parks).
+    fn add_part(&mut self) -> io::Result<u16> {
+        let first = self.parts.is_empty();
+        let (entries, buffers) = if first {
+            (SQ_ENTRIES, self.buffers)
+        } else {
+            (
+                SQ_ENTRIES_EXTRA,
+                (self.buffers / 4).max(64).min(self.buffers),
+            )
+        };
+        let mut ring: IoUring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_cqsize(entries * 4)
+            .build(entries)?;
+        let bufs = BufRing::new(buffers)?;
+        // SAFETY: the entries stay allocated until the part is dropped, and `Part`'s drop
+        // order (ring before bufs) tears the ring down first.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.entries as u64,
+                buffers,
+                BUF_GROUP,
+                0,
+            )?;
+        }
+        ring.submitter().register_files_sparse(self.table)?;
+        ring.submitter().register_eventfd(self.eventfd)?;
+        ring.completion().disable_eventfd();
+        self.parts.push(Part {
+            ring,
+            bufs,
+            files: 0,
+        });
+        Ok((self.parts.len() - 1) as u16)
+    }
+
+    fn set_eventfd(&mut self, on: bool) {
+        for part in &mut self.parts {
+            if on {
+                part.ring.completion().enable_eventfd();
+            } else {
+                part.ring.completion().disable_eventfd();
+            }
+        }
+    }
+
+    fn push(&mut self, part: u16, e: &squeue::Entry) -> io::Result<()> {
+        let ring = &mut self.parts[part as usize].ring;
         // SAFETY (for all pushes): every buffer an entry points at is owned by `Inner` (the
         // provided buffers, a connection's `sending`) and stays in place until the entry's
         // completion is reaped.
-        if unsafe { self.ring.submission().push(e) }.is_err() {
-            self.ring.submit()?;
-            unsafe { self.ring.submission().push(e) }
+        if unsafe { ring.submission().push(e) }.is_err() {
+            ring.submit()?;
+            unsafe { ring.submission().push(e) }
                 .map_err(|_| io::Error::other("io_uring submission queue full"))?;
         }
         Ok(())
@@ -464,18 +578,64 @@ impl Inner {
         self.conns.len() == self.free.len() && self.listeners.iter().all(|l| !l.armed)
     }
 
-    fn arm_accept(&mut self, index: usize) -> io::Result<()> {
+    /// Whether a part has room to accept into (its headroom left free).
+    fn has_room(&self, part: u16) -> bool {
+        self.parts[part as usize].files + headroom(self.table) < self.table
+    }
+
+    /// A part to accept into: the first with room, or a new one while `parts_max` allows.
+    fn accepting_part(&mut self) -> io::Result<Option<u16>> {
+        if let Some(p) = (0..self.parts.len() as u16).find(|&p| self.has_room(p)) {
+            return Ok(Some(p));
+        }
+        if self.parts.len() < self.parts_max {
+            return self.add_part().map(Some);
+        }
+        Ok(None)
+    }
+
+    fn cancel_accept(&mut self, part: u16, index: usize) {
+        let e = opcode::AsyncCancel::new(user_data(KIND_ACCEPT, 0, index as u32))
+            .build()
+            .user_data(user_data(KIND_IGNORE, 0, 0));
+        let _ = self.push(part, &e);
+    }
+
+    /// `arm_accept` from a completion: a failure (no memory for another part, say) is logged
+    /// and retried after a pause rather than leaving the listener unarmed.
+    fn rearm_accept(&mut self, index: usize) {
+        match self.arm_accept(index) {
+            Ok(true) => {}
+            Ok(false) => self.accept_retry.push(index),
+            Err(e) => {
+                eprintln!("accept could not be re-armed: {e}; retrying");
+                self.accept_retry.push(index);
+            }
+        }
+    }
+
+    /// Arms the listener's multishot accept on a part with room. False when every part is
+    /// full (the core is at `server.connections_max`, whose excess is closed anyway): the
+    /// caller tries again later.
+    fn arm_accept(&mut self, index: usize) -> io::Result<bool> {
         let l = &self.listeners[index];
         if l.stopped || l.armed {
-            return Ok(());
+            return Ok(true);
         }
-        let e = opcode::AcceptMulti::new(types::Fd(l.fd))
-            .flags(libc::SOCK_CLOEXEC)
+        let Some(part) = self.accepting_part()? else {
+            return Ok(false);
+        };
+        // (No SOCK_CLOEXEC: a direct descriptor has no place in the descriptor table, and the
+        // kernel refuses the flag with one.)
+        let e = opcode::AcceptMulti::new(types::Fd(self.listeners[index].fd))
+            .allocate_file_index(true)
             .build()
             .user_data(user_data(KIND_ACCEPT, 0, index as u32));
-        self.push(&e)?;
-        self.listeners[index].armed = true;
-        Ok(())
+        self.push(part, &e)?;
+        let l = &mut self.listeners[index];
+        l.armed = true;
+        l.part = part;
+        Ok(true)
     }
 
     fn arm_recv(&mut self, slot: u32) {
@@ -483,10 +643,11 @@ impl Inner {
         if c.recv_armed || c.eof || c.error.is_some() || c.dropped || c.paused {
             return;
         }
-        let e = opcode::RecvMulti::new(types::Fd(c.fd), BUF_GROUP)
+        let part = c.part;
+        let e = opcode::RecvMulti::new(types::Fixed(c.file), BUF_GROUP)
             .build()
             .user_data(user_data(KIND_RECV, c.gen, slot));
-        match self.push(&e) {
+        match self.push(part, &e) {
             Ok(()) => self.conns[slot as usize].recv_armed = true,
             Err(_) => self.fail(slot, libc::ENOMEM),
         }
@@ -497,10 +658,11 @@ impl Inner {
         if !c.recv_armed {
             return;
         }
+        let part = c.part;
         let e = opcode::AsyncCancel::new(user_data(KIND_RECV, c.gen, slot))
             .build()
             .user_data(user_data(KIND_IGNORE, 0, 0));
-        let _ = self.push(&e);
+        let _ = self.push(part, &e);
     }
 
     /// Starts a `SEND` of the queued output if none is in flight.
@@ -519,11 +681,12 @@ impl Inner {
         }
         let rest = &c.sending[c.sent..];
         let len = rest.len().min(u32::MAX as usize) as u32;
-        let e = opcode::Send::new(types::Fd(c.fd), rest.as_ptr(), len)
+        let part = c.part;
+        let e = opcode::Send::new(types::Fixed(c.file), rest.as_ptr(), len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(user_data(KIND_SEND, c.gen, slot));
-        match self.push(&e) {
+        match self.push(part, &e) {
             Ok(()) => self.conns[slot as usize].send_inflight = true,
             Err(_) => self.fail(slot, libc::ENOMEM),
         }
@@ -549,17 +712,29 @@ impl Inner {
         if c.error.is_none() && (c.sent < c.sending.len() || !c.queued.is_empty()) {
             return; // output still to send
         }
-        // SAFETY: the connection's own descriptor; no operation in flight references it.
-        unsafe { libc::close(c.fd) };
-        let gen = c.gen;
+        // No operation in flight references the slot: close it (the kernel frees the slot
+        // when it takes the entry; the completion is ignored).
+        let (part, file, gen) = (c.part, c.file, c.gen);
         *c = Conn {
             gen,
             ..Conn::default()
         };
         self.free.push(slot);
+        let e = opcode::Close::new(types::Fixed(file))
+            .build()
+            .user_data(user_data(KIND_IGNORE, 0, 0));
+        if self.push(part, &e).is_err() {
+            // The queue could not be flushed: unregister the slot directly.
+            let _ = self.parts[part as usize]
+                .ring
+                .submitter()
+                .register_files_update(file, &[-1]);
+        }
+        let p = &mut self.parts[part as usize];
+        p.files -= 1;
     }
 
-    fn complete(&mut self, user: u64, res: i32, flags: u32) {
+    fn complete(&mut self, part: u16, user: u64, res: i32, flags: u32) {
         let (kind, gen, slot) = split_user_data(user);
         match kind {
             KIND_ACCEPT => {
@@ -568,14 +743,25 @@ impl Inner {
                     self.listeners[index].armed = false;
                 }
                 if res >= 0 {
-                    self.accepted.push((index, res));
-                    if !self.listeners[index].armed {
-                        let _ = self.arm_accept(index);
+                    self.parts[part as usize].files += 1;
+                    self.accepted.push((index, part, res as u32));
+                    let l = &self.listeners[index];
+                    if l.armed && l.part == part && !self.has_room(part) {
+                        // Move on before the table fills (module docs).
+                        self.cancel_accept(part, index);
+                    } else if !l.armed {
+                        self.rearm_accept(index);
                     }
-                } else if res != -libc::ECANCELED && !self.listeners[index].stopped {
-                    // Out of descriptors or memory: say so, wait a little, accept again.
-                    eprintln!("accept failed: {}", io::Error::from_raw_os_error(-res));
+                } else if res == -libc::ECANCELED {
+                    // Stopped, or moved to another part: armed again there.
                     if !self.listeners[index].armed {
+                        self.rearm_accept(index);
+                    }
+                } else if !self.listeners[index].stopped {
+                    // Out of memory, or a burst beyond the headroom filled the table (that
+                    // connection was closed by the kernel): say so, wait a little, go on.
+                    eprintln!("accept failed: {}", io::Error::from_raw_os_error(-res));
+                    if !self.listeners[index].armed && !self.accept_retry.contains(&index) {
                         self.accept_retry.push(index);
                     }
                 }
@@ -594,9 +780,9 @@ impl Inner {
                 if res > 0 {
                     let bid =
                         cqueue::buffer_select(flags).expect("a multishot receive names its buffer");
-                    c.input
-                        .extend_from_slice(self.bufs.bytes(bid, res as usize));
-                    self.bufs.push(bid);
+                    let bufs = &mut self.parts[part as usize].bufs;
+                    c.input.extend_from_slice(bufs.bytes(bid, res as usize));
+                    bufs.push(bid);
                     let c = &mut self.conns[slot as usize];
                     if c.input.len() > INPUT_MAX && !c.paused {
                         c.paused = true;
@@ -662,9 +848,13 @@ pub(crate) struct UringStream {
 }
 
 impl UringStream {
-    /// The socket's descriptor (for `shutdown` at server stop).
-    pub fn fd(&self) -> RawFd {
-        self.ring.inner.borrow().conns[self.slot as usize].fd
+    /// A handle that shuts the connection's socket down (at server stop).
+    pub fn cutter(&self) -> Cutter {
+        Cutter {
+            ring: self.ring.clone(),
+            slot: self.slot,
+            gen: self.gen,
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Inner, u32) -> R) -> R {
@@ -674,17 +864,32 @@ impl UringStream {
     }
 }
 
-fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with a pointer to a live c_int of the stated size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+/// Shuts a connection's socket down (`SHUT_RD`, `SHUT_RDWR`) through its ring: the socket
+/// is a direct descriptor, out of reach of the `shutdown` system call.
+pub(crate) struct Cutter {
+    ring: Rc<NetRing>,
+    slot: u32,
+    gen: u32,
+}
+
+impl Cutter {
+    pub fn shutdown(&self, how: libc::c_int) {
+        {
+            let mut inner = self.ring.inner.borrow_mut();
+            let Some(c) = inner.conns.get(self.slot as usize) else {
+                return;
+            };
+            // A connection released meanwhile (its slot may hold another) is left alone.
+            if c.gen != self.gen || c.dropped {
+                return;
+            }
+            let part = c.part;
+            let e = opcode::Shutdown::new(types::Fixed(c.file), how)
+                .build()
+                .user_data(user_data(KIND_IGNORE, 0, 0));
+            let _ = inner.push(part, &e);
+        }
+        self.ring.kick();
     }
 }
 
