@@ -238,6 +238,52 @@ fn open_loop_sends_on_schedule_and_obeys_back_off() {
     assert!(event.path().join("run2/shake.uncorrected.hgrm").exists());
 }
 
+/// `--spin`: the load thread polls instead of sleeping; the schedule and the accounting are
+/// the same (every due request sent and answered), and the summary says it polled.
+#[test]
+fn open_loop_with_a_polling_load_thread_sends_every_due_request() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "1", "--no-pacing"]);
+    let target = server.binary.to_string();
+    let out = load(
+        &event,
+        &[
+            "--target",
+            &target,
+            "--auth-keys",
+            "auth.keys",
+            "--no-open",
+            "--rate",
+            "5000",
+            "--conns",
+            "4",
+            "--warmup",
+            "0.2",
+            "--duration",
+            "1",
+            "--spin",
+            "--out",
+            "spin",
+            "--quiet",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&event.path().join("spin"));
+    assert_eq!(s["config"]["mode"], "open");
+    assert_eq!(s["config"]["spin"], true);
+    let shakes = series(&s, "shake", "all").unwrap()["count"]
+        .as_u64()
+        .unwrap();
+    // 5,000 due in the measured second (a few at its edges may fall either side).
+    assert!((4_950..=5_050).contains(&shakes), "{shakes} shakes");
+    assert!(s["errors"].as_object().expect("errors").is_empty(), "{s}");
+    assert_eq!(s["complete"], true);
+}
+
 #[test]
 fn im_mix_measures_every_copy_once() {
     let event = Event::new();

@@ -110,6 +110,11 @@ pub struct LoadArgs {
     /// client must); without it, the hints are ignored (a stress test).
     #[arg(long)]
     pub obey_backoff: bool,
+    /// Poll for replies instead of sleeping between rounds: each load thread keeps its CPU
+    /// busy, and the client host's wake-up latency (large on VMs whose idle CPUs halt) stays
+    /// out of the measured latency. For open-loop tail measurements on a dedicated client CPU.
+    #[arg(long)]
+    pub spin: bool,
     /// Write summary.json, report.md and .hgrm files into this directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -321,6 +326,7 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
             op,
             open_envelopes: !args.no_open && op == Op::Shake,
             obey_backoff: args.obey_backoff,
+            spin: args.spin,
             auth_keys: auth_keys.clone(),
             expires_unix,
             redis_key: args.redis_key.clone().into_bytes(),
@@ -531,6 +537,7 @@ pub fn run(args: &LoadArgs, command: String) -> Result<LoadOutcome, String> {
             open_envelopes: !args.no_open && op == Op::Shake,
             uids,
             obey_backoff: args.obey_backoff,
+            spin: args.spin,
         },
         measured_s,
         complete: stop_reason.is_none(),

@@ -496,6 +496,12 @@ fn run_facts(s: &Summary) -> Vec<(String, String)> {
             )
         },
     ));
+    if c.spin {
+        facts.push((
+            "load threads".into(),
+            "polled for replies (--spin), never slept".into(),
+        ));
+    }
     if c.obey_backoff {
         facts.push((
             "held back by back-off hints".into(),
@@ -680,6 +686,7 @@ mod tests {
                 open_envelopes: false,
                 uids: 64,
                 obey_backoff: false,
+                spin: false,
             },
             measured_s: 1.5,
             complete: true,

@@ -332,6 +332,9 @@ pub struct RunConfig {
     pub open_envelopes: bool,
     pub uids: u64,
     pub obey_backoff: bool,
+    /// The load threads polled instead of sleeping between rounds (`--spin`).
+    #[serde(default)]
+    pub spin: bool,
 }
 
 /// The JSON summary of a run (docs/formats/load-report.md).

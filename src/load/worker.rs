@@ -71,6 +71,8 @@ pub struct ThreadPlan {
     pub op: Op,
     pub open_envelopes: bool,
     pub obey_backoff: bool,
+    /// Poll instead of sleeping between rounds (`--spin`).
+    pub spin: bool,
     pub auth_keys: Option<TokenKeys>,
     pub expires_unix: u32,
     /// `Op::Lpop`: the Redis list popped from.
@@ -543,6 +545,17 @@ impl Worker {
             } else if let Some(open) = &open {
                 wait_until = wait_until.min(open.next_at());
                 want = OPEN_ROUND_WANT;
+            }
+            if self.plan.spin {
+                // Submit and collect whatever is done, never sleep.
+                if let Err(e) = self.ring.submit() {
+                    if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+                        self.result.stopped = Some(format!("io_uring_enter failed: {e}"));
+                        break;
+                    }
+                }
+                self.reap();
+                continue;
             }
             let now = self.now();
             let floor = if open.is_some() { OPEN_ROUND_NS } else { 1_000 };
