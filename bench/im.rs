@@ -213,10 +213,11 @@ fn commits(before: &str, after: &str, seconds: f64) -> String {
     let d = |name: &str| metric(after, name) - metric(before, name);
     let n = d("hongbao_log_commits_total").max(1.0);
     format!(
-        "{:.0} commits/s, mean {:.2} ms, {:.1} KiB each",
+        "{:.0} commits/s, mean {:.2} ms, {:.1} KiB each; {:.0} sends parked (log behind, R23)",
         n / seconds,
         d("hongbao_log_commit_seconds_sum") / n * 1e3,
-        d("hongbao_log_commit_bytes_total") / n / 1024.0
+        d("hongbao_log_commit_bytes_total") / n / 1024.0,
+        d("hongbao_im_parked_total")
     )
 }
 

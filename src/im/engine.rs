@@ -24,6 +24,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use smallvec::{smallvec, SmallVec};
 
 use super::dedupe::{DoneIndex, SendKey};
+use super::entries::Entries;
 use super::model::*;
 use super::record::{
     decode_delivery, decode_group, decode_sent, delivery_len, encode_delivery, encode_group,
@@ -126,22 +127,20 @@ pub struct Page {
 struct Stream {
     /// Seq of `entries[0]`.
     base: u64,
-    entries: Vec<MessageRef>,
+    entries: Entries<MessageRef>,
     /// Newest seq that is durable (0: none).
     durable: u64,
 }
 
-impl Default for Stream {
-    fn default() -> Stream {
+impl Stream {
+    fn new(uid: u64) -> Stream {
         Stream {
             base: 1,
-            entries: Vec::new(),
+            entries: Entries::staggered(uid),
             durable: 0,
         }
     }
-}
 
-impl Stream {
     fn next_seq(&self) -> u64 {
         self.base + self.entries.len() as u64
     }
@@ -972,7 +971,10 @@ impl ImCore {
         let key = draft.key();
         let (kind, refer, sent_ms) = (draft.kind, draft.refer, draft.sent_ms);
         let req = draft.req;
-        let stream = self.streams.entry(req.sender).or_default();
+        let stream = self
+            .streams
+            .entry(req.sender)
+            .or_insert_with(|| Stream::new(req.sender));
         let msg = Arc::new(Message {
             id: MsgId {
                 sender: req.sender,
@@ -1400,7 +1402,7 @@ impl ImCore {
                     .filter(|(r, _)| list.iter().any(|&(uid, _)| uid == r.sender))
                     .collect();
                 for &(uid, first_seq) in &list {
-                    let s = self.streams.entry(uid).or_default();
+                    let s = self.streams.entry(uid).or_insert_with(|| Stream::new(uid));
                     debug_assert_eq!(s.next_seq(), first_seq);
                     for m in messages {
                         if m.id.sender != uid {
@@ -1718,12 +1720,14 @@ impl ImCore {
         let mut dropped = 0;
         for s in self.streams.values_mut() {
             let visible = (s.durable + 1).saturating_sub(s.base) as usize;
-            let n = s.entries[..visible.min(s.entries.len())]
+            let n = s
+                .entries
                 .iter()
+                .take(visible.min(s.entries.len()))
                 .take_while(|m| m.sent_ms < cutoff_ms)
                 .count();
             if n > 0 {
-                s.entries.drain(..n);
+                s.entries.drop_front(n);
                 s.base += n as u64;
                 dropped += n as u64;
             }
@@ -1954,7 +1958,13 @@ impl ImRecovery {
                 uid,
                 Stream {
                     base,
-                    entries: entries.into_iter().map(|(_, m)| m).collect(),
+                    entries: {
+                        let mut e = Entries::staggered(uid);
+                        for (_, m) in entries {
+                            e.push(m);
+                        }
+                        e
+                    },
                     durable,
                 },
             );
