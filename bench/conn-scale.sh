@@ -63,6 +63,7 @@ for _ in $(seq $((10 * (DUR + 120)))); do
     RSS1=$(rss_anon); TCP1=$(tcp_pages); SLAB1=$(slab_kib)
     LPID=$(pgrep -P "$LOADER" | head -1)
     SFDS=$(fds "$SPID"); LFDS=$(fds "${LPID:-$LOADER}")
+    RINGS=$(curl -s "http://$HTTP/metrics" | awk '/^hongbao_net_rings/ {s += $2} END {print s + 0}')
     break
   fi
 done
@@ -92,7 +93,7 @@ if [ -n "$RSS1" ]; then
     "bytes, slab (sockets, files, ...; /proc/meminfo, host-wide)" \
     "$(awk -v a="$SLAB0" -v b="$SLAB1" -v n="$IDLE" 'BEGIN {printf "%.1f KiB", (b - a) / n}') per connection"
   echo "- descriptors open with every connection open: server $SFDS, load generator $LFDS" \
-    "(limit per process: $LIMIT)"
+    "(limit per process: $LIMIT); the server's connections spread over $RINGS io_uring rings"
 else
   echo "- the server never showed all $IDLE idle connections open (last seen: $SEEN): no memory figure"
 fi

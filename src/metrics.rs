@@ -29,6 +29,10 @@ pub struct CoreMetrics {
     pub connections_accepted: AtomicU64,
     pub connections_open: AtomicU64,
     pub recv_nobufs: AtomicU64,
+    /// io_uring rings this core's connections are spread over, and connections the kernel
+    /// closed because a ring's table of direct descriptors filled (runtime/uring.rs).
+    pub net_rings: AtomicU64,
+    pub accept_table_full: AtomicU64,
     pub commits: AtomicU64,
     pub commit_bytes: AtomicU64,
     pub commit_us_sum: AtomicU64,
@@ -160,7 +164,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 33] = [
+    let simple: [Family; 35] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -203,6 +207,20 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "Receives that found every receive buffer in use and were re-armed (io_uring path; \
              raise server.recv_buffers if this grows steadily).",
             |m| m.recv_nobufs.load(Relaxed),
+        ),
+        (
+            "hongbao_net_rings",
+            "gauge",
+            "io_uring rings holding this core's connections as direct descriptors (one more \
+             for each RLIMIT_NOFILE connections; io_uring path).",
+            |m| m.net_rings.load(Relaxed),
+        ),
+        (
+            "hongbao_accept_table_full_total",
+            "counter",
+            "Connections closed by the kernel as they were accepted, because a ring's table of \
+             direct descriptors was full (a burst beyond the headroom; io_uring path).",
+            |m| m.accept_table_full.load(Relaxed),
         ),
         (
             "hongbao_log_commits_total",

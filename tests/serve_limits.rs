@@ -130,6 +130,17 @@ fn the_io_uring_path_serves_more_connections_than_the_descriptor_limit() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("{metrics}"));
     assert_eq!(open, 1002, "{metrics}");
+    // 512 slots per ring (the descriptor limit): 1,003 connections take two rings, and no
+    // connection was accepted into a full table.
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: {metrics}"))
+    };
+    assert_eq!(gauge("hongbao_net_rings"), 2, "{metrics}");
+    assert_eq!(gauge("hongbao_accept_table_full_total"), 0, "{metrics}");
     let log = server.stderr();
     assert!(!log.contains("fatal") && !log.contains("failed"), "{log}");
     // A graceful stop shuts every connection's reads, in every ring (through the ring: they

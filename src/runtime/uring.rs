@@ -31,9 +31,10 @@
 //! that needs more connections than one table holds opens another ring beside the first: a
 //! *part*, with its own table, provided buffers and submission queue, driven by the same task
 //! and woken through the same eventfd. A core holds `server.connections_max` connections
-//! whatever the descriptor limit (docs/TUNING.md). Accepting moves to another part before a
-//! table is full (`ACCEPT_HEADROOM`): a connection the kernel accepts into a full table is
-//! closed at once, so the headroom covers a whole accept backlog arriving between two turns.
+//! whatever the descriptor limit (docs/TUNING.md). A connection the kernel accepts into a full
+//! table is closed at once, so each listener keeps exactly one single-shot accept in flight,
+//! armed only on a part with a free slot for it (counting the accepts in flight there): a
+//! multishot accept takes the whole backlog in one go and could overfill a table.
 //!
 //! Memory per connection: a slot of ~130 bytes plus whatever input is waiting to be read and
 //! output waiting to be sent; the receive buffers (`server.recv_buffers` x 4 KiB per core) are
@@ -58,9 +59,6 @@ const SQ_ENTRIES: u32 = 2048;
 /// Submission queue entries of the parts opened beyond the first (they hold overflow
 /// connections, most of them idle in the connection-scale case).
 const SQ_ENTRIES_EXTRA: u32 = 256;
-/// Registered-file slots a part leaves free before accepting moves to another part (the
-/// kernel accepts a whole backlog, up to net.core.somaxconn, in one go).
-const ACCEPT_HEADROOM: u32 = 4096;
 /// Largest table of registered files per part (the kernel's own cap is 2^20).
 const TABLE_MAX: u32 = 65_536;
 /// Size of a provided receive buffer (their number per core is `server.recv_buffers`).
@@ -208,8 +206,10 @@ struct Listener {
 struct Part {
     ring: IoUring,
     bufs: BufRing,
-    /// Registered-file slots in use (connections not yet closed).
+    /// Registered-file slots in use (connections not yet closed), and accepts in flight
+    /// (each may take one more).
     files: u32,
+    accepting: u32,
 }
 
 struct Inner {
@@ -266,12 +266,12 @@ impl NetRing {
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let want = connections_max.saturating_add(ACCEPT_HEADROOM as usize);
+        // Room for the connections beyond the bound, closed as soon as they are accepted.
+        let want = connections_max.saturating_add(64);
         let table = (lim.rlim_cur.min(TABLE_MAX as u64) as u32)
             .min(want.min(u32::MAX as usize) as u32)
             .max(1);
-        let usable = table.saturating_sub(headroom(table)).max(1) as usize;
-        let parts_max = connections_max.div_ceil(usable).clamp(1, u16::MAX as usize);
+        let parts_max = want.div_ceil(table as usize).clamp(1, u16::MAX as usize);
         // SAFETY: plain syscall; the descriptor is owned by the `BufferedFile` below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -505,11 +505,6 @@ impl NetRing {
     }
 }
 
-/// Slots a part keeps free before accepting moves on (see `ACCEPT_HEADROOM`).
-fn headroom(table: u32) -> u32 {
-    ACCEPT_HEADROOM.min(table / 4)
-}
-
 impl Inner {
     /// Opens one more part: a ring with its provided buffers, a sparse registered-file table
     /// and the shared eventfd (disabled until the driver parks).
@@ -547,7 +542,11 @@ impl Inner {
             ring,
             bufs,
             files: 0,
+            accepting: 0,
         });
+        self.metrics
+            .net_rings
+            .store(self.parts.len() as u64, Ordering::Relaxed);
         Ok((self.parts.len() - 1) as u16)
     }
 
@@ -578,9 +577,10 @@ impl Inner {
         self.conns.len() == self.free.len() && self.listeners.iter().all(|l| !l.armed)
     }
 
-    /// Whether a part has room to accept into (its headroom left free).
+    /// Whether a part has a slot for one more accept (besides those in flight there).
     fn has_room(&self, part: u16) -> bool {
-        self.parts[part as usize].files + headroom(self.table) < self.table
+        let p = &self.parts[part as usize];
+        p.files + p.accepting < self.table
     }
 
     /// A part to accept into: the first with room, or a new one while `parts_max` allows.
@@ -614,7 +614,7 @@ impl Inner {
         }
     }
 
-    /// Arms the listener's multishot accept on a part with room. False when every part is
+    /// Arms the listener's accept on a part with room. False when every part is
     /// full (the core is at `server.connections_max`, whose excess is closed anyway): the
     /// caller tries again later.
     fn arm_accept(&mut self, index: usize) -> io::Result<bool> {
@@ -625,13 +625,18 @@ impl Inner {
         let Some(part) = self.accepting_part()? else {
             return Ok(false);
         };
-        // (No SOCK_CLOEXEC: a direct descriptor has no place in the descriptor table, and the
-        // kernel refuses the flag with one.)
-        let e = opcode::AcceptMulti::new(types::Fd(self.listeners[index].fd))
-            .allocate_file_index(true)
-            .build()
-            .user_data(user_data(KIND_ACCEPT, 0, index as u32));
+        // Single-shot, into a slot the kernel picks (module docs). No SOCK_CLOEXEC: a direct
+        // descriptor has no place in the descriptor table, and the kernel refuses the flag.
+        let e = opcode::Accept::new(
+            types::Fd(self.listeners[index].fd),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .file_index(Some(types::DestinationSlot::auto_target()))
+        .build()
+        .user_data(user_data(KIND_ACCEPT, 0, index as u32));
         self.push(part, &e)?;
+        self.parts[part as usize].accepting += 1;
         let l = &mut self.listeners[index];
         l.armed = true;
         l.part = part;
@@ -739,29 +744,25 @@ impl Inner {
         match kind {
             KIND_ACCEPT => {
                 let index = slot as usize;
-                if !cqueue::more(flags) {
-                    self.listeners[index].armed = false;
-                }
+                self.listeners[index].armed = false;
+                let p = &mut self.parts[part as usize];
+                p.accepting -= 1;
                 if res >= 0 {
-                    self.parts[part as usize].files += 1;
+                    p.files += 1;
                     self.accepted.push((index, part, res as u32));
-                    let l = &self.listeners[index];
-                    if l.armed && l.part == part && !self.has_room(part) {
-                        // Move on before the table fills (module docs).
-                        self.cancel_accept(part, index);
-                    } else if !l.armed {
-                        self.rearm_accept(index);
-                    }
+                    self.rearm_accept(index);
                 } else if res == -libc::ECANCELED {
-                    // Stopped, or moved to another part: armed again there.
-                    if !self.listeners[index].armed {
-                        self.rearm_accept(index);
-                    }
+                    // Stopped (a stopped listener is not armed again).
                 } else if !self.listeners[index].stopped {
-                    // Out of memory, or a burst beyond the headroom filled the table (that
-                    // connection was closed by the kernel): say so, wait a little, go on.
+                    if res == -libc::ENFILE {
+                        self.metrics
+                            .accept_table_full
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Out of memory, or a table full after all (that connection was closed
+                    // by the kernel): say so, wait a little, go on.
                     eprintln!("accept failed: {}", io::Error::from_raw_os_error(-res));
-                    if !self.listeners[index].armed && !self.accept_retry.contains(&index) {
+                    if !self.accept_retry.contains(&index) {
                         self.accept_retry.push(index);
                     }
                 }
