@@ -44,11 +44,11 @@ pub const HUGE_GROUP: usize = 2000;
 /// batch.
 pub const HUGE_BYTES_PER_COMMIT: usize = 256 << 10;
 /// Member-stream appends of huge-group deliveries one log batch may carry (the CPU side of the
-/// same limit): one message to 10,000 members. With it a single chat's p99 stays within
-/// 2.7x of unloaded while a 10k group is flooded, and the group still gets about 1,100
-/// messages/s per core (bench/im.rs, docs/BENCHMARKS.md; 100,000 allowed 10x, 20,000 3.4x,
-/// 5,000 5.2x at p99).
-pub const HUGE_APPENDS_PER_COMMIT: usize = 10_000;
+/// same limit): a quarter of a message to 10,000 members. With it a single chat's p99 stays
+/// within 1.9-2.2x of unloaded while a 10k group is flooded, and the group still gets about
+/// 700-800 messages/s per core (bench/im.rs, docs/BENCHMARKS.md, 2026-12-01; 10,000 allowed
+/// 2.6-4.3x, 5,000 2-4x; before streams were chunked, 100,000 allowed 10x, 20,000 3.4x).
+pub const HUGE_APPENDS_PER_COMMIT: usize = 2_500;
 /// Most messages merged into one huge-group delivery: each chunk of members repeats the
 /// messages, so long merged runs would write their messages again and again.
 pub const HUGE_MERGE_MAX: usize = 16;
