@@ -165,9 +165,14 @@ impl Client {
         self.call(OP_WITHDRAW, &seq.to_le_bytes())
     }
 
-    /// Who read the user's own message at `seq` of its stream (IM, R19).
-    pub fn im_read_list(&mut self, seq: u64) -> io::Result<Reply> {
-        self.call(OP_READ_LIST, &seq.to_le_bytes())
+    /// Who read the user's own message at `seq` of its stream and who has not (IM, R19): the
+    /// page from index `from` of the readers followed by the unread.
+    pub fn im_read_list(&mut self, seq: u64, from: u64) -> io::Result<Reply> {
+        let mut p = seq.to_le_bytes().to_vec();
+        if from > 0 {
+            p.extend_from_slice(&from.to_le_bytes());
+        }
+        self.call(OP_READ_LIST, &p)
     }
 
     pub fn group_create(&mut self, gid: u64, members: &[u64]) -> io::Result<Reply> {

@@ -685,10 +685,14 @@ fn demo_im(addr: std::net::SocketAddr, auth: &[u8], friend: &[u8]) -> Result<Vec
     // User 1002 marks it read; the receipt reaches the sender's read list.
     b.im_ack_read(read_seq).map_err(e)?;
     for _ in 0..200 {
-        match a.im_read_list(sender_seq).map_err(e)? {
-            Reply::Im(ImDecoded::Readers { readers, .. }) if !readers.is_empty() => {
+        match a.im_read_list(sender_seq, 0).map_err(e)? {
+            Reply::Im(ImDecoded::Reply(ImReply::Readers {
+                read, unread, uids, ..
+            })) if read > 0 => {
+                let (readers, rest) = uids.split_at(read as usize);
                 lines.push(format!(
-                    "demo IM: read receipt: user 1001 sees its message read by {readers:?}"
+                    "demo IM: read receipt: user 1001 sees its message read by {readers:?}, \
+                     unread by {unread} ({rest:?})"
                 ));
                 break;
             }

@@ -237,6 +237,17 @@ fn read_receipts_and_withdrawals_reach_every_copy() {
             .unwrap(),
     );
     let msg = MsgId { sender: 1, seq };
+    // The membership changes after the send: 9 leaves, 10 joins. The message went to 2..=9,
+    // so its unread list and its withdrawal are about exactly those.
+    let mut nine = server.client(&event.auth(9));
+    assert!(matches!(
+        nine.group_remove(3, &[9]).unwrap(),
+        Reply::Im(ImDecoded::Reply(ImReply::Group { version: 2, .. }))
+    ));
+    assert!(matches!(
+        o.group_add(3, &[10]).unwrap(),
+        Reply::Im(ImDecoded::Reply(ImReply::Group { version: 3, .. }))
+    ));
     // Members 2..=5 read it (concurrently, from their own connections and cores).
     let readers: Vec<std::thread::JoinHandle<()>> = (2..=5u64)
         .map(|m| {
@@ -267,17 +278,35 @@ fn read_receipts_and_withdrawals_reach_every_copy() {
     for r in readers {
         r.join().unwrap();
     }
-    // The sender sees who read it (receipts reach its stream asynchronously).
+    // The sender sees who read it and who has not (receipts reach its stream
+    // asynchronously): the readers, then the unread among the recipients at the send.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match o.im_read_list(seq).unwrap() {
-            Reply::Im(ImDecoded::Readers { readers, .. }) if readers == vec![2, 3, 4, 5] => break,
-            Reply::Im(ImDecoded::Readers { .. }) if std::time::Instant::now() < deadline => {
+        match o.im_read_list(seq, 0).unwrap() {
+            Reply::Im(ImDecoded::Reply(ImReply::Readers {
+                read: 4,
+                unread,
+                from: 0,
+                uids,
+                ..
+            })) => {
+                assert_eq!((unread, uids), (4, vec![2, 3, 4, 5, 6, 7, 8, 9]));
+                break;
+            }
+            Reply::Im(ImDecoded::Reply(ImReply::Readers { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(5))
             }
             other => panic!("read list: {other:?}"),
         }
     }
+    // A page from an index.
+    assert!(matches!(
+        o.im_read_list(seq, 6).unwrap(),
+        Reply::Im(ImDecoded::Reply(ImReply::Readers { read: 4, unread: 4, from: 6, uids, .. }))
+            if uids == vec![8, 9]
+    ));
     let receipts = pull_until(&mut o, 5);
     assert_eq!(
         receipts
@@ -289,7 +318,7 @@ fn read_receipts_and_withdrawals_reach_every_copy() {
     // Only the sender sees the read list; a member asking about its copy's seq gets refused.
     let mut m6 = server.client(&event.auth(6));
     assert_eq!(
-        error(m6.im_read_list(1).unwrap()),
+        error(m6.im_read_list(1, 0).unwrap()),
         ErrorCode::NoSuchMessage as u16
     );
     // Withdrawal: a control entry with the message's appinfo and send time in every copy.
@@ -317,6 +346,9 @@ fn read_receipts_and_withdrawals_reach_every_copy() {
         assert_eq!(w.refer, Some(msg));
         assert_eq!((w.appinfo, w.sent_ms), (original.appinfo, original.sent_ms));
     }
+    // The member who joined after the send has neither the message nor its withdrawal.
+    let mut ten = server.client(&event.auth(10));
+    assert_eq!(pull_all(&mut ten), vec![]);
     // Over HTTP too.
     let a = event.auth_hex(1);
     let (status, body) = http(
@@ -329,6 +361,11 @@ fn read_receipts_and_withdrawals_reach_every_copy() {
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["readers"], serde_json::json!([2, 3, 4, 5]));
+    assert_eq!(v["unread_uids"], serde_json::json!([6, 7, 8, 9]));
+    assert_eq!(
+        (v["read"].as_u64(), v["unread"].as_u64()),
+        (Some(4), Some(4))
+    );
     let (status, body) = http(server.http, "POST", "/im/withdraw?seq=999", Some(&a), "");
     assert_eq!(status, 404, "{body}");
 }
@@ -360,6 +397,10 @@ fn bad_im_requests_are_answered_and_the_connection_goes_on() {
     );
     assert_eq!(
         error(c.call(hongbao::wire::im::OP_SYNC, &[0; 3]).unwrap()),
+        ErrorCode::Malformed as u16
+    );
+    assert_eq!(
+        error(c.call(hongbao::wire::im::OP_READ_LIST, &[0; 12]).unwrap()),
         ErrorCode::Malformed as u16
     );
     // Past the end of any stream (u64::MAX): no entries, just max_seq; the server goes on.

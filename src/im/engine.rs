@@ -3,7 +3,9 @@
 //! fan-outs this core still owes.
 //!
 //! A send runs on the sender's home core: a retried appinfo is answered with the original
-//! result (R18); a group target is expanded by the group's home core; the message is appended
+//! result (R18); a group target is expanded by the group's home core, which names the
+//! membership version (kept in the SENT record: the message's withdrawal, unread list and
+//! redelivery after a crash go to the members at that version); the message is appended
 //! to the sender's own stream (a SENT record) and answered once that is durable; only then is
 //! it handed to every core that homes recipients. Each such core appends the messages waiting
 //! for the same recipients as one DELIVERY record (R21: backlogged messages to the same members
@@ -81,16 +83,20 @@ pub fn home(id: u64, cores: u16) -> u16 {
 #[derive(Debug, Clone)]
 pub enum ImMsg {
     /// To a group's home core: the members to send to, or why not.
+    /// `at`: the members at that membership version (a message's recipients, for its
+    /// withdrawal, its unread list or its delivery after a restart); None: the members now.
     Expand {
         gid: u64,
         sender: u64,
         class: Class,
+        at: Option<u64>,
         token: u64,
         from: u16,
     },
+    /// The membership version and its members by core.
     Expanded {
         token: u64,
-        result: Result<Arc<Partition>, ImError>,
+        result: Result<(u64, Arc<Partition>), ImError>,
     },
     /// Append `msg` to the streams of `recipients` (all homed on the receiving core).
     Deliver {
@@ -149,11 +155,72 @@ impl Stream {
 struct Group {
     owner: u64,
     /// Members including every change appended (durable or not): what changes are checked
-    /// against.
-    members: HashSet<u64>,
+    /// against; each with the version that added it.
+    members: HashMap<u64, u64>,
+    /// Past memberships: (uid, version that added it, version that removed it). With
+    /// `members` they give the members at any version (a message's recipients are the
+    /// members at the version its send saw: its withdrawal and its unread list use them).
+    /// Kept as long as the group's change records are (compaction keeps those).
+    past: Vec<(u64, u64, u64)>,
     next_version: u64,
     /// The durable membership, as sends see it (None until the creation is durable).
     durable: Option<(u64, Arc<Partition>, usize)>,
+}
+
+impl Group {
+    fn new(owner: u64) -> Group {
+        Group {
+            owner,
+            members: HashMap::new(),
+            past: Vec::new(),
+            next_version: 1,
+            durable: None,
+        }
+    }
+
+    /// Applies `change` as version `version` (the next one).
+    fn apply(&mut self, version: u64, change: &GroupChange) {
+        debug_assert_eq!(version, self.next_version);
+        match change {
+            GroupChange::Create { owner, members } => {
+                self.members.insert(*owner, version);
+                for &m in members {
+                    self.members.entry(m).or_insert(version);
+                }
+            }
+            GroupChange::Add { members, .. } => {
+                for &m in members {
+                    self.members.entry(m).or_insert(version);
+                }
+            }
+            GroupChange::Remove { members, .. } => {
+                for m in members {
+                    if let Some(added) = self.members.remove(m) {
+                        self.past.push((*m, added, version));
+                    }
+                }
+            }
+        }
+        self.next_version = version + 1;
+    }
+
+    /// The members at `version`, sorted.
+    fn members_at(&self, version: u64) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .members
+            .iter()
+            .filter(|&(_, &added)| added <= version)
+            .map(|(&m, _)| m)
+            .chain(
+                self.past
+                    .iter()
+                    .filter(|&&(_, added, removed)| added <= version && version < removed)
+                    .map(|&(m, _, _)| m),
+            )
+            .collect();
+        out.sort_unstable();
+        out
+    }
 }
 
 /// A send not stored yet (stored ones are in the [`DoneIndex`]).
@@ -211,6 +278,9 @@ struct Draft {
     refer: Option<MsgId>,
     /// A withdrawal carries the original's send time (R20).
     sent_ms: Option<u64>,
+    /// For a group target: the membership version the recipients are taken at (a
+    /// withdrawal's is its original's; a new message's is set when the group answers).
+    version: Option<u64>,
 }
 
 impl Draft {
@@ -224,6 +294,13 @@ enum Pending {
     Fresh { draft: Draft, now_us: u64 },
     /// A recovered send being delivered again: skip who has it.
     Redrive { msg: MessageRef, have: HashSet<u64> },
+    /// A read list (R19) waiting for the recipients of its group message.
+    Readers {
+        sender: u64,
+        seq: u64,
+        from: u32,
+        route: Route,
+    },
 }
 
 struct Outbox {
@@ -309,6 +386,9 @@ pub struct ImCore {
     machine: HashMap<u64, (u64, u64)>,
     /// Readers of messages sent by users homed here, from the receipts in their streams.
     reads: HashMap<MsgId, Vec<u64>>,
+    /// The membership version of each group message (and withdrawal) sent by users homed
+    /// here: whom it went to, for its withdrawal and unread list (from SENT records).
+    versions: HashMap<MsgId, u64>,
     pending: HashMap<u64, Pending>,
     next_token: u64,
     outbox: HashMap<MsgId, Outbox>,
@@ -368,9 +448,9 @@ fn fingerprint(to: Target, class: Class, body: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&head), body)
 }
 
-fn partition(cores: u16, members: &HashSet<u64>) -> Arc<Partition> {
+fn partition(cores: u16, members: impl IntoIterator<Item = u64>) -> Arc<Partition> {
     let mut by_core: Vec<Vec<u64>> = vec![Vec::new(); cores as usize];
-    for &m in members {
+    for m in members {
         by_core[home(m, cores) as usize].push(m);
     }
     Arc::new(
@@ -395,6 +475,7 @@ impl ImCore {
             sends: HashMap::new(),
             done: DoneIndex::default(),
             reads: HashMap::new(),
+            versions: HashMap::new(),
             machine: HashMap::new(),
             pending: HashMap::new(),
             next_token: 1,
@@ -558,7 +639,11 @@ impl ImCore {
                 }
                 Target::Group(gid) => {
                     let (sender, class) = (msg.id.sender, msg.class);
-                    self.expand_at_home(gid, sender, class, Pending::Redrive { msg, have }, out);
+                    // The recipients its send saw (records older than versions: the members
+                    // now).
+                    let at = self.versions.get(&msg.id).copied();
+                    let pending = Pending::Redrive { msg, have };
+                    self.expand_at_home(gid, sender, class, at, pending, out);
                 }
             }
         }
@@ -584,12 +669,14 @@ impl ImCore {
         }
     }
 
-    /// Asks the group's home core for the members a send goes to; `pending` waits for them.
+    /// Asks the group's home core for the members a send goes to (at membership version `at`,
+    /// or now); `pending` waits for them.
     fn expand_at_home(
         &mut self,
         gid: u64,
         sender: u64,
         class: Class,
+        at: Option<u64>,
         pending: Pending,
         out: &mut Effects,
     ) {
@@ -601,6 +688,7 @@ impl ImCore {
                 gid,
                 sender,
                 class,
+                at,
                 token,
                 from: self.core,
             },
@@ -622,6 +710,7 @@ impl ImCore {
             kind: EntryKind::Message,
             refer: None,
             sent_ms: None,
+            version: None,
         };
         self.submit(draft, route, now_us, log, out);
     }
@@ -680,13 +769,15 @@ impl ImCore {
             kind: EntryKind::Read,
             refer: Some(m.id),
             sent_ms: None,
+            version: None,
         };
         self.submit(draft, route, now_us, log, out);
     }
 
     /// Withdraws (R20) the message `sender` (homed here) sent as seq `seq` of its stream: a
     /// withdrawal carrying the message's appinfo and send time goes to every stream the
-    /// message went to (for a group: its members now).
+    /// message went to (for a group: its members at the message's membership version, also
+    /// those who left since; not those who joined since).
     pub fn withdraw(
         &mut self,
         sender: u64,
@@ -720,13 +811,14 @@ impl ImCore {
             kind: EntryKind::Withdraw,
             refer: Some(m.id),
             sent_ms: Some(m.sent_ms),
+            version: self.versions.get(&m.id).copied(),
         };
         self.submit(draft, route, now_us, log, out);
     }
 
     /// Who has read message `seq` of `sender` (homed here), as durable receipts in the
-    /// sender's stream say; only for the sender's own messages.
-    pub fn read_list(&self, sender: u64, seq: u64) -> Result<Vec<u64>, ImError> {
+    /// sender's stream say, sorted; only for the sender's own messages.
+    pub fn readers(&self, sender: u64, seq: u64) -> Result<Vec<u64>, ImError> {
         let m = self
             .message_at(sender, seq)
             .filter(|m| m.id.sender == sender)
@@ -734,6 +826,64 @@ impl ImCore {
         let mut readers = self.reads.get(&m.id).cloned().unwrap_or_default();
         readers.sort_unstable();
         Ok(readers)
+    }
+
+    /// The read list (R19) of message `seq` of `sender` (homed here): who read it and who has
+    /// not, among exactly the recipients it went to (for a group: its members at the send's
+    /// membership version, asked of the group's core), answered as a page from `from`.
+    pub fn read_list(&mut self, sender: u64, seq: u64, from: u32, route: Route, out: &mut Effects) {
+        let m = match self.readers(sender, seq) {
+            Ok(_) => self.message_at(sender, seq).expect("checked"),
+            Err(e) => {
+                out.replies.push((route, ImReply::Error(e)));
+                return;
+            }
+        };
+        match m.to {
+            Target::User(uid) => {
+                let recipients: &[u64] = if uid == sender { &[] } else { &[uid] };
+                let reply = self.read_page(sender, seq, recipients, from);
+                out.replies.push((route, reply));
+            }
+            Target::Group(gid) => {
+                let at = self.versions.get(&m.id).copied();
+                let pending = Pending::Readers {
+                    sender,
+                    seq,
+                    from,
+                    route,
+                };
+                self.expand_at_home(gid, sender, m.class, at, pending, out);
+            }
+        }
+    }
+
+    /// One page of a read list: the readers, then the recipients (sorted) who have not read
+    /// (both sorted), from index `from`.
+    fn read_page(&self, sender: u64, seq: u64, recipients: &[u64], from: u32) -> ImReply {
+        let readers = self.readers(sender, seq).unwrap_or_default();
+        let unread: Vec<u64> = recipients
+            .iter()
+            .copied()
+            .filter(|&u| u != sender && readers.binary_search(&u).is_err())
+            .collect();
+        let total = readers.len() + unread.len();
+        let start = (from as usize).min(total);
+        let end = (start + READ_LIST_PAGE).min(total);
+        let uids = readers
+            .iter()
+            .chain(&unread)
+            .skip(start)
+            .take(end - start)
+            .copied()
+            .collect();
+        ImReply::Readers {
+            seq,
+            read: readers.len() as u32,
+            unread: unread.len() as u32,
+            from: start as u32,
+            uids,
+        }
     }
 
     fn submit(
@@ -834,9 +984,9 @@ impl ImCore {
                 self.commit_send(draft, p, now_us, log, out);
             }
             Target::Group(gid) => {
-                let (sender, class) = (req.sender, req.class);
+                let (sender, class, at) = (req.sender, req.class, draft.version);
                 let pending = Pending::Fresh { draft, now_us };
-                self.expand_at_home(gid, sender, class, pending, out);
+                self.expand_at_home(gid, sender, class, at, pending, out);
             }
         }
     }
@@ -969,7 +1119,8 @@ impl ImCore {
         log: &mut LogWriter,
     ) -> Result<(), Box<(Draft, Arc<Partition>)>> {
         let key = draft.key();
-        let (kind, refer, sent_ms) = (draft.kind, draft.refer, draft.sent_ms);
+        let (kind, refer, sent_ms, version) =
+            (draft.kind, draft.refer, draft.sent_ms, draft.version);
         let req = draft.req;
         let stream = self
             .streams
@@ -989,10 +1140,13 @@ impl ImCore {
             body: req.body,
         });
         self.scratch.clear();
-        encode_sent(&msg, &mut self.scratch);
+        encode_sent(&msg, version, &mut self.scratch);
         match log.append(KIND_SENT, msg.id.sender, msg.id.seq, &self.scratch) {
             Ok(appended) => {
                 stream.entries.push(msg.clone());
+                if let (Target::Group(_), Some(v)) = (msg.to, version) {
+                    self.versions.insert(msg.id, v);
+                }
                 self.stats.sends += 1;
                 self.stats.stream_appends += 1;
                 self.waiters.push_back((
@@ -1019,6 +1173,7 @@ impl ImCore {
                     kind,
                     refer,
                     sent_ms,
+                    version,
                 };
                 Err(Box::new((draft, partition)))
             }
@@ -1033,23 +1188,48 @@ impl ImCore {
                 gid,
                 sender,
                 class,
+                at,
                 token,
                 from,
             } => {
-                let result = self.expand(gid, sender, class);
+                let result = self.expand(gid, sender, class, at);
                 out.messages.push((from, ImMsg::Expanded { token, result }));
             }
             ImMsg::Expanded { token, result } => match self.pending.remove(&token) {
-                Some(Pending::Fresh { draft, now_us: at }) => match result {
-                    Ok(p) => self.commit_send(draft, p, now_us.max(at), log, out),
+                Some(Pending::Fresh {
+                    mut draft,
+                    now_us: at,
+                }) => match result {
+                    Ok((version, p)) => {
+                        draft.version = Some(version);
+                        self.commit_send(draft, p, now_us.max(at), log, out)
+                    }
                     Err(e) => self.fail_send(draft.key(), e, out),
                 },
                 Some(Pending::Redrive { msg, have }) => {
-                    // A group that is gone, or left by the sender, since: nobody more to reach.
-                    let p = result.unwrap_or_else(|_| {
+                    // Only for records older than membership versions: a group left by the
+                    // sender since has nobody more to reach.
+                    let p = result.map(|(_, p)| p).unwrap_or_else(|_| {
                         Arc::new((0..self.cores).map(|_| self.empty.clone()).collect())
                     });
                     self.fan_out(&msg, &p, &have, None, now_us, log, out);
+                }
+                Some(Pending::Readers {
+                    sender,
+                    seq,
+                    from,
+                    route,
+                }) => {
+                    let reply = match result {
+                        Ok((_, p)) => {
+                            let mut members: Vec<u64> =
+                                p.iter().flat_map(|c| c.iter().copied()).collect();
+                            members.sort_unstable();
+                            self.read_page(sender, seq, &members, from)
+                        }
+                        Err(e) => ImReply::Error(e),
+                    };
+                    out.replies.push((route, reply));
                 }
                 None => panic!("expansion answer for unknown token {token}"),
             },
@@ -1062,21 +1242,40 @@ impl ImCore {
         }
     }
 
-    fn expand(&self, gid: u64, sender: u64, class: Class) -> Result<Arc<Partition>, ImError> {
+    /// The members of a group homed here that a message of `sender` goes to: at membership
+    /// version `at` (an earlier message's recipients), or the durable members now.
+    fn expand(
+        &self,
+        gid: u64,
+        sender: u64,
+        class: Class,
+        at: Option<u64>,
+    ) -> Result<(u64, Arc<Partition>), ImError> {
         let Some(g) = self.groups.get(&gid) else {
             return Err(ImError::NoSuchGroup);
         };
-        let Some((_, snapshot, count)) = &g.durable else {
+        let Some((version, snapshot, count)) = &g.durable else {
             return Err(ImError::NoSuchGroup);
+        };
+        let (version, snapshot, count) = match at {
+            None => (*version, snapshot.clone(), *count),
+            Some(v) if v == *version => (v, snapshot.clone(), *count),
+            // Versions a message can carry are durable ones: a later one is a damaged log.
+            Some(v) if v > *version || v == 0 => return Err(ImError::NoSuchGroup),
+            Some(v) => {
+                let members = g.members_at(v);
+                let count = members.len();
+                (v, partition(self.cores, members), count)
+            }
         };
         let home = home(sender, self.cores) as usize;
         if snapshot[home].binary_search(&sender).is_err() {
             return Err(ImError::NotMember);
         }
-        if class == Class::Control && *count >= HUGE_GROUP {
+        if class == Class::Control && count >= HUGE_GROUP {
             return Err(ImError::ControlDropped);
         }
-        Ok(snapshot.clone())
+        Ok((version, snapshot))
     }
 
     /// The sender's core hands a durable message to every core with recipients.
@@ -1466,13 +1665,7 @@ impl ImCore {
             owner,
             members: list,
         };
-        let group = Group {
-            owner,
-            members: set,
-            next_version: 1,
-            durable: None,
-        };
-        self.groups.insert(gid, group);
+        self.groups.insert(gid, Group::new(owner));
         if !self.change_group(gid, change, route, log, out) {
             self.groups.remove(&gid);
         }
@@ -1502,10 +1695,13 @@ impl ImCore {
                 .push((route, ImReply::Error(ImError::NoSuchGroup)));
             return;
         };
-        let refusal = if !g.members.contains(&actor) {
+        let refusal = if !g.members.contains_key(&actor) {
             Some(ImError::NotMember)
         } else if add {
-            let new = members.iter().filter(|m| !g.members.contains(m)).count();
+            let new = members
+                .iter()
+                .filter(|m| !g.members.contains_key(m))
+                .count();
             (g.members.len() + new > GROUP_MEMBERS_MAX).then_some(ImError::GroupFull)
         } else if members.contains(&g.owner)
             || (actor != g.owner && members.iter().any(|&m| m != actor))
@@ -1550,17 +1746,8 @@ impl ImCore {
         encode_group(&change, &mut self.scratch);
         match log.append(KIND_GROUP, gid, version, &self.scratch) {
             Ok(appended) => {
-                match &change {
-                    GroupChange::Create { .. } => {}
-                    GroupChange::Add { members, .. } => g.members.extend(members),
-                    GroupChange::Remove { members, .. } => {
-                        for m in members {
-                            g.members.remove(m);
-                        }
-                    }
-                }
-                g.next_version += 1;
-                let snapshot = partition(self.cores, &g.members);
+                g.apply(version, &change);
+                let snapshot = partition(self.cores, g.members.keys().copied());
                 self.waiters.push_back((
                     appended.end,
                     Waiter::Group {
@@ -1736,6 +1923,8 @@ impl ImCore {
             let streams = &self.streams;
             self.reads
                 .retain(|id, _| streams.get(&id.sender).map_or(true, |s| id.seq >= s.base));
+            self.versions
+                .retain(|id, _| streams.get(&id.sender).map_or(true, |s| id.seq >= s.base));
         }
         self.stats.expired += dropped;
         dropped
@@ -1787,6 +1976,8 @@ impl ImCore {
 pub struct ImRecovery {
     streams: HashMap<u64, Vec<(u64, MessageRef)>>,
     sent: HashMap<MsgId, MessageRef>,
+    /// Membership versions of group messages, from their SENT records.
+    versions: HashMap<MsgId, u64>,
     /// Messages met in a DELIVERY record before their SENT record (another core's log, read
     /// later, or a SENT record compaction dropped): one shared copy each, as in a running
     /// server, not one per record (recovered state was 1.7x the memory of the state it
@@ -1835,7 +2026,10 @@ impl ImRecovery {
     ) -> Result<(), String> {
         match kind {
             KIND_SENT => {
-                let decoded = decode_sent(stream, seq, payload).map_err(|e| e.0)?;
+                let (decoded, version) = decode_sent(stream, seq, payload).map_err(|e| e.0)?;
+                if let Some(v) = version {
+                    self.versions.insert(decoded.id, v);
+                }
                 let m = match self.copies.remove(&decoded.id) {
                     Some(copy) => Self::same(copy, &decoded)?,
                     None => Arc::new(decoded),
@@ -1979,32 +2173,22 @@ impl ImRecovery {
                         i + 1
                     ));
                 }
-                match (change, g.as_mut()) {
-                    (GroupChange::Create { owner, members }, None) => {
-                        let mut set: HashSet<u64> = members.into_iter().collect();
-                        set.insert(owner);
-                        g = Some(Group {
-                            owner,
-                            members: set,
-                            next_version: 1,
-                            durable: None,
-                        });
+                match (&change, g.as_mut()) {
+                    (GroupChange::Create { owner, .. }, None) => g = Some(Group::new(*owner)),
+                    (GroupChange::Create { .. }, Some(_)) => {
+                        return Err(format!("group {gid}: created again at version {version}"))
                     }
-                    (GroupChange::Add { members, .. }, Some(g)) => g.members.extend(members),
-                    (GroupChange::Remove { members, .. }, Some(g)) => {
-                        for m in members {
-                            g.members.remove(&m);
-                        }
+                    (_, None) => {
+                        return Err(format!("group {gid}: change {version} before creation"))
                     }
-                    _ => return Err(format!("group {gid}: change {version} before creation")),
+                    _ => {}
                 }
-                let g = g.as_mut().expect("created");
-                g.next_version = version + 1;
+                g.as_mut().expect("created").apply(version, &change);
             }
             let mut g = g.expect("at least one change");
             g.durable = Some((
                 g.next_version - 1,
-                partition(cores, &g.members),
+                partition(cores, g.members.keys().copied()),
                 g.members.len(),
             ));
             out[home(gid, cores) as usize].groups.insert(gid, g);
@@ -2013,6 +2197,9 @@ impl ImRecovery {
         sent.sort_unstable_by_key(|m| (m.sent_ms, m.id));
         for m in sent {
             let core = &mut out[home(m.id.sender, cores) as usize];
+            if let Some(&v) = self.versions.get(&m.id) {
+                core.versions.insert(m.id, v);
+            }
             if m.sent_ms.saturating_add(DEDUPE_WINDOW_MS) > now_ms {
                 let key = (m.id.sender, m.appinfo, m.kind as u8);
                 core.done.insert(key, m.id.seq, m.sent_ms);

@@ -12,6 +12,8 @@ pub const BODY_MAX: usize = 16 * 1024;
 /// message to every member homed on one core (16 bytes each), so the bound keeps it in one
 /// record: 50,000 x 16 B = 800 KB < 1 MiB.
 pub const GROUP_MEMBERS_MAX: usize = 50_000;
+/// Uids per page of a read list (one reply frame).
+pub const READ_LIST_PAGE: usize = 8000;
 /// How long a send's appinfo is remembered: a retry within it returns the original result (R18).
 pub const DEDUPE_WINDOW_MS: u64 = 24 * 3600 * 1000;
 /// How long after its send a message can be withdrawn (R20).
@@ -193,6 +195,16 @@ pub enum ImReply {
         gid: u64,
         version: u64,
         members: u32,
+    },
+    /// A read list (R19), one page: of the `read` recipients who read the message and the
+    /// `unread` who have not, `uids` are those at index `from` onwards of the readers (sorted)
+    /// followed by the unread (sorted), at most [`READ_LIST_PAGE`].
+    Readers {
+        seq: u64,
+        read: u32,
+        unread: u32,
+        from: u32,
+        uids: Vec<u64>,
     },
     Error(ImError),
 }

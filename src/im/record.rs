@@ -176,24 +176,38 @@ fn take_message(bytes: &[u8]) -> Result<(Message, &[u8]), RecordError> {
     ))
 }
 
-/// SENT payload: the message.
-pub fn encode_sent(m: &Message, out: &mut Vec<u8>) {
+/// SENT payload: the message, then, for a message to a group, the group's membership version
+/// its recipients were taken at (u64; none in records written before versions were kept).
+pub fn encode_sent(m: &Message, version: Option<u64>, out: &mut Vec<u8>) {
     put_message(m, out);
+    if let (Target::Group(_), Some(v)) = (m.to, version) {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
 }
 
 /// Decodes a SENT payload; `stream` and `seq` are the record's, which must match the message.
-pub fn decode_sent(stream: u64, seq: u64, payload: &[u8]) -> Result<Message, RecordError> {
+/// Returns the message and, for a group message, its membership version (if recorded).
+pub fn decode_sent(
+    stream: u64,
+    seq: u64,
+    payload: &[u8],
+) -> Result<(Message, Option<u64>), RecordError> {
     let (m, rest) = take_message(payload)?;
-    if !rest.is_empty() {
-        return err(format!("{} bytes after the message", rest.len()));
-    }
+    let version = match (m.to, rest.len()) {
+        (_, 0) => None,
+        (Target::Group(_), 8) => match u64::from_le_bytes(rest.try_into().expect("8 bytes")) {
+            0 => return err("group membership version 0 (versions start at 1)"),
+            v => Some(v),
+        },
+        (_, n) => return err(format!("{n} bytes after the message")),
+    };
     if m.id.sender != stream || m.id.seq != seq {
         return err(format!(
             "message {} in the record of stream {stream} seq {seq}",
             m.id
         ));
     }
-    Ok(m)
+    Ok((m, version))
 }
 
 /// A delivery: `messages` go, in order, to each recipient; recipient `uid` gets every message
@@ -377,14 +391,21 @@ mod tests {
 
     proptest! {
         #[test]
-        fn sent_round_trips(sender in any::<u64>(), seq in 1u64.., body in proptest::collection::vec(any::<u8>(), 0..300), group in any::<bool>()) {
+        fn sent_round_trips(sender in any::<u64>(), seq in 1u64.., body in proptest::collection::vec(any::<u8>(), 0..300), group in any::<bool>(), version in 0u64..5) {
             let m = message(sender, seq, body, group);
+            // A group message carries its membership version (or none, as older records).
+            let version = (group && version > 0).then_some(version);
             let mut out = Vec::new();
-            encode_sent(&m, &mut out);
-            prop_assert_eq!(decode_sent(sender, seq, &out).unwrap(), m.clone());
-            // Every strict prefix and every longer buffer is refused, never a panic.
+            encode_sent(&m, version, &mut out);
+            prop_assert_eq!(decode_sent(sender, seq, &out).unwrap(), (m.clone(), version));
+            // Every strict prefix and every longer buffer is refused, never a panic (but the
+            // message without its version is a record as older servers wrote it).
+            let bare = out.len() - if version.is_some() { 8 } else { 0 };
             for cut in 0..out.len() {
-                prop_assert!(decode_sent(sender, seq, &out[..cut]).is_err());
+                match decode_sent(sender, seq, &out[..cut]) {
+                    Ok(got) => prop_assert!(cut == bare && got == (m.clone(), None)),
+                    Err(_) => prop_assert!(cut != bare),
+                }
             }
             out.push(0);
             prop_assert!(decode_sent(sender, seq, &out).is_err());
@@ -436,8 +457,26 @@ mod tests {
     fn bad_fields_are_named() {
         let m = message(3, 4, b"hi".to_vec(), false);
         let mut out = Vec::new();
-        encode_sent(&m, &mut out);
+        encode_sent(&m, Some(7), &mut out);
+        assert_eq!(
+            out.len(),
+            MESSAGE_HEADER_BYTES + 2,
+            "no version for a single chat"
+        );
         assert!(decode_sent(3, 5, &out).unwrap_err().0.contains("3#4"));
+        let mut extra = out.clone();
+        extra.extend_from_slice(&7u64.to_le_bytes());
+        assert!(decode_sent(3, 4, &extra)
+            .unwrap_err()
+            .0
+            .contains("8 bytes after"));
+        let g = message(3, 4, b"hi".to_vec(), true);
+        let mut zero = Vec::new();
+        encode_sent(&g, Some(0), &mut zero);
+        assert!(decode_sent(3, 4, &zero)
+            .unwrap_err()
+            .0
+            .contains("version 0"));
         let mut bad = out.clone();
         bad[52] = 9; // target kind
         assert!(decode_sent(3, 4, &bad)

@@ -121,7 +121,7 @@ mod tests {
         // User 1 gets only user 2's message (not its own): one entry at 10.
         assert_eq!(heads_of(&v), vec![(1, 10), (3, 21)]);
         let mut s = Vec::new();
-        encode_sent(&msg(1, 4), &mut s);
+        encode_sent(&msg(1, 4), None, &mut s);
         let sent = view(KIND_SENT, 1, 4, &s);
         assert_eq!(heads_of(&sent), vec![(1, 4)]);
     }

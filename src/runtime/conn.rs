@@ -21,9 +21,9 @@ use super::{Core, Slot};
 use crate::im::record::GroupChange;
 use crate::im::SendRequest;
 use crate::wire::im::{
-    decode_group, decode_send, decode_seq, decode_sync, encode_push, OP_ACK_READ, OP_GROUP_ADD,
-    OP_GROUP_CREATE, OP_GROUP_MEMBERS, OP_GROUP_REMOVE, OP_READ_LIST, OP_SEND, OP_SYNC,
-    OP_WITHDRAW,
+    decode_group, decode_read_list, decode_send, decode_seq, decode_sync, encode_push, OP_ACK_READ,
+    OP_GROUP_ADD, OP_GROUP_CREATE, OP_GROUP_MEMBERS, OP_GROUP_REMOVE, OP_READ_LIST, OP_SEND,
+    OP_SYNC, OP_WITHDRAW,
 };
 
 /// Requests handled from one read between two yields to the core's other tasks.
@@ -287,13 +287,19 @@ fn binary_im(
             Err(m) if m.contains("body over") => BinarySlot::Fail(rid, ErrorCode::TooLarge, m),
             Err(m) => malformed(m),
         },
-        OP_ACK_READ | OP_WITHDRAW | OP_READ_LIST => match decode_seq(payload) {
+        OP_ACK_READ | OP_WITHDRAW => match decode_seq(payload) {
             Ok(seq) => {
                 let own = match op {
                     OP_ACK_READ => OwnOp::AckRead,
-                    OP_WITHDRAW => OwnOp::Withdraw,
-                    _ => OwnOp::ReadList,
+                    _ => OwnOp::Withdraw,
                 };
+                BinarySlot::Op(op, rid, core.im_own(uid, seq, own), "")
+            }
+            Err(m) => malformed(m),
+        },
+        OP_READ_LIST => match decode_read_list(payload) {
+            Ok((seq, from)) => {
+                let own = OwnOp::ReadList { from };
                 BinarySlot::Op(op, rid, core.im_own(uid, seq, own), "")
             }
             Err(m) => malformed(m),
@@ -676,7 +682,11 @@ fn http_im(core: &Rc<Core>, req: &Request<'_>, uid: u64) -> Result<Slot, (ErrorC
             let op = match (method, path) {
                 (Method::Post, "/im/read") => OwnOp::AckRead,
                 (Method::Post, "/im/withdraw") => OwnOp::Withdraw,
-                (Method::Get, "/im/reads") => OwnOp::ReadList,
+                (Method::Get, "/im/reads") => OwnOp::ReadList {
+                    from: query_u64(req, "from")?
+                        .unwrap_or(0)
+                        .min(u64::from(u32::MAX)) as u32,
+                },
                 _ => return Err(malformed("POST /im/read, POST /im/withdraw, GET /im/reads")),
             };
             Ok(core.im_own(uid, seq, op))

@@ -41,8 +41,8 @@ pub enum OwnOp {
     AckRead,
     /// Withdraw the user's message at the seq (R20).
     Withdraw,
-    /// Who read the user's message at the seq.
-    ReadList,
+    /// Who read the user's message at the seq and who has not: the page from an index.
+    ReadList { from: u32 },
 }
 
 /// A connection watching its user's stream: the newest seq announced to it and the newest it
@@ -274,12 +274,8 @@ impl Core {
             OwnOp::Withdraw => {
                 self.im_run(|im, log, fx| im.withdraw(uid, seq, route, now, log, fx))
             }
-            OwnOp::ReadList => {
-                let result = match self.im.borrow().read_list(uid, seq) {
-                    Ok(readers) => OpResult::Im(ImAnswer::Readers { seq, readers }),
-                    Err(e) => OpResult::im(ImReply::Error(e)),
-                };
-                self.deliver(route, result);
+            OwnOp::ReadList { from } => {
+                self.im_run(|im, _, fx| im.read_list(uid, seq, from, route, fx))
             }
         }
     }

@@ -6,7 +6,9 @@ use bytes::BytesMut;
 
 use super::frame::{encode_frame, FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
 use super::ops::{ErrorCode, OP_REPLY};
-use crate::im::{Class, EntryKind, ImError, ImReply, MsgId, Page, Target, BODY_MAX};
+use crate::im::{
+    Class, EntryKind, ImError, ImReply, MsgId, Page, Target, BODY_MAX, READ_LIST_PAGE,
+};
 
 pub const OP_SEND: u8 = 0x10;
 pub const OP_SYNC: u8 = 0x11;
@@ -61,20 +63,34 @@ pub enum ImAnswer {
         total: u32,
         members: Vec<u64>,
     },
-    /// READ_LIST: who read the message at `seq` of the asker's stream.
-    Readers {
-        seq: u64,
-        readers: Vec<u64>,
-    },
 }
 
-/// ACK_READ, WITHDRAW and READ_LIST carry one seq of the user's own stream.
+/// Fixed part of a READ_LIST reply.
+pub const READERS_HEADER_BYTES: usize = 24;
+const _: () = assert!(
+    FRAME_HEADER_BYTES + READERS_HEADER_BYTES + 8 * READ_LIST_PAGE <= FRAME_BYTES_MAX,
+    "a read-list page fits one frame"
+);
+
+/// ACK_READ and WITHDRAW carry one seq of the user's own stream.
 pub fn decode_seq(p: &[u8]) -> Result<u64, String> {
     match <[u8; 8]>::try_from(p) {
         Ok(b) => Ok(u64::from_le_bytes(b)),
         Err(_) => Err(format!(
             "this op carries a seq (8 bytes), not {} bytes",
             p.len()
+        )),
+    }
+}
+
+/// READ_LIST carries a seq of the user's own stream and optionally a start index (u64; 0
+/// when absent). The index is clamped to u32 (no list is that long).
+pub fn decode_read_list(p: &[u8]) -> Result<(u64, u32), String> {
+    match p.len() {
+        8 => Ok((u64_at(p, 0), 0)),
+        16 => Ok((u64_at(p, 0), u64_at(p, 8).min(u64::from(u32::MAX)) as u32)),
+        n => Err(format!(
+            "READ_LIST carries a seq and optionally a start index (8 or 16 bytes), not {n} bytes"
         )),
     }
 }
@@ -248,11 +264,20 @@ pub fn encode_binary(op: u8, request_id: u64, answer: &ImAnswer, out: &mut Bytes
                 p.extend_from_slice(&m.to_le_bytes());
             }
         }
-        ImAnswer::Readers { seq, readers } => {
+        ImAnswer::Reply(ImReply::Readers {
+            seq,
+            read,
+            unread,
+            from,
+            uids,
+        }) => {
+            p.reserve(READERS_HEADER_BYTES + 8 * uids.len());
             p.extend_from_slice(&seq.to_le_bytes());
-            p.extend_from_slice(&(readers.len() as u32).to_le_bytes());
-            p.extend_from_slice(&[0; 4]);
-            for r in readers {
+            p.extend_from_slice(&read.to_le_bytes());
+            p.extend_from_slice(&unread.to_le_bytes());
+            p.extend_from_slice(&from.to_le_bytes());
+            p.extend_from_slice(&(uids.len() as u32).to_le_bytes());
+            for r in uids {
                 p.extend_from_slice(&r.to_le_bytes());
             }
         }
@@ -342,7 +367,20 @@ pub fn json(answer: &ImAnswer) -> String {
             total,
             members,
         } => json!({"gid": gid, "version": version, "total": total, "members": members}),
-        ImAnswer::Readers { seq, readers } => json!({"seq": seq, "readers": readers}),
+        ImAnswer::Reply(ImReply::Readers {
+            seq,
+            read,
+            unread,
+            from,
+            uids,
+        }) => {
+            // The page's part of each list.
+            let split = (*read as usize)
+                .saturating_sub(*from as usize)
+                .min(uids.len());
+            json!({"seq": seq, "read": read, "unread": unread, "from": from,
+                   "readers": &uids[..split], "unread_uids": &uids[split..]})
+        }
     };
     let mut text = v.to_string();
     text.push('\n');
@@ -391,10 +429,6 @@ pub enum ImDecoded {
     Push {
         uid: u64,
         max_seq: u64,
-    },
-    Readers {
-        seq: u64,
-        readers: Vec<u64>,
     },
 }
 
@@ -477,18 +511,21 @@ pub fn decode_reply(op: u8, p: &[u8]) -> Option<ImDecoded> {
                     .collect(),
             })
         }
-        x if x == OP_READ_LIST | OP_REPLY && p.len() >= 16 => {
-            let count = u32_at(p, 8) as usize;
-            if p.len() != 16 + 8 * count {
+        x if x == OP_READ_LIST | OP_REPLY && p.len() >= READERS_HEADER_BYTES => {
+            let count = u32_at(p, 20) as usize;
+            if p.len() != READERS_HEADER_BYTES + 8 * count {
                 return None;
             }
-            Some(ImDecoded::Readers {
+            Some(ImDecoded::Reply(ImReply::Readers {
                 seq: u64_at(p, 0),
-                readers: p[16..]
+                read: u32_at(p, 8),
+                unread: u32_at(p, 12),
+                from: u32_at(p, 16),
+                uids: p[READERS_HEADER_BYTES..]
                     .chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
                     .collect(),
-            })
+            }))
         }
         OP_PUSH if p.len() == 16 => Some(ImDecoded::Push {
             uid: u64_at(p, 0),

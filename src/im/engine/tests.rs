@@ -2,7 +2,7 @@
 //! random order, writing their logs in random batches and crashing at random moments (with torn
 //! writes), checked against what the clients were told.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -585,6 +585,23 @@ struct Ledger {
     asked: BTreeMap<Key, Ask>,
     /// Seq from every successful reply.
     acked: BTreeMap<Key, u64>,
+    /// Sends to a group refused because the sender was not a member (nothing stored).
+    refused: BTreeSet<Key>,
+}
+
+/// A group's memberships as the test made them: `versions[v - 1]` is the membership at
+/// version v (the changes the group's core appended, durable or not; a crash cuts it back
+/// to what recovery found).
+struct Timeline {
+    gid: u64,
+    owner: u64,
+    versions: Vec<BTreeSet<u64>>,
+}
+
+impl Timeline {
+    fn now(&self) -> &BTreeSet<u64> {
+        self.versions.last().expect("created")
+    }
 }
 
 impl Sim {
@@ -600,6 +617,19 @@ impl Sim {
         }
         self.absorb(k, fx);
         route
+    }
+
+    /// The first page of a read list (answered after the cores exchange what it needs).
+    fn read_list(&mut self, rng: &mut impl RngCore, uid: u64, seq: u64) -> ImReply {
+        let route = self.route();
+        let k = home(uid, self.cores);
+        let mut fx = Effects::default();
+        self.nodes[k as usize]
+            .im
+            .read_list(uid, seq, 0, route, &mut fx);
+        self.absorb(k, fx);
+        self.quiesce(rng);
+        self.reply(route).cloned().expect("read lists are answered")
     }
 
     fn ask(&mut self, key: Key, ask: &Ask) -> Route {
@@ -641,6 +671,15 @@ fn run_simulation(seed: u64) -> (usize, usize, usize) {
         sim.group(*gid, members[0], &members[1..]);
     }
     sim.quiesce(&mut rng);
+    // The small groups' memberships change during the run (the huge one's stay).
+    let mut timelines: Vec<Timeline> = groups
+        .iter()
+        .map(|(gid, members)| Timeline {
+            gid: *gid,
+            owner: members[0],
+            versions: vec![members.iter().copied().collect()],
+        })
+        .collect();
     let mut ledger = Ledger::default();
     let mut open: Vec<(Route, Key)> = Vec::new();
     let mut next_appinfo = 1u128;
@@ -648,15 +687,15 @@ fn run_simulation(seed: u64) -> (usize, usize, usize) {
     let mut crashes = 0;
     let steps = rng.random_range(200..600);
     for _ in 0..steps {
-        match rng.random_range(0..100) {
+        match rng.random_range(0..104) {
             0..=21 => {
                 let sender = users[rng.random_range(0..users.len())];
                 let to = if rng.random_bool(0.4) {
-                    let (gid, members) = &groups[rng.random_range(0..groups.len())];
-                    if !members.contains(&sender) {
+                    let t = &timelines[rng.random_range(0..timelines.len())];
+                    if !t.now().contains(&sender) {
                         continue;
                     }
-                    Target::Group(*gid)
+                    Target::Group(t.gid)
                 } else {
                     Target::User(users[rng.random_range(0..users.len())])
                 };
@@ -729,12 +768,51 @@ fn run_simulation(seed: u64) -> (usize, usize, usize) {
                 sim.step_disk(k);
             }
             95..=97 => sim.tick(rng.random_range(1..50)),
+            98..=102 => {
+                // A member joins, leaves or is removed by the owner (small groups only).
+                let t = &mut timelines[rng.random_range(0..2)];
+                let uid = users[rng.random_range(0..users.len())];
+                if uid == t.owner {
+                    continue;
+                }
+                let leave = t.now().contains(&uid);
+                let actor = if leave && rng.random_bool(0.5) {
+                    uid
+                } else {
+                    t.owner
+                };
+                let r = sim.update(t.gid, actor, !leave, &[uid]);
+                match sim.reply(r) {
+                    // Refused on the spot (the log is behind): nothing appended.
+                    Some(ImReply::Error(ImError::Busy)) => {}
+                    Some(other) => panic!("seed {seed}: group change answered {other:?}"),
+                    None => {
+                        let mut next = t.now().clone();
+                        if leave {
+                            next.remove(&uid);
+                        } else {
+                            next.insert(uid);
+                        }
+                        t.versions.push(next);
+                    }
+                }
+            }
             _ => {
                 let torn = rng.random_bool(0.7);
                 crashed = true;
                 crashes += 1;
                 collect(&mut sim, &mut open, &mut ledger);
                 sim.crash(&mut rng, torn);
+                // Changes not durable are gone; the recovered membership is the one the test
+                // made at that version.
+                for t in &mut timelines {
+                    let n = &sim.nodes[home(t.gid, sim.cores) as usize];
+                    let (version, members) = n.im.group_members(t.gid).expect("recovered");
+                    assert!(version as usize <= t.versions.len(), "seed {seed}");
+                    t.versions.truncate(version as usize);
+                    let members: BTreeSet<u64> = members.into_iter().collect();
+                    assert_eq!(&members, t.now(), "seed {seed}: group {}", t.gid);
+                }
             }
         }
         collect(&mut sim, &mut open, &mut ledger);
@@ -746,7 +824,7 @@ fn run_simulation(seed: u64) -> (usize, usize, usize) {
         let unacked: Vec<Key> = ledger
             .asked
             .keys()
-            .filter(|k| !ledger.acked.contains_key(k))
+            .filter(|k| !ledger.acked.contains_key(k) && !ledger.refused.contains(k))
             .copied()
             .collect();
         if unacked.is_empty() {
@@ -760,15 +838,17 @@ fn run_simulation(seed: u64) -> (usize, usize, usize) {
         sim.quiesce(&mut rng);
         collect(&mut sim, &mut open, &mut ledger);
     }
-    assert_eq!(
-        ledger.acked.len(),
-        ledger.asked.len(),
+    assert!(
+        ledger
+            .asked
+            .keys()
+            .all(|k| ledger.acked.contains_key(k) || ledger.refused.contains(k)),
         "seed {seed}: requests left unanswered"
     );
     // A sender's messages arrive in order unless a crash interrupted a delivery (it is
     // delivered again later); deliveries held while a log was behind keep their order.
     let ordered = !crashed;
-    check(&sim, &ledger, &groups, seed, ordered);
+    check(&mut sim, &mut rng, &ledger, &timelines, seed, ordered);
     // A clean restart changes nothing, read lists included.
     let before: Vec<Vec<(u64, MsgId)>> = users.iter().map(|&u| ids(&sim, u)).collect();
     let reads_before = read_lists(&sim, &users);
@@ -788,7 +868,7 @@ fn read_lists(sim: &Sim, users: &[u64]) -> Vec<(u64, u64, Vec<u64>)> {
         let n = &sim.nodes[home(u, sim.cores) as usize];
         for (seq, m) in sim.stream(u) {
             if m.id.sender == u && m.kind == EntryKind::Message {
-                out.push((u, seq, n.im.read_list(u, seq).unwrap()));
+                out.push((u, seq, n.im.readers(u, seq).unwrap()));
             }
         }
     }
@@ -818,6 +898,10 @@ fn collect(sim: &mut Sim, open: &mut Vec<(Route, Key)>, ledger: &mut Ledger) {
             }
             // Not stored (yet): the client retries until it has the stored result.
             ImReply::Error(ImError::Busy) | ImReply::Accepted { .. } => {}
+            // A send to a group the sender is not a member of (yet, or any more).
+            ImReply::Error(ImError::NotMember) => {
+                ledger.refused.insert(*key);
+            }
             other => panic!("unexpected answer {other:?} to {key:?}"),
         }
         false
@@ -825,12 +909,33 @@ fn collect(sim: &mut Sim, open: &mut Vec<(Route, Key)>, ledger: &mut Ledger) {
     sim.replies.clear();
 }
 
-fn check(sim: &Sim, ledger: &Ledger, groups: &[(u64, Vec<u64>)], seed: u64, ordered: bool) {
+fn check(
+    sim: &mut Sim,
+    rng: &mut impl RngCore,
+    ledger: &Ledger,
+    timelines: &[Timeline],
+    seed: u64,
+    ordered: bool,
+) {
+    // Who holds each message, among the users whose streams are checked (1..=12).
+    let mut holders: BTreeMap<MsgId, BTreeSet<u64>> = BTreeMap::new();
+    for uid in 1..=12u64 {
+        for (_, m) in sim.stream(uid) {
+            if m.id.sender != uid {
+                holders.entry(m.id).or_default().insert(uid);
+            }
+        }
+    }
     // Expected: each acked request once in the asker's stream at its acked seq, once in each
-    // recipient's stream, and nowhere else. A receipt goes to its message's sender; a
-    // withdrawal to the message's recipients.
+    // recipient's stream, and nowhere else. A message to a group goes to the members at one
+    // membership version the group had (the sender among them); a receipt to its message's
+    // sender; a withdrawal to exactly the recipients of its message (R20), also those who
+    // left the group since.
     let mut expected: BTreeMap<u64, Vec<MsgId>> = BTreeMap::new();
     let mut readers: BTreeMap<MsgId, Vec<u64>> = BTreeMap::new();
+    // Every recipient of each message (all members, not only users 1..=12).
+    let mut recipients: BTreeMap<MsgId, BTreeSet<u64>> = BTreeMap::new();
+    let mut withdrawals = Vec::new();
     for (&(sender, appinfo, kind), &seq) in &ledger.acked {
         let id = MsgId { sender, seq };
         let ask = &ledger.asked[&(sender, appinfo, kind)];
@@ -842,6 +947,7 @@ fn check(sim: &Sim, ledger: &Ledger, groups: &[(u64, Vec<u64>)], seed: u64, orde
             (&m.to, &*m.body, m.appinfo),
             (&ask.to, &ask.body[..], appinfo)
         );
+        expected.entry(sender).or_default().push(id);
         if let Some(entry) = ask.entry {
             let (_, original) = &s[(entry - 1) as usize];
             assert_eq!(m.refer, Some(original.id), "seed {seed}");
@@ -852,27 +958,80 @@ fn check(sim: &Sim, ledger: &Ledger, groups: &[(u64, Vec<u64>)], seed: u64, orde
                     m.sent_ms, original.sent_ms,
                     "a withdrawal carries the send time"
                 );
+                withdrawals.push((id, original.id));
+                continue;
             }
         }
-        expected.entry(sender).or_default().push(id);
-        let recipients: Vec<u64> = match ask.to {
-            Target::User(u) => vec![u],
-            Target::Group(g) => groups.iter().find(|(gid, _)| *gid == g).unwrap().1.clone(),
-        };
-        for r in recipients {
-            if r != sender {
-                expected.entry(r).or_default().push(id);
+        let to: BTreeSet<u64> = match ask.to {
+            Target::User(u) => [u].into_iter().filter(|&u| u != sender).collect(),
+            Target::Group(g) => {
+                let t = timelines.iter().find(|t| t.gid == g).unwrap();
+                let held = holders.get(&id).cloned().unwrap_or_default();
+                let at = t.versions.iter().find(|v| {
+                    v.contains(&sender)
+                        && v.iter()
+                            .filter(|&&u| u <= 12 && u != sender)
+                            .eq(held.iter())
+                });
+                let at = at.unwrap_or_else(|| {
+                    panic!("seed {seed}: {id} to group {g} reached {held:?}, no membership of it")
+                });
+                at.iter().copied().filter(|&u| u != sender).collect()
             }
+        };
+        recipients.insert(id, to);
+    }
+    for (id, original) in withdrawals {
+        let to = recipients[&original].clone();
+        recipients.insert(id, to);
+    }
+    for (id, to) in &recipients {
+        for &r in to.iter().filter(|&&r| r <= 12) {
+            expected.entry(r).or_default().push(*id);
         }
     }
-    for (msg, mut want) in readers {
-        want.sort_unstable();
-        let n = &sim.nodes[home(msg.sender, sim.cores) as usize];
-        assert_eq!(
-            n.im.read_list(msg.sender, msg.seq).unwrap(),
-            want,
-            "seed {seed}: read list of {msg}"
-        );
+    // Read lists (R19): the readers, and as unread exactly the other recipients.
+    for uid in 1..=12u64 {
+        for (seq, m) in sim.stream(uid) {
+            if m.id.sender != uid || m.kind != EntryKind::Message {
+                continue;
+            }
+            let mut want = readers.get(&m.id).cloned().unwrap_or_default();
+            want.sort_unstable();
+            let unread: Vec<u64> = recipients[&m.id]
+                .iter()
+                .copied()
+                .filter(|r| want.binary_search(r).is_err())
+                .collect();
+            let ImReply::Readers {
+                read,
+                unread: n_unread,
+                from: 0,
+                uids,
+                ..
+            } = sim.read_list(rng, uid, seq)
+            else {
+                panic!("seed {seed}: read list of {}", m.id);
+            };
+            assert_eq!(
+                (read as usize, n_unread as usize),
+                (want.len(), unread.len()),
+                "seed {seed}: read list of {}",
+                m.id
+            );
+            assert_eq!(
+                uids[..want.len()],
+                want[..],
+                "seed {seed}: readers of {}",
+                m.id
+            );
+            assert_eq!(
+                uids[want.len()..],
+                unread[..],
+                "seed {seed}: unread of {}",
+                m.id
+            );
+        }
     }
     for uid in 1..=12u64 {
         let s = sim.stream(uid);
@@ -952,7 +1111,7 @@ fn receipts_and_withdrawals_refuse_what_they_must() {
         })
     ));
     let home1 = home(1, 2) as usize;
-    assert_eq!(sim.nodes[home1].im.read_list(1, 1), Ok(vec![2]));
+    assert_eq!(sim.nodes[home1].im.readers(1, 1), Ok(vec![2]));
     // The receipt is in both streams, referring to the message.
     let s1 = sim.stream(1);
     assert_eq!(s1.len(), 2);
@@ -981,6 +1140,68 @@ fn receipts_and_withdrawals_refuse_what_they_must() {
     assert_eq!(
         last.sent_ms, s1[0].1.sent_ms,
         "it carries the original send time"
+    );
+}
+
+#[test]
+fn a_read_list_pages_through_readers_then_the_unread_at_the_send() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(12);
+    let mut sim = Sim::new(2, 64 << 20);
+    let members: Vec<u64> = (100..100 + 9_000).collect();
+    sim.group(7, 1, &members);
+    sim.quiesce(&mut rng);
+    sim.send(1, 1, Target::Group(7), Class::Chat, b"all");
+    sim.quiesce(&mut rng);
+    // After the send one member leaves and another joins; three members read it.
+    sim.update(7, 1, false, &[150]);
+    sim.update(7, 1, true, &[20_000]);
+    sim.quiesce(&mut rng);
+    for reader in [9_099u64, 100, 150] {
+        sim.own(reader, 1, true);
+    }
+    sim.quiesce(&mut rng);
+    let home1 = home(1, 2) as usize;
+    let mut got = Vec::new();
+    let mut from = 0;
+    loop {
+        let route = sim.route();
+        let mut fx = Effects::default();
+        sim.nodes[home1].im.read_list(1, 1, from, route, &mut fx);
+        sim.absorb(home1 as u16, fx);
+        sim.quiesce(&mut rng);
+        let Some(ImReply::Readers {
+            read: 3,
+            unread: 8_997,
+            from: f,
+            uids,
+            ..
+        }) = sim.reply(route).cloned()
+        else {
+            panic!("{:?}", sim.reply(route));
+        };
+        assert_eq!(f, from);
+        assert!(uids.len() <= READ_LIST_PAGE);
+        if uids.is_empty() {
+            break;
+        }
+        from += uids.len() as u32;
+        got.extend(uids);
+    }
+    assert_eq!(from, 9_000);
+    // Readers first (the member who left since among them), then everyone else who had it
+    // at the send: not the sender, not the member who joined after.
+    assert_eq!(got[..3], [100, 150, 9_099]);
+    let unread: Vec<u64> = (101..9_099).filter(|&u| u != 150).collect();
+    assert_eq!(got[3..], unread[..]);
+    // A message of someone else is not the user's to ask about.
+    let route = sim.route();
+    let mut fx = Effects::default();
+    let home100 = home(100, 2) as usize;
+    sim.nodes[home100].im.read_list(100, 1, 0, route, &mut fx);
+    sim.absorb(home100 as u16, fx);
+    assert_eq!(
+        sim.reply(route),
+        Some(&ImReply::Error(ImError::NoSuchMessage))
     );
 }
 
@@ -1077,7 +1298,7 @@ fn recover(sent: &[(u64, u64)], heads: &[u64], cutoff_ms: u64) -> Result<ImCore,
     let mut r = ImRecovery::new();
     for &(seq, sent_ms) in sent {
         let mut p = Vec::new();
-        crate::im::record::encode_sent(&stamped(5, seq, sent_ms), &mut p);
+        crate::im::record::encode_sent(&stamped(5, seq, sent_ms), None, &mut p);
         r.replay(KIND_SENT, 5, seq, &p)?;
         r.replay(KIND_FANOUT_DONE, 5, seq, &[])?;
     }
