@@ -42,15 +42,20 @@ use crate::store::{AppendError, LogPosition, LogWriter};
 pub const HUGE_GROUP: usize = 2000;
 /// Bytes of huge-group delivery records one log batch may carry (R21's global limit):
 /// deliveries to small targets always go first and in full (R22); a huge group's members are
-/// written in chunks within this and [`HUGE_APPENDS_PER_COMMIT`], the rest waits for the next
-/// batch.
+/// written in chunks within this and the core's member-append tokens
+/// ([`HUGE_APPENDS_PER_SECOND`]), the rest waits for the next batch.
 pub const HUGE_BYTES_PER_COMMIT: usize = 256 << 10;
-/// Member-stream appends of huge-group deliveries one log batch may carry (the CPU side of the
-/// same limit): a quarter of a message to 10,000 members. With it a single chat's p99 stays
-/// within 1.9-2.2x of unloaded while a 10k group is flooded, and the group still gets about
-/// 700-800 messages/s per core (bench/im.rs, docs/BENCHMARKS.md, 2026-12-01; 10,000 allowed
-/// 2.6-4.3x, 5,000 2-4x; before streams were chunked, 100,000 allowed 10x, 20,000 3.4x).
-pub const HUGE_APPENDS_PER_COMMIT: usize = 2_500;
+/// Member-stream appends of huge-group deliveries per second and core (the CPU side of the
+/// same limit), as a token bucket refilled with time and spent by the log batches: a flooded
+/// 10k group gets about 600 messages/s, and a single chat's p99 stays within about 2x of
+/// unloaded meanwhile (bench/im.rs part 3, docs/BENCHMARKS.md). A fixed number per commit
+/// did the same for the flood but tied the groups' throughput to the commit rate: under a
+/// heavy chat load (fewer, longer commits) 10k groups sent 60 messages/s each fell seconds
+/// behind (bench/load-im.sh).
+pub const HUGE_APPENDS_PER_SECOND: u64 = 6_000_000;
+/// Most tokens the bucket holds: the most member appends one batch may carry (a message to
+/// 10,000 members in one commit when the core was not busy with huge groups before).
+pub const HUGE_APPENDS_BURST: u64 = 10_000;
 /// Most messages merged into one huge-group delivery: each chunk of members repeats the
 /// messages, so long merged runs would write their messages again and again.
 pub const HUGE_MERGE_MAX: usize = 16;
@@ -408,8 +413,12 @@ pub struct ImCore {
     /// batch completed.
     huge_budget: usize,
     huge_used: usize,
-    huge_appends_budget: usize,
-    huge_appends: usize,
+    /// Member-append tokens of huge-group deliveries: held, refill rate per second, most
+    /// held, and when last refilled (microseconds).
+    huge_tokens: u64,
+    huge_rate: u64,
+    huge_burst: u64,
+    huge_refilled_us: u64,
     /// Huge-group deliveries being written chunk by chunk, in order.
     huge_queue: VecDeque<HugeRun>,
     /// Recovered sends to deliver again at start.
@@ -487,8 +496,10 @@ impl ImCore {
             held: HashMap::new(),
             huge_budget: HUGE_BYTES_PER_COMMIT,
             huge_used: 0,
-            huge_appends_budget: HUGE_APPENDS_PER_COMMIT,
-            huge_appends: 0,
+            huge_tokens: HUGE_APPENDS_BURST,
+            huge_rate: HUGE_APPENDS_PER_SECOND,
+            huge_burst: HUGE_APPENDS_BURST,
+            huge_refilled_us: 0,
             huge_queue: VecDeque::new(),
             redrive: Vec::new(),
             limits: WorkLimits::default(),
@@ -613,6 +624,22 @@ impl ImCore {
     /// Sets the bytes of huge-group delivery records per log batch (tests, benchmarks).
     pub fn set_huge_budget(&mut self, bytes: usize) {
         self.huge_budget = bytes.max(1);
+    }
+
+    /// Sets the member-append token bucket of huge-group deliveries (per second, most held).
+    pub fn set_huge_rate(&mut self, per_second: u64, burst: u64) {
+        self.huge_rate = per_second;
+        self.huge_burst = burst.max(1);
+        self.huge_tokens = self.huge_tokens.min(self.huge_burst);
+    }
+
+    /// Adds the tokens earned since the last refill.
+    fn refill_huge(&mut self, now_us: u64) {
+        let dt = now_us.saturating_sub(self.huge_refilled_us).max(1);
+        let earned = u128::from(dt) * u128::from(self.huge_rate) / 1_000_000;
+        let held = u128::from(self.huge_tokens) + earned;
+        self.huge_tokens = held.min(u128::from(self.huge_burst)) as u64;
+        self.huge_refilled_us = self.huge_refilled_us.max(now_us);
     }
 
     /// Messages held for huge groups whose fan-out is in flight.
@@ -1518,8 +1545,7 @@ impl ImCore {
         while let Some(run) = self.huge_queue.front() {
             let fixed = delivery_len(&run.messages, 0);
             let bytes_room = self.huge_budget.saturating_sub(self.huge_used + fixed) / 16;
-            let appends_room =
-                self.huge_appends_budget.saturating_sub(self.huge_appends) / run.messages.len();
+            let appends_room = self.huge_tokens as usize / run.messages.len();
             let room = bytes_room.min(appends_room);
             let n = if self.huge_used == 0 {
                 room.max(1)
@@ -1545,7 +1571,8 @@ impl ImCore {
                 return;
             }
             self.huge_used += fixed + 16 * (end - start);
-            self.huge_appends += messages.len() * (end - start);
+            let appends = (messages.len() * (end - start)) as u64;
+            self.huge_tokens = self.huge_tokens.saturating_sub(appends);
             if last {
                 self.huge_queue.pop_front();
             } else {
@@ -1785,7 +1812,7 @@ impl ImCore {
         out: &mut Effects,
     ) {
         self.huge_used = 0;
-        self.huge_appends = 0;
+        self.refill_huge(now_us);
         self.write_blocked(log);
         self.write_huge(log);
         while self.waiters.front().is_some_and(|(end, _)| *end <= durable) {

@@ -49,7 +49,13 @@ impl Sim {
     fn new(cores: u16, backlog_max: usize) -> Sim {
         let nodes = (0..cores)
             .map(|k| Node {
-                im: ImCore::new(k, cores),
+                // Simulated time stands still between batches: every batch gets a full
+                // bucket of member appends (a test below checks the refill with time).
+                im: {
+                    let mut im = ImCore::new(k, cores);
+                    im.set_huge_rate(u64::MAX, HUGE_APPENDS_BURST);
+                    im
+                },
                 log: writer(k, &[], backlog_max),
                 files: Vec::new(),
                 in_flight: None,
@@ -263,6 +269,7 @@ impl Sim {
         for (n, im) in self.nodes.iter_mut().zip(cores) {
             n.im = im;
             n.im.set_huge_budget(self.huge_budget);
+            n.im.set_huge_rate(u64::MAX, HUGE_APPENDS_BURST);
             n.log = writer(n.im.core(), &n.files, self.backlog_max);
         }
         for k in 0..self.cores {
@@ -1203,6 +1210,46 @@ fn a_read_list_pages_through_readers_then_the_unread_at_the_send() {
         sim.reply(route),
         Some(&ImReply::Error(ImError::NoSuchMessage))
     );
+}
+
+#[test]
+fn huge_group_member_appends_follow_a_token_bucket_refilled_with_time() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(13);
+    let mut sim = Sim::new(1, 64 << 20);
+    let members: Vec<u64> = (100..100 + 10_000).collect();
+    sim.group(7, 1, &members);
+    sim.quiesce(&mut rng);
+    // 1 M appends/s, at most 4,000 at once; the bucket starts full.
+    sim.nodes[0].im.set_huge_rate(1_000_000, 4_000);
+    sim.send(1, 1, Target::Group(7), Class::Chat, b"to all");
+    let written = |sim: &Sim| sim.nodes[0].im.huge_queue.front().map_or(0, |r| r.next);
+    // The send's record, then its delivery: the first chunk spends the full bucket.
+    while written(&sim) == 0 {
+        sim.drain(&mut rng);
+        sim.flush(0);
+        sim.step_disk(0);
+    }
+    assert_eq!(written(&sim), 4_000);
+    // Batches while no time passes: one member each (progress), not more.
+    for _ in 0..3 {
+        let before = written(&sim);
+        while written(&sim) == before {
+            sim.step_disk(0);
+        }
+        assert_eq!(written(&sim), before + 1);
+    }
+    // 2 ms later a batch may write 2,000 more (plus the one-member floor's rounding).
+    sim.now += 2;
+    let before = written(&sim);
+    while written(&sim) == before {
+        sim.step_disk(0);
+    }
+    let step = written(&sim) - before;
+    assert!((2_000..=2_002).contains(&step), "{step}");
+    // Everything arrives in the end.
+    sim.nodes[0].im.set_huge_rate(u64::MAX, HUGE_APPENDS_BURST);
+    sim.quiesce(&mut rng);
+    assert!(members.iter().all(|&m| sim.stream(m).len() == 1));
 }
 
 #[test]
