@@ -888,7 +888,11 @@ impl ImCore {
     /// One page of a read list: the readers, then the recipients (sorted) who have not read
     /// (both sorted), from index `from`.
     fn read_page(&self, sender: u64, seq: u64, recipients: &[u64], from: u32) -> ImReply {
-        let readers = self.readers(sender, seq).unwrap_or_default();
+        // Retention may have dropped the message while its group's core was asked.
+        let readers = match self.readers(sender, seq) {
+            Ok(r) => r,
+            Err(e) => return ImReply::Error(e),
+        };
         let unread: Vec<u64> = recipients
             .iter()
             .copied()
