@@ -31,7 +31,7 @@ echo "- date: $(date +%F)"
 echo
 echo "| phase | instructions/op |"
 echo "|---|---:|"
-for phase in shakes_that_win opens shakes_that_lose peer_aes; do
+for phase in shakes_that_win shakes_that_win_pipelined opens shakes_that_lose peer_aes; do
   ir=$(grep -E "serve::phase_${phase} \[" "$out/annotated" | head -1 | awk '{gsub(",","",$1); print $1}')
   [ -n "$ir" ] || { echo "phase $phase not found in the profile" >&2; exit 1; }
   echo "| $phase | $(( ir / ops )) |"

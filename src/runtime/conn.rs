@@ -30,7 +30,7 @@ use crate::wire::im::{
 const REQUESTS_PER_YIELD: usize = 32;
 use crate::serve::setup::now_ms;
 use crate::shake::engine::OpenRequest;
-use crate::token::{Auth, Shake, TokenError, AUTH_TOKEN_BYTES, SHAKE_TOKEN_BYTES};
+use crate::token::{Auth, Shake, TagQueue, TokenError, AUTH_TOKEN_BYTES, SHAKE_TOKEN_BYTES};
 use crate::wire::frame::{FrameDecoder, FrameError};
 use crate::wire::http::{encode_response, HttpDecoder, Method, Request};
 use crate::wire::ops::{
@@ -346,12 +346,22 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream:
     let mut auth: Option<Auth> = None;
     let mut watching = Watching { core, watch: None };
     let mut out = BytesMut::new();
+    let mut tags = TagQueue::default();
     let mut slots: VecDeque<BinarySlot> = VecDeque::new();
     let mut close = false;
     // Whole requests may be waiting in the decoder (a read brought more than PENDING_MAX).
     let mut backlog = false;
     loop {
-        if !answer_ready(core, &mut stream, &mut slots, encode_binary_slot, &mut out).await {
+        if !answer_ready(
+            core,
+            &mut stream,
+            &mut slots,
+            encode_binary_slot,
+            &mut out,
+            &mut tags,
+        )
+        .await
+        {
             return;
         }
         match next_event(
@@ -467,7 +477,12 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream:
 }
 
 /// Encodes a binary request's answer if it is there; false while it is not.
-fn encode_binary_slot(core: &Core, slot: &mut BinarySlot, out: &mut BytesMut) -> bool {
+fn encode_binary_slot(
+    core: &Core,
+    slot: &mut BinarySlot,
+    out: &mut BytesMut,
+    tags: &mut TagQueue,
+) -> bool {
     match slot {
         BinarySlot::Op(op, rid, slot, message) => {
             let Some(result) = slot.try_take() else {
@@ -476,12 +491,12 @@ fn encode_binary_slot(core: &Core, slot: &mut BinarySlot, out: &mut BytesMut) ->
             if let OpResult::Error { code, .. } = result {
                 core.metrics().error(code);
             }
-            encode_binary(*op, *rid, &result, message, out);
+            encode_binary(*op, *rid, &result, message, out, tags);
         }
         BinarySlot::Pong(rid, payload) => encode_pong(*rid, payload, out),
         BinarySlot::Fail(rid, code, message) => {
             core.metrics().error(*code);
-            encode_binary(0, *rid, &OpResult::error(*code), message, out);
+            encode_binary(0, *rid, &OpResult::error(*code), message, out, tags);
         }
     }
     true
@@ -749,12 +764,22 @@ async fn http_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S
     let mut decoder = HttpDecoder::new();
     let mut cache: AuthCache = None;
     let mut out = BytesMut::new();
+    let mut tags = TagQueue::default();
     let mut slots: VecDeque<HttpSlot> = VecDeque::new();
     let mut close = false;
     // Whole requests may be waiting in the decoder (a read brought more than PENDING_MAX).
     let mut backlog = false;
     loop {
-        if !answer_ready(core, &mut stream, &mut slots, encode_http_slot, &mut out).await {
+        if !answer_ready(
+            core,
+            &mut stream,
+            &mut slots,
+            encode_http_slot,
+            &mut out,
+            &mut tags,
+        )
+        .await
+        {
             return;
         }
         match next_event(
@@ -830,7 +855,12 @@ async fn http_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S
 }
 
 /// Encodes an HTTP request's answer if it is there; false while it is not.
-fn encode_http_slot(core: &Core, slot: &mut HttpSlot, out: &mut BytesMut) -> bool {
+fn encode_http_slot(
+    core: &Core,
+    slot: &mut HttpSlot,
+    out: &mut BytesMut,
+    tags: &mut TagQueue,
+) -> bool {
     match slot {
         HttpSlot::Op(slot, close) => {
             let Some(result) = slot.try_take() else {
@@ -839,14 +869,14 @@ fn encode_http_slot(core: &Core, slot: &mut HttpSlot, out: &mut BytesMut) -> boo
             if let OpResult::Error { code, .. } = result {
                 core.metrics().error(code);
             }
-            encode_http(&result, "", *close, out);
+            encode_http(&result, "", *close, out, tags);
         }
         HttpSlot::Raw(status, content_type, body, close) => {
             encode_response(*status, content_type, &[], body, *close, out)
         }
         HttpSlot::Fail(code, message, close) => {
             core.metrics().error(*code);
-            encode_http(&OpResult::error(*code), message, *close, out);
+            encode_http(&OpResult::error(*code), message, *close, out, tags);
         }
     }
     true
@@ -858,14 +888,19 @@ async fn answer_ready<S: AsyncWrite + Unpin, T>(
     core: &Core,
     stream: &mut S,
     slots: &mut VecDeque<T>,
-    encode: fn(&Core, &mut T, &mut BytesMut) -> bool,
+    encode: fn(&Core, &mut T, &mut BytesMut, &mut TagQueue) -> bool,
     out: &mut BytesMut,
+    tags: &mut TagQueue,
 ) -> bool {
     while let Some(front) = slots.front_mut() {
-        if !encode(core, front, out) {
+        if !encode(core, front, out, tags) {
             break;
         }
         slots.pop_front();
+    }
+    if !tags.is_empty() {
+        // The shake tokens of everything answered at once are signed together.
+        core.token_keys.sign_queued(tags, out);
     }
     if !out.is_empty() {
         if stream.write_all(out).await.is_err() {

@@ -293,7 +293,7 @@ impl Engine {
                         issued_unix: (now_ms / 1000) as u32,
                         ticket: record,
                     }
-                    .encode(&self.token_keys);
+                    .body(self.token_keys.current());
                     let s = &mut self.slots[slot];
                     s.remaining -= 1;
                     self.metrics
@@ -517,6 +517,7 @@ mod tests {
     use crate::store::segment::{scan, SEGMENT_HEADER_BYTES};
     use crate::ticket::shard::{ShardHeader, ShardWriter, HEADER_BYTES};
     use crate::ticket::{Keyring, RECORD_BYTES};
+    use crate::token::TokenBody;
     use aes::cipher::KeyInit;
     use aes::Aes128;
     use zerocopy::little_endian::I64;
@@ -623,8 +624,9 @@ mod tests {
         out
     }
 
-    fn open_req(f: &Fixture, e: &Engine, token: &[u8], uid: u64) -> OpenRequest {
-        let shake = Shake::decode(token, &e.token_keys).unwrap();
+    /// The open of an issued token, signed as the connection's core signs it.
+    fn open_req(f: &Fixture, e: &Engine, token: &TokenBody, uid: u64) -> OpenRequest {
+        let shake = Shake::decode(&e.token_keys.sign(token), &e.token_keys).unwrap();
         OpenRequest {
             uid,
             record: shake.ticket,
@@ -702,7 +704,7 @@ mod tests {
                         token: Some(t),
                         ..
                     }) => {
-                        let s = Shake::decode(&t, &e.token_keys).unwrap();
+                        let s = Shake::decode(&e.token_keys.sign(&t), &e.token_keys).unwrap();
                         assert!(seen.insert(s.envelope_id()), "issued twice");
                     }
                     OpResult::Shake(ShakeReply {

@@ -9,7 +9,7 @@ use super::frame::encode_frame;
 use super::http::encode_response_parts;
 use super::im::{error_code as im_error_code, ImAnswer, ImDecoded};
 use crate::im::{ImError, ImReply};
-use crate::token::SHAKE_TOKEN_BYTES;
+use crate::token::{TagQueue, TokenBody, SHAKE_BODY_BYTES, SHAKE_TOKEN_BYTES};
 
 pub const OP_HELLO: u8 = 0x01;
 pub const OP_SHAKE: u8 = 0x02;
@@ -220,13 +220,15 @@ impl ShakeOutcome {
     }
 }
 
+/// A shake's answer. On the server (`T` = [`TokenBody`]) the token is not signed yet: the
+/// connection's core signs it as it writes the reply; as a client decodes it, the whole token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShakeReply {
+pub struct ShakeReply<T = [u8; SHAKE_TOKEN_BYTES]> {
     pub outcome: ShakeOutcome,
     /// The client must wait at least this long before shaking again (R10).
     pub backoff_ms: u32,
     /// Present exactly when `outcome` is `Envelope`.
-    pub token: Option<[u8; SHAKE_TOKEN_BYTES]>,
+    pub token: Option<T>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,7 +251,7 @@ pub struct HelloReply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResult {
     Hello(HelloReply),
-    Shake(ShakeReply),
+    Shake(ShakeReply<TokenBody>),
     Open(OpenReply),
     Error { code: ErrorCode, backoff_ms: u32 },
     Im(ImAnswer),
@@ -278,7 +280,8 @@ impl OpResult {
 /// Binary reply payload layouts (little-endian):
 /// - HELLO reply (16 bytes): uid u64, expires_unix u32, core u16, cores u16.
 /// - SHAKE reply (8 or 72 bytes): outcome u8, 3 reserved zero bytes, backoff_ms u32, then the
-///   64-byte token when the outcome is `Envelope`.
+///   64-byte token when the outcome is `Envelope` (its tag is left zero and queued in `tags`:
+///   the caller signs the queue into `out` before sending it).
 /// - OPEN reply (20 bytes): envelope_id u64, amount_cents u32, batch_id u16, 2 reserved,
 ///   claimed_unix u32.
 /// - ERROR (8 bytes + message): code u16, 2 reserved, backoff_ms u32, UTF-8 message.
@@ -288,6 +291,7 @@ pub fn encode_binary(
     result: &OpResult,
     message: &str,
     out: &mut BytesMut,
+    tags: &mut TagQueue,
 ) {
     let mut payload = [0u8; 8 + SHAKE_TOKEN_BYTES];
     match result {
@@ -303,12 +307,16 @@ pub fn encode_binary(
             payload[4..8].copy_from_slice(&s.backoff_ms.to_le_bytes());
             let len = match &s.token {
                 Some(t) => {
-                    payload[8..].copy_from_slice(t);
+                    payload[8..8 + SHAKE_BODY_BYTES].copy_from_slice(t.bytes());
                     8 + SHAKE_TOKEN_BYTES
                 }
                 None => 8,
             };
             encode_frame(op | OP_REPLY, 0, request_id, &payload[..len], out);
+            if let Some(t) = s.token {
+                // The tag is the frame's last 16 bytes.
+                tags.push(t, out.len() - (SHAKE_TOKEN_BYTES - SHAKE_BODY_BYTES), false);
+            }
         }
         OpResult::Open(o) => {
             payload[..8].copy_from_slice(&o.envelope_id.to_le_bytes());
@@ -394,7 +402,16 @@ pub fn decode_reply(op: u8, payload: &[u8]) -> Option<Reply> {
 }
 
 /// HTTP bodies are small JSON objects; see docs/PROTOCOL.md.
-pub fn encode_http(result: &OpResult, message: &str, close: bool, out: &mut BytesMut) {
+///
+/// A shake token's tag is left as 32 `0` characters and queued in `tags` (as for
+/// [`encode_binary`]).
+pub fn encode_http(
+    result: &OpResult,
+    message: &str,
+    close: bool,
+    out: &mut BytesMut,
+    tags: &mut TagQueue,
+) {
     // Bodies are assembled from static pieces and formatted numbers (no `fmt`, no temporary
     // buffer): this runs once per HTTP request.
     let (mut a, mut b, mut c, mut d) = (
@@ -424,10 +441,15 @@ pub fn encode_http(result: &OpResult, message: &str, close: bool, out: &mut Byte
             let backoff = a.format(s.backoff_ms).as_bytes();
             match &s.token {
                 Some(t) => {
-                    let mut hex = [0u8; 2 * SHAKE_TOKEN_BYTES];
-                    hex::encode_to_slice(t, &mut hex).expect("sized");
-                    let parts: [&[u8]; 5] = [head, backoff, b",\"token\":\"", &hex, b"\"}\n"];
+                    let mut hex = [b'0'; 2 * SHAKE_TOKEN_BYTES];
+                    hex::encode_to_slice(t.bytes(), &mut hex[..2 * SHAKE_BODY_BYTES])
+                        .expect("sized");
+                    const TAIL: &[u8] = b"\"}\n";
+                    let parts: [&[u8]; 5] = [head, backoff, b",\"token\":\"", &hex, TAIL];
                     encode_response_parts(200, JSON, &[], &parts, close, out);
+                    // The body is the response's end: the tag's hex is just before the tail.
+                    let at = out.len() - TAIL.len() - 2 * (SHAKE_TOKEN_BYTES - SHAKE_BODY_BYTES);
+                    tags.push(*t, at, true);
                 }
                 None => {
                     let parts: [&[u8]; 3] = [head, backoff, b"}\n"];
@@ -490,6 +512,7 @@ pub fn encode_request(op: u8, request_id: u64, payload: &[u8], out: &mut BytesMu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::TokenKeys;
     use crate::wire::frame::FrameDecoder;
     use proptest::prelude::*;
 
@@ -503,12 +526,17 @@ mod tests {
         }
         // And a whole answer is valid JSON with the right fields.
         let mut out = BytesMut::new();
+        let (keys, token) = token_body(7);
         let reply = OpResult::Shake(ShakeReply {
             outcome: ShakeOutcome::Envelope,
             backoff_ms: 250,
-            token: Some([0xab; SHAKE_TOKEN_BYTES]),
+            token: Some(token),
         });
-        encode_http(&reply, "", false, &mut out);
+        let mut tags = TagQueue::default();
+        encode_http(&reply, "", false, &mut out, &mut tags);
+        assert_eq!(tags.len(), 1);
+        keys.sign_queued(&mut tags, &mut out);
+        assert!(tags.is_empty());
         let text = std::str::from_utf8(&out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
@@ -516,12 +544,32 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["outcome"], "envelope");
         assert_eq!(v["backoff_ms"], 250);
-        assert_eq!(v["token"], "ab".repeat(SHAKE_TOKEN_BYTES));
+        assert_eq!(v["token"], hex::encode(keys.sign(&token)));
     }
 
+    /// A shake token body for `uid` and the keys that sign it.
+    fn token_body(uid: u64) -> (TokenKeys, TokenBody) {
+        let keys = TokenKeys::new(&[(4, [0x44; 16])], 4).unwrap();
+        let ticket = crate::ticket::TicketRecord {
+            key_id: 3u16.into(),
+            envelope_id: uid.wrapping_mul(3).into(),
+            sealed: [uid as u8; 16],
+        };
+        let shake = crate::token::Shake {
+            uid,
+            issuing_core: 1,
+            issued_unix: 9,
+            ticket,
+        };
+        (keys, shake.body(4))
+    }
+
+    /// Encodes, then signs the queued tags as the connection does before sending.
     fn roundtrip(op: u8, result: OpResult) -> Reply {
         let mut out = BytesMut::new();
-        encode_binary(op, 42, &result, "", &mut out);
+        let mut tags = TagQueue::default();
+        encode_binary(op, 42, &result, "", &mut out, &mut tags);
+        token_body(0).0.sign_queued(&mut tags, &mut out);
         let mut d = FrameDecoder::new();
         d.extend(&out);
         let f = d.next_frame().unwrap().unwrap();
@@ -531,16 +579,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn binary_replies_roundtrip(uid: u64, exp: u32, core: u16, amount: u32, batch: u16, backoff: u32, token: [u8; 32], code_i in 0usize..ALL_ERRORS.len()) {
+        fn binary_replies_roundtrip(uid: u64, exp: u32, core: u16, amount: u32, batch: u16, backoff: u32, code_i in 0usize..ALL_ERRORS.len()) {
             let h = HelloReply { uid, expires_unix: exp, core, cores: core.wrapping_add(1) };
             prop_assert_eq!(roundtrip(OP_HELLO, OpResult::Hello(h)), Reply::Hello(h));
-            let mut t = [0u8; 64];
-            t[..32].copy_from_slice(&token);
-            t[32..].copy_from_slice(&token);
-            let s = ShakeReply { outcome: ShakeOutcome::Envelope, backoff_ms: backoff, token: Some(t) };
-            prop_assert_eq!(roundtrip(OP_SHAKE, OpResult::Shake(s)), Reply::Shake(s));
+            let (keys, body) = token_body(uid);
+            let s = ShakeReply { outcome: ShakeOutcome::Envelope, backoff_ms: backoff, token: Some(body) };
+            let signed = ShakeReply { outcome: s.outcome, backoff_ms: backoff, token: Some(keys.sign(&body)) };
+            prop_assert_eq!(roundtrip(OP_SHAKE, OpResult::Shake(s)), Reply::Shake(signed));
             let s = ShakeReply { outcome: ShakeOutcome::Sponsor, backoff_ms: backoff, token: None };
-            prop_assert_eq!(roundtrip(OP_SHAKE, OpResult::Shake(s)), Reply::Shake(s));
+            let r = ShakeReply { outcome: s.outcome, backoff_ms: backoff, token: None };
+            prop_assert_eq!(roundtrip(OP_SHAKE, OpResult::Shake(s)), Reply::Shake(r));
             let o = OpenReply { envelope_id: uid, amount_cents: amount, batch_id: batch, claimed_unix: exp };
             prop_assert_eq!(roundtrip(OP_OPEN, OpResult::Open(o)), Reply::Open(o));
             let code = ALL_ERRORS[code_i];
@@ -571,6 +619,7 @@ mod tests {
             "envelope \"7\" is already claimed",
             false,
             &mut out,
+            &mut TagQueue::default(),
         );
         let text = std::str::from_utf8(&out).unwrap();
         assert!(text.starts_with("HTTP/1.1 409 "));
