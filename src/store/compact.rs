@@ -35,7 +35,7 @@ pub fn scan_segment(
     visit: impl FnMut(crate::store::LogPosition, RecordView<'_>),
 ) -> Result<(), StoreError> {
     let path = segment_path(dir, id);
-    let bytes = fs::read(&path).map_err(|source| StoreError::Io {
+    let bytes = super::file::map_segment(&path).map_err(|source| StoreError::Io {
         path: path.clone(),
         source,
     })?;
@@ -92,7 +92,7 @@ pub fn compact_segment(
             message: "the newest segment is being appended to and cannot be compacted".into(),
         });
     }
-    let bytes = fs::read(&path).map_err(io(&path))?;
+    let bytes = super::file::map_segment(&path).map_err(io(&path))?;
     check_header(&path, &bytes, id, core)?;
     let mut out = Vec::with_capacity(bytes.len() / 4);
     out.extend_from_slice(&bytes[..SEGMENT_HEADER_BYTES]);

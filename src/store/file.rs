@@ -11,6 +11,44 @@ use super::segment::{scan, SegmentHeader, Tail, SEGMENT_HEADER_BYTES};
 use super::writer::{AppendError, Appended, Durable, LogWriter, WriteBatch};
 use super::LogPosition;
 
+/// A segment's bytes mapped read-only: the file's own pages, which the kernel may drop and
+/// read again, instead of a heap copy (a 256 MiB segment read with `fs::read` doubled the
+/// server's memory while it recovered, and while it compacted: docs/BENCHMARKS.md).
+///
+/// Only for a directory no other process changes: the server holds the data directory's
+/// exclusive lock (`serve::setup`) and truncates a segment only after dropping its mapping, so
+/// no mapped page can vanish under a reader (which would be SIGBUS). `read_log`, which runs
+/// beside a live server, reads into memory instead.
+pub(crate) enum SegmentBytes {
+    Mapped(memmap2::Mmap),
+    /// An empty file (mapping zero bytes fails).
+    Empty,
+}
+
+impl std::ops::Deref for SegmentBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            SegmentBytes::Mapped(m) => m,
+            SegmentBytes::Empty => &[],
+        }
+    }
+}
+
+pub(crate) fn map_segment(path: &Path) -> std::io::Result<SegmentBytes> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(SegmentBytes::Empty);
+    }
+    // SAFETY: see `SegmentBytes`: nothing truncates or rewrites this file in place while the
+    // mapping lives (compaction writes a new file and renames it over, which leaves this
+    // mapping on the old inode).
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    // Read once front to back: let the kernel read ahead and drop pages behind.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(SegmentBytes::Mapped(map))
+}
+
 /// Default size at which a segment is closed and the next one started.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 256 << 20;
 /// Default bound on appended-but-not-durable bytes before appends are refused.
@@ -263,7 +301,7 @@ impl FileLog {
         for (i, &id) in ids.iter().enumerate() {
             let newest = i + 1 == ids.len();
             let path = segment_path(dir, id);
-            let bytes = fs::read(&path).map_err(io(&path))?;
+            let bytes = map_segment(&path).map_err(io(&path))?;
             match check_header(&path, &bytes, id, core) {
                 Err(e @ StoreError::BadSegment { .. }) if SegmentHeader::parse(&bytes).is_ok() => {
                     return Err(e)
@@ -274,10 +312,11 @@ impl FileLog {
                     // first batch (header included) never completed, so no record in it was
                     // acknowledged. Anything else with a bad header is damage.
                     let empty = scan(id, &bytes, |_, _| {}).map(|s| s.records == 0);
+                    let len = bytes.len() as u64;
+                    drop(bytes);
                     if newest && matches!(empty, Ok(true)) {
                         fs::remove_file(&path).map_err(io(&path))?;
-                        recovery.truncated =
-                            Some((path, 0, bytes.len() as u64, "segment creation cut short"));
+                        recovery.truncated = Some((path, 0, len, "segment creation cut short"));
                         recovery.segments -= 1;
                         resume = Some((id, 0));
                         break;
@@ -300,6 +339,9 @@ impl FileLog {
                     reason: format!("{:?}", scanned.tail),
                 });
             }
+            let len = bytes.len() as u64;
+            // No mapped page may outlive a truncation below.
+            drop(bytes);
             if newest {
                 let cut = match scanned.tail {
                     Tail::Clean => None,
@@ -316,7 +358,7 @@ impl FileLog {
                     recovery.truncated = Some((
                         path.clone(),
                         scanned.valid_end,
-                        bytes.len() as u64 - scanned.valid_end,
+                        len - scanned.valid_end,
                         reason,
                     ));
                 }
