@@ -12,7 +12,7 @@
 //!    alone and while another client floods the 10,000-member group. Goal: loaded p99 within
 //!    2x of unloaded.
 //!
-//! Run: `cargo bench --bench im -- [--messages N] [--members M]`. Under
+//! Run: `cargo bench --bench im -- [--messages N] [--members M] [--bulk-hold-us US]`. Under
 //! `cargo test --all-targets` it does a small smoke run.
 
 #[path = "common.rs"]
@@ -54,6 +54,9 @@ struct Args {
     server_cpu: usize,
     #[arg(long, default_value_t = 1)]
     client_cpu: usize,
+    /// The server's `store.bulk_hold_us` (default: the server's default; 0 turns it off).
+    #[arg(long)]
+    bulk_hold_us: Option<u32>,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -135,7 +138,16 @@ impl Drop for Server {
     }
 }
 
-fn start_server(base: &Path, cpu: usize) -> Server {
+fn start_server(base: &Path, cpu: usize, bulk_hold_us: Option<u32>) -> Server {
+    let mut config = Vec::new();
+    if let Some(us) = bulk_hold_us {
+        std::fs::write(
+            base.join("bench.toml"),
+            format!("[store]\nbulk_hold_us = {us}\n"),
+        )
+        .expect("config");
+        config = vec!["--config", "bench.toml"];
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_hongbao"))
         .args([
             "serve",
@@ -159,6 +171,7 @@ fn start_server(base: &Path, cpu: usize) -> Server {
             "--cpus",
             &cpu.to_string(),
         ])
+        .args(config)
         .current_dir(base)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -213,10 +226,11 @@ fn commits(before: &str, after: &str, seconds: f64) -> String {
     let d = |name: &str| metric(after, name) - metric(before, name);
     let n = d("hongbao_log_commits_total").max(1.0);
     format!(
-        "{:.0} commits/s, mean {:.2} ms, {:.1} KiB each; {:.0} sends parked (log behind, R23)",
+        "{:.0} commits/s, mean {:.2} ms, {:.1} KiB each; bulk held for an urgent commit {:.0} times; {:.0} sends parked (log behind, R23)",
         n / seconds,
         d("hongbao_log_commit_seconds_sum") / n * 1e3,
         d("hongbao_log_commit_bytes_total") / n / 1024.0,
+        d("hongbao_log_bulk_holds_total"),
         d("hongbao_im_parked_total")
     )
 }
@@ -349,7 +363,7 @@ fn main() {
     std::fs::create_dir_all(&base).expect("bench dir");
     common::generate_event(&base, 10_000);
     let keys = hongbao::serve::keys::create_key_file(&base.join("auth.keys")).expect("auth keys");
-    let server = start_server(&base, args.server_cpu);
+    let server = start_server(&base, args.server_cpu, args.bulk_hold_us);
     pin(args.client_cpu);
     let mut owner = client(server.binary, &keys, 1);
     let list: Vec<u64> = (2..members + 1).collect();

@@ -40,6 +40,8 @@ pub struct CoreMetrics {
     /// time is the hand-off to the helper thread and back).
     pub commit_disk_us: AtomicU64,
     pub commit_buckets: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
+    /// Times bulk records waited for an urgent commit instead of starting one.
+    pub bulk_holds: AtomicU64,
     pub tickets_remaining: AtomicU64,
     pub key_list_reloads: AtomicU64,
     pub key_list_errors: AtomicU64,
@@ -167,7 +169,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 35] = [
+    let simple: [Family; 36] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -236,6 +238,13 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "counter",
             "Bytes made durable.",
             |m| m.commit_bytes.load(Relaxed),
+        ),
+        (
+            "hongbao_log_bulk_holds_total",
+            "counter",
+            "Times bulk records (huge-group messages, fan-out bookkeeping) waited for an urgent \
+             commit to ride instead of starting one (store.bulk_hold_us).",
+            |m| m.bulk_holds.load(Relaxed),
         ),
         (
             "hongbao_log_disk_microseconds_total",

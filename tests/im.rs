@@ -842,3 +842,45 @@ fn over_the_memory_limit_sends_are_busy_and_the_server_goes_on() {
     assert!(matches!(a.shake().unwrap(), Reply::Shake(_)));
     assert!(server.stderr().contains("im.memory_max_mb"));
 }
+
+#[test]
+fn bulk_records_ride_urgent_commits_and_still_go_alone() {
+    // Huge-group messages and fan-out bookkeeping wait up to store.bulk_hold_us for a chat's
+    // commit (R22); with no chat coming they must still be written, answered and delivered.
+    for (file, hold) in [("hold.toml", 5_000u32), ("no-hold.toml", 0)] {
+        let event = Event::new();
+        let server = one_core_with(&event, file, &format!("[store]\nbulk_hold_us = {hold}\n"));
+        let owner = 1u64;
+        let members: Vec<u64> = (10_000..10_000 + hongbao::im::engine::HUGE_GROUP as u64).collect();
+        let mut o = server.client(&event.auth(owner));
+        assert!(matches!(
+            o.group_create(9, &members).unwrap(),
+            Reply::Im(ImDecoded::Reply(ImReply::Group { .. }))
+        ));
+        let mut last = server.client(&event.auth(*members.last().unwrap()));
+        pull_all(&mut last);
+        for i in 0..5u128 {
+            // A chat (urgent), then at once a message to the huge group (bulk).
+            sent(
+                o.im_send(2 * i + 1, Target::User(2), Class::Chat, b"chat")
+                    .unwrap(),
+            );
+            sent(
+                o.im_send(2 * i + 2, Target::Group(9), Class::Chat, b"group")
+                    .unwrap(),
+            );
+        }
+        let got = pull_until(&mut last, 5);
+        assert_eq!(got.len(), 5, "hold {hold}");
+        assert_contiguous(&got);
+        assert!(got.iter().all(|e| &e.body[..] == b"group"));
+        let mut chat = server.client(&event.auth(2));
+        assert_eq!(pull_until(&mut chat, 5).len(), 5);
+        let holds = metric(&server, "hongbao_log_bulk_holds_total");
+        if hold == 0 {
+            assert_eq!(holds, 0);
+        } else {
+            assert!(holds > 0, "no bulk record waited for an urgent commit");
+        }
+    }
+}

@@ -1172,7 +1172,11 @@ impl ImCore {
         });
         self.scratch.clear();
         encode_sent(&msg, version, &mut self.scratch);
-        match log.append(KIND_SENT, msg.id.sender, msg.id.seq, &self.scratch) {
+        let huge = partition.iter().map(|p| p.len()).sum::<usize>() >= HUGE_GROUP;
+        log.set_bulk(huge);
+        let appended = log.append(KIND_SENT, msg.id.sender, msg.id.seq, &self.scratch);
+        log.set_bulk(false);
+        match appended {
             Ok(appended) => {
                 stream.entries.push(msg.clone());
                 if let (Target::Group(_), Some(v)) = (msg.to, version) {
@@ -1404,8 +1408,10 @@ impl ImCore {
         }
         // A control record: tiny, and it must not be starved by the backlog bound (without
         // it, recovery would only deliver again to nobody).
-        log.append_control(KIND_FANOUT_DONE, id.sender, id.seq, &[])
-            .expect("an empty record fits");
+        log.set_bulk(true);
+        let done = log.append_control(KIND_FANOUT_DONE, id.sender, id.seq, &[]);
+        log.set_bulk(false);
+        done.expect("an empty record fits");
         // The group's held messages go out together: one merged insert per core.
         if let Some(gid) = release {
             if let Some(held) = self.held.remove(&gid) {
@@ -1570,7 +1576,10 @@ impl ImCore {
             } else {
                 Vec::new()
             };
-            if !self.deliver(&messages, &chunk, &origins, log) {
+            log.set_bulk(true);
+            let delivered = self.deliver(&messages, &chunk, &origins, log);
+            log.set_bulk(false);
+            if !delivered {
                 // The log is full: the run waits at the front and goes on after a commit.
                 return;
             }

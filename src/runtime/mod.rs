@@ -413,20 +413,62 @@ impl Core {
     }
 }
 
-/// Writes the log's batches as they come: write + fdatasync through io_uring, then answers
+/// Writes the log's batches as they come: write + fdatasync on a helper thread, then answers
 /// what became durable. Batches form by themselves: whatever was appended while the previous
 /// one was on its way to the disk goes into the next (group commit).
+///
+/// Priority on the disk (R22): while urgent commits are coming (one completed less than
+/// `hold` ago), appended records that are all bulk ([`crate::store::LogWriter::set_bulk`]:
+/// huge-group messages and fan-out bookkeeping) do not start a commit of their own; they ride
+/// the next urgent one, or go by themselves once they have waited `hold`. A chat then never
+/// waits behind a commit the flood of a huge group started (docs/ARCHITECTURE.md).
 async fn commit_loop(
     core: Rc<Core>,
     dir: std::path::PathBuf,
     wake: local_channel::LocalReceiver<()>,
+    hold: Duration,
 ) {
     let mut file: SegmentFile = None;
     let mut answers = Vec::new();
+    let mut last_urgent: Option<Instant> = None;
+    let mut bulk_since: Option<Instant> = None;
+    let armed = Rc::new(Cell::new(false));
     while wake.recv().await.is_some() {
         loop {
-            let batch = core.engine.borrow_mut().take_batch();
-            let Some(batch) = batch else { break };
+            let now = Instant::now();
+            let holding = !hold.is_zero()
+                && last_urgent.is_some_and(|t| now - t < hold)
+                && bulk_since.map_or(true, |t| now - t < hold);
+            let batch = {
+                let mut engine = core.engine.borrow_mut();
+                if holding {
+                    engine.log_mut().take_urgent_batch()
+                } else {
+                    engine.take_batch()
+                }
+            };
+            let Some(batch) = batch else {
+                if holding && core.engine.borrow_mut().log_mut().holds_only_bulk() {
+                    if bulk_since.is_none() {
+                        core.metrics().bulk_holds.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let since = *bulk_since.get_or_insert(now);
+                    let until = (last_urgent.expect("holding") + hold).min(since + hold);
+                    if !armed.replace(true) {
+                        let (c, a) = (core.clone(), armed.clone());
+                        glommio::spawn_local(async move {
+                            glommio::timer::sleep(until.saturating_duration_since(Instant::now()))
+                                .await;
+                            a.set(false);
+                            c.wake_commit();
+                        })
+                        .detach();
+                    }
+                }
+                break;
+            };
+            bulk_since = None;
+            let urgent = batch.urgent;
             let started = Instant::now();
             let bytes = batch.bytes.len() as u64;
             let end = batch.end;
@@ -443,6 +485,9 @@ async fn commit_loop(
                     std::process::exit(3);
                 }
             };
+            if urgent {
+                last_urgent = Some(Instant::now());
+            }
             core.metrics().commit(
                 bytes,
                 started.elapsed().as_micros() as u64,
@@ -631,6 +676,8 @@ struct CoreOwn {
     net: NetPath,
     recv_buffers: u16,
     spin_us: u32,
+    /// `store.bulk_hold_us`.
+    bulk_hold: Duration,
 }
 
 async fn core_main(
@@ -683,7 +730,13 @@ async fn core_main(
         stopping: Cell::new(false),
     });
     let log_dir = setup.log_dir.clone();
-    glommio::spawn_local(commit_loop(core.clone(), setup.log_dir, commit_rx)).detach();
+    glommio::spawn_local(commit_loop(
+        core.clone(),
+        setup.log_dir,
+        commit_rx,
+        own.bulk_hold,
+    ))
+    .detach();
     // Fan-outs a crash interrupted go out again (their messages wait in the queues until the
     // other cores run).
     core.im_run(|im, log, fx| im.start(log, fx));
@@ -996,6 +1049,7 @@ pub fn run(
             net: config.net,
             recv_buffers: config.recv_buffers,
             spin_us: config.spin_us,
+            bulk_hold: Duration::from_micros(u64::from(config.bulk_hold_us)),
         };
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)

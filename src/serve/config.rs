@@ -48,6 +48,9 @@ pub struct ImSection {
 
 /// `im.retention_s` by default: 180 days.
 pub const RETENTION_S_DEFAULT: u64 = 180 * 86_400;
+/// `store.bulk_hold_us` by default: bulk records ride the next urgent commit if one comes
+/// within 5 ms (docs/ARCHITECTURE.md, "Isolation").
+pub const BULK_HOLD_US_DEFAULT: u32 = 5_000;
 /// `im.compact_every_s` by default: hourly.
 pub const COMPACT_EVERY_S_DEFAULT: u64 = 3_600;
 
@@ -111,6 +114,9 @@ pub struct CapsSection {
 pub struct StoreSection {
     pub segment_bytes: Option<u64>,
     pub pending_bytes: Option<usize>,
+    /// Longest time bulk records (huge-group messages, fan-out bookkeeping) wait for a commit
+    /// of urgent ones to ride on, in microseconds (0: never wait).
+    pub bulk_hold_us: Option<u32>,
 }
 
 /// Everything `serve` runs with, after defaults and overrides.
@@ -139,6 +145,7 @@ pub struct ServeConfig {
     pub caps: CapsConfig,
     pub segment_bytes: u64,
     pub pending_bytes: usize,
+    pub bulk_hold_us: u32,
     pub retention_s: u64,
     pub compact_every_s: u64,
     pub work: crate::im::engine::WorkLimits,
@@ -285,6 +292,12 @@ impl ConfigFile {
                 "server.spin_us = {spin_us} must be from 0 to 10000"
             ));
         }
+        let bulk_hold_us = self.store.bulk_hold_us.unwrap_or(BULK_HOLD_US_DEFAULT);
+        if bulk_hold_us > 100_000 {
+            return Err(format!(
+                "store.bulk_hold_us = {bulk_hold_us} must be at most 100000 (0 turns holding off)"
+            ));
+        }
         let pending_bytes = self.store.pending_bytes.unwrap_or(PENDING_BYTES_DEFAULT);
         if pending_bytes < 64 << 10 {
             return Err(format!(
@@ -315,6 +328,7 @@ impl ConfigFile {
             caps,
             segment_bytes,
             pending_bytes,
+            bulk_hold_us,
             retention_s,
             compact_every_s,
             work,
@@ -380,6 +394,11 @@ mod tests {
         assert!(e.contains("server.spin_us = 10001"), "{e}");
         let e = resolve("preempt_us = 50\n").unwrap_err();
         assert!(e.contains("server.preempt_us = 50"), "{e}");
+        assert_eq!(c.bulk_hold_us, BULK_HOLD_US_DEFAULT);
+        let off = resolve("[store]\nbulk_hold_us = 0\n").unwrap();
+        assert_eq!(off.bulk_hold_us, 0);
+        let e = resolve("[store]\nbulk_hold_us = 100001\n").unwrap_err();
+        assert!(e.contains("store.bulk_hold_us = 100001"), "{e}");
     }
 
     #[test]

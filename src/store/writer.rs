@@ -46,6 +46,8 @@ pub struct WriteBatch {
     pub bytes: Vec<u8>,
     /// Position just after the batch; everything before it is durable once it completes.
     pub end: LogPosition,
+    /// Whether it carries a record someone waits for promptly (anything but bulk records).
+    pub urgent: bool,
 }
 
 /// Why an append was refused. The log is unchanged after a refusal.
@@ -75,6 +77,10 @@ pub struct LogWriter {
     in_flight: Option<LogPosition>,
     durable: LogPosition,
     created_unix: i64,
+    /// Appends are bulk (see [`LogWriter::set_bulk`]).
+    bulk: bool,
+    /// `pending` holds a record that is not bulk.
+    pending_urgent: bool,
 }
 
 impl LogWriter {
@@ -107,6 +113,8 @@ impl LogWriter {
                 offset: end,
             },
             created_unix,
+            bulk: false,
+            pending_urgent: false,
         };
         if end == 0 {
             writer.start_segment(segment);
@@ -172,6 +180,7 @@ impl LogWriter {
         };
         encode(self.segment, kind, stream, seq, payload, &mut self.pending);
         self.end += len;
+        self.pending_urgent |= !self.bulk;
         Ok(Appended {
             start,
             end: LogPosition {
@@ -203,9 +212,29 @@ impl LogWriter {
             create: self.pending_create,
             bytes,
             end,
+            urgent: std::mem::take(&mut self.pending_urgent),
         });
         self.pending_offset = end.offset;
         self.pending_create = false;
+    }
+
+    /// Marks the following appends as bulk (or not): records nobody waits for promptly, which
+    /// [`LogWriter::take_urgent_batch`] leaves for a later batch.
+    pub fn set_bulk(&mut self, bulk: bool) {
+        self.bulk = bulk;
+    }
+
+    /// Appended records are waiting, all of them bulk.
+    pub fn holds_only_bulk(&self) -> bool {
+        self.queued.is_empty() && !self.pending.is_empty() && !self.pending_urgent
+    }
+
+    /// Like [`LogWriter::take_batch`], but None while everything waiting is bulk.
+    pub fn take_urgent_batch(&mut self) -> Option<WriteBatch> {
+        if self.holds_only_bulk() {
+            return None;
+        }
+        self.take_batch()
     }
 
     /// The next batch to write, if none is in flight and there is anything to write. Everything
@@ -295,6 +324,39 @@ mod tests {
         assert_eq!(s.tail, Tail::Clean);
         assert_eq!(seen.len(), 3);
         assert_eq!(seen[2], (11, 0, b"third".to_vec()));
+    }
+
+    #[test]
+    fn bulk_records_wait_for_an_urgent_batch_only_when_asked() {
+        let mut w = LogWriter::new(0, 0, 0, 4 << 20, 1 << 20, 0);
+        let first = w.append(1, 1, 0, b"urgent").unwrap();
+        let batch = w.take_urgent_batch().expect("urgent records go");
+        assert!(batch.urgent);
+        w.complete(batch.end);
+        assert!(w.durable(&first, ()).is_some());
+        // Nothing waiting: nothing held.
+        assert!(!w.holds_only_bulk());
+        w.set_bulk(true);
+        let bulk = w.append(1, 2, 0, b"bulk").unwrap();
+        w.append_control(2, 2, 1, b"").unwrap();
+        w.set_bulk(false);
+        assert!(w.holds_only_bulk());
+        assert!(w.take_urgent_batch().is_none());
+        // An urgent record takes the bulk ones along, in log order.
+        let urgent = w.append(1, 3, 0, b"urgent again").unwrap();
+        assert!(!w.holds_only_bulk());
+        let batch = w.take_urgent_batch().expect("urgent records go");
+        assert!(batch.urgent);
+        assert!(bulk.end <= batch.end && urgent.end == batch.end);
+        w.complete(batch.end);
+        // Bulk alone still goes when the caller does not hold it (its wait is over).
+        w.set_bulk(true);
+        let late = w.append(1, 4, 0, b"bulk").unwrap();
+        w.set_bulk(false);
+        let batch = w.take_batch().expect("taken on demand");
+        assert!(!batch.urgent);
+        w.complete(batch.end);
+        assert!(w.durable(&late, ()).is_some());
     }
 
     #[test]

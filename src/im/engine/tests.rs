@@ -1297,6 +1297,44 @@ fn a_flooded_huge_group_is_held_merged_and_budgeted_but_loses_nothing() {
 }
 
 #[test]
+fn huge_group_records_and_fanout_bookkeeping_are_bulk_chats_are_not() {
+    // What the commit loop may hold back for a chat's commit (R22): a huge group's SENT and
+    // member deliveries and every FANOUT_DONE; a chat's SENT and delivery never.
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    let mut sim = Sim::new(1, 64 << 20);
+    let members: Vec<u64> = (100..100 + HUGE_GROUP as u64).collect();
+    sim.group(7, 1, &members);
+    sim.quiesce(&mut rng);
+    let only_bulk = |sim: &Sim| sim.nodes[0].log.holds_only_bulk();
+    // Runs the disk until a batch completes, then hands messages on and flushes.
+    let commit = |sim: &mut Sim, rng: &mut Xoshiro256PlusPlus| {
+        assert!(sim.step_disk(0), "a batch to write");
+        assert!(sim.step_disk(0), "and to complete");
+        sim.drain(rng);
+        sim.flush(0);
+    };
+    let chat = sim.send(50, 1, Target::User(51), Class::Chat, b"hi");
+    sim.drain(&mut rng);
+    assert!(!only_bulk(&sim), "a chat's SENT is urgent");
+    commit(&mut sim, &mut rng);
+    assert!(sim.reply(chat).is_some());
+    assert!(!only_bulk(&sim), "a chat's delivery is urgent");
+    commit(&mut sim, &mut rng);
+    assert_eq!(sim.stream(51).len(), 1);
+    assert!(only_bulk(&sim), "FANOUT_DONE is bulk");
+    commit(&mut sim, &mut rng);
+    let group = sim.send(1, 2, Target::Group(7), Class::Chat, b"all");
+    // The expansion, then its answer.
+    while sim.drain(&mut rng) {}
+    assert!(only_bulk(&sim), "a huge group's SENT is bulk");
+    commit(&mut sim, &mut rng);
+    assert!(sim.reply(group).is_some());
+    assert!(only_bulk(&sim), "a huge group's delivery is bulk");
+    sim.quiesce(&mut rng);
+    assert_eq!(sim.stream(members[0]).len(), 1);
+}
+
+#[test]
 fn api_and_app_messages_are_rate_limited_per_sender() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
     let mut sim = Sim::new(1, 64 << 20);
