@@ -79,6 +79,11 @@ const CHAT_PARTITIONS_BITS: u32 = 12;
 /// them; a core skips a recipient's own messages).
 pub type Partition = Vec<Arc<[u64]>>;
 
+/// Whether a message to these recipients is a huge group's (R21, R22).
+fn is_huge(partition: &Partition) -> bool {
+    partition.iter().map(|p| p.len()).sum::<usize>() >= HUGE_GROUP
+}
+
 /// The home core of a user's stream or of a group.
 pub fn home(id: u64, cores: u16) -> u16 {
     home_core(id, cores as usize) as u16
@@ -1172,10 +1177,12 @@ impl ImCore {
         });
         self.scratch.clear();
         encode_sent(&msg, version, &mut self.scratch);
-        let huge = partition.iter().map(|p| p.len()).sum::<usize>() >= HUGE_GROUP;
-        log.set_bulk(huge);
-        let appended = log.append(KIND_SENT, msg.id.sender, msg.id.seq, &self.scratch);
-        log.set_bulk(false);
+        let (id, scratch) = (msg.id, &self.scratch);
+        let appended = if is_huge(&partition) {
+            log.bulk(|log| log.append(KIND_SENT, id.sender, id.seq, scratch))
+        } else {
+            log.append(KIND_SENT, id.sender, id.seq, scratch)
+        };
         match appended {
             Ok(appended) => {
                 stream.entries.push(msg.clone());
@@ -1408,10 +1415,8 @@ impl ImCore {
         }
         // A control record: tiny, and it must not be starved by the backlog bound (without
         // it, recovery would only deliver again to nobody).
-        log.set_bulk(true);
-        let done = log.append_control(KIND_FANOUT_DONE, id.sender, id.seq, &[]);
-        log.set_bulk(false);
-        done.expect("an empty record fits");
+        log.bulk(|log| log.append_control(KIND_FANOUT_DONE, id.sender, id.seq, &[]))
+            .expect("an empty record fits");
         // The group's held messages go out together: one merged insert per core.
         if let Some(gid) = release {
             if let Some(held) = self.held.remove(&gid) {
@@ -1444,11 +1449,7 @@ impl ImCore {
         out: &mut Effects,
     ) {
         let huge = match msg.to {
-            Target::Group(gid)
-                if partition.iter().map(|p| p.len()).sum::<usize>() >= HUGE_GROUP =>
-            {
-                Some(gid)
-            }
+            Target::Group(gid) if is_huge(&partition) => Some(gid),
             _ => None,
         };
         if let Some(gid) = huge {
@@ -1576,10 +1577,7 @@ impl ImCore {
             } else {
                 Vec::new()
             };
-            log.set_bulk(true);
-            let delivered = self.deliver(&messages, &chunk, &origins, log);
-            log.set_bulk(false);
-            if !delivered {
+            if !log.bulk(|log| self.deliver(&messages, &chunk, &origins, log)) {
                 // The log is full: the run waits at the front and goes on after a commit.
                 return;
             }

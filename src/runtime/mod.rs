@@ -418,7 +418,7 @@ impl Core {
 /// one was on its way to the disk goes into the next (group commit).
 ///
 /// Priority on the disk (R22): while urgent commits are coming (one completed less than
-/// `hold` ago), appended records that are all bulk ([`crate::store::LogWriter::set_bulk`]:
+/// `hold` ago), appended records that are all bulk ([`crate::store::LogWriter::bulk`]:
 /// huge-group messages and fan-out bookkeeping) do not start a commit of their own; they ride
 /// the next urgent one, or go by themselves once they have waited `hold`. A chat then never
 /// waits behind a commit the flood of a huge group started (docs/ARCHITECTURE.md).

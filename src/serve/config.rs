@@ -49,7 +49,7 @@ pub struct ImSection {
 /// `im.retention_s` by default: 180 days.
 pub const RETENTION_S_DEFAULT: u64 = 180 * 86_400;
 /// `store.bulk_hold_us` by default: bulk records ride the next urgent commit if one comes
-/// within 5 ms (docs/ARCHITECTURE.md, "Isolation").
+/// within 5 ms (docs/ARCHITECTURE.md, "Priority on the disk").
 pub const BULK_HOLD_US_DEFAULT: u32 = 5_000;
 /// `im.compact_every_s` by default: hourly.
 pub const COMPACT_EVERY_S_DEFAULT: u64 = 3_600;

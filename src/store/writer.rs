@@ -77,7 +77,7 @@ pub struct LogWriter {
     in_flight: Option<LogPosition>,
     durable: LogPosition,
     created_unix: i64,
-    /// Appends are bulk (see [`LogWriter::set_bulk`]).
+    /// Appends are bulk (see [`LogWriter::bulk`]).
     bulk: bool,
     /// `pending` holds a record that is not bulk.
     pending_urgent: bool,
@@ -218,10 +218,13 @@ impl LogWriter {
         self.pending_create = false;
     }
 
-    /// Marks the following appends as bulk (or not): records nobody waits for promptly, which
+    /// Runs `f` with its appends marked bulk: records nobody waits for promptly, which
     /// [`LogWriter::take_urgent_batch`] leaves for a later batch.
-    pub fn set_bulk(&mut self, bulk: bool) {
-        self.bulk = bulk;
+    pub fn bulk<R>(&mut self, f: impl FnOnce(&mut LogWriter) -> R) -> R {
+        self.bulk = true;
+        let r = f(self);
+        self.bulk = false;
+        r
     }
 
     /// Appended records are waiting, all of them bulk.
@@ -336,10 +339,11 @@ mod tests {
         assert!(w.durable(&first, ()).is_some());
         // Nothing waiting: nothing held.
         assert!(!w.holds_only_bulk());
-        w.set_bulk(true);
-        let bulk = w.append(1, 2, 0, b"bulk").unwrap();
-        w.append_control(2, 2, 1, b"").unwrap();
-        w.set_bulk(false);
+        let bulk = w.bulk(|w| {
+            let first = w.append(1, 2, 0, b"bulk").unwrap();
+            w.append_control(2, 2, 1, b"").unwrap();
+            first
+        });
         assert!(w.holds_only_bulk());
         assert!(w.take_urgent_batch().is_none());
         // An urgent record takes the bulk ones along, in log order.
@@ -350,9 +354,7 @@ mod tests {
         assert!(bulk.end <= batch.end && urgent.end == batch.end);
         w.complete(batch.end);
         // Bulk alone still goes when the caller does not hold it (its wait is over).
-        w.set_bulk(true);
-        let late = w.append(1, 4, 0, b"bulk").unwrap();
-        w.set_bulk(false);
+        let late = w.bulk(|w| w.append(1, 4, 0, b"bulk").unwrap());
         let batch = w.take_batch().expect("taken on demand");
         assert!(!batch.urgent);
         w.complete(batch.end);
