@@ -57,6 +57,10 @@ pub struct CoreMetrics {
     pub im_streams: AtomicU64,
     pub im_pushes: AtomicU64,
     pub im_expired: AtomicU64,
+    pub im_cooled: AtomicU64,
+    pub im_cold_entries: AtomicU64,
+    pub im_cold_reads: AtomicU64,
+    pub im_cold_read_errors: AtomicU64,
     pub im_parked: AtomicU64,
     pub im_parked_now: AtomicU64,
     pub im_appinfo_entries: AtomicU64,
@@ -169,7 +173,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 36] = [
+    let simple: [Family; 40] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -342,6 +346,30 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "counter",
             "Stream entries dropped by retention (im.retention_s, R24).",
             |m| m.im_expired.load(Relaxed),
+        ),
+        (
+            "hongbao_im_cooled_entries_total",
+            "counter",
+            "Stream entries moved out of memory after im.hot_s (R24: only their log positions stay).",
+            |m| m.im_cooled.load(Relaxed),
+        ),
+        (
+            "hongbao_im_cold_entries",
+            "gauge",
+            "Stream entries out of memory now (cold), as of the last retention pass.",
+            |m| m.im_cold_entries.load(Relaxed),
+        ),
+        (
+            "hongbao_im_cold_reads_total",
+            "counter",
+            "Cold stream entries read back from the log (pages of SYNC, receipts, withdrawals, read lists, retried sends).",
+            |m| m.im_cold_reads.load(Relaxed),
+        ),
+        (
+            "hongbao_im_cold_read_errors_total",
+            "counter",
+            "Reads of cold entries that failed (the request was answered unreadable; the server's log says why).",
+            |m| m.im_cold_read_errors.load(Relaxed),
         ),
         (
             "hongbao_im_parked_total",

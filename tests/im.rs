@@ -884,3 +884,168 @@ fn bulk_records_ride_urgent_commits_and_still_go_alone() {
         }
     }
 }
+
+/// Waits until a metric (summed over cores) reaches `min`; counters are published by each
+/// core's 10 ms tick.
+fn wait_metric(server: &common::Server, name: &str, min: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(server, name) < min {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed at {} (< {min}) for 30 s",
+            metric(server, name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every stream of these users, read through the server.
+fn all_streams(clients: &mut [Client]) -> Vec<Vec<Entry>> {
+    clients.iter_mut().map(pull_all).collect()
+}
+
+#[test]
+fn old_messages_leave_memory_and_read_back_from_the_log_across_a_kill_9() {
+    let event = Event::new();
+    let cfg = event.path().join("cold.toml");
+    // A one-second hot window, passes every second: messages go cold within ~2 s.
+    std::fs::write(&cfg, "[im]\nhot_s = 1\ncompact_every_s = 1\n").unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let args = ["--cores", "2", "--config", cfg.as_str()];
+    let mut server = event.serve("data", &args);
+    let users: Vec<u64> = (1..=6).collect();
+    let mut clients: Vec<Client> = users
+        .iter()
+        .map(|&u| server.client(&event.auth(u)))
+        .collect();
+    assert!(matches!(
+        clients[0].group_create(77, &users[1..]).unwrap(),
+        Reply::Im(ImDecoded::Reply(ImReply::Group { .. }))
+    ));
+    // Chats around the ring, some to the group, one body to find on the disk later.
+    for round in 0..5u128 {
+        for (i, &u) in users.iter().enumerate() {
+            let to = if round == 2 {
+                Target::Group(77)
+            } else {
+                Target::User(users[(i + 1) % users.len()])
+            };
+            let body = format!("round {round} from {u}");
+            let r = clients[i]
+                .im_send(
+                    1000 * u128::from(u) + round,
+                    to,
+                    Class::Chat,
+                    body.as_bytes(),
+                )
+                .unwrap();
+            sent(r);
+        }
+    }
+    // Each user: 4 own chats + 4 received + 6 group messages.
+    let total = 14 * users.len();
+    for c in clients.iter_mut() {
+        assert_eq!(pull_until(c, 14).len(), 14);
+    }
+    let before = all_streams(&mut clients);
+    for s in &before {
+        assert_contiguous(s);
+    }
+
+    // Every entry leaves memory at a retention pass after its second in the hot window.
+    wait_metric(&server, "hongbao_im_cold_entries", total as u64);
+    // Pages read them back from the log exactly as they were (users of both cores, asked
+    // through connections of either core).
+    assert_eq!(all_streams(&mut clients), before);
+    wait_metric(&server, "hongbao_im_cold_reads_total", total as u64);
+    // A retried send is answered from its cold entry: same seq, stored once.
+    let (seq, duplicate) = sent(
+        clients[0]
+            .im_send(1000, Target::User(2), Class::Chat, b"round 0 from 1")
+            .unwrap(),
+    );
+    assert_eq!((seq, duplicate), (before[0][0].seq, true));
+    // A receipt for a cold entry: user 2 read user 1's first chat.
+    let chat = before[1]
+        .iter()
+        .find(|e| e.sender == 1 && e.body == b"round 0 from 1")
+        .expect("user 2 got it");
+    sent(clients[1].im_ack_read(chat.seq).unwrap());
+    // The sender's read list follows asynchronously (R19).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match clients[0].im_read_list(chat.sender_seq, 0).unwrap() {
+            Reply::Im(ImDecoded::Reply(ImReply::Readers { read: 1, uids, .. })) => {
+                assert_eq!(uids, vec![2]);
+                break;
+            }
+            Reply::Im(ImDecoded::Reply(ImReply::Readers { read: 0, .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => panic!("no read list with the reader: {other:?}"),
+        }
+    }
+    assert_eq!(metric(&server, "hongbao_im_cold_read_errors_total"), 0);
+
+    // A damaged record: the page that needs it is refused `unreadable`, the server goes on.
+    let segment = event.path().join("data/core-0/0000000000000000.log");
+    let segment1 = event.path().join("data/core-1/0000000000000000.log");
+    let needle = b"round 4 from";
+    let (path, mut bytes, at) = [segment, segment1]
+        .into_iter()
+        .find_map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            let at = b.windows(needle.len()).position(|w| w == needle)?;
+            Some((p, b, at))
+        })
+        .expect("the body is on a disk");
+    bytes[at] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let victims: Vec<usize> = (0..users.len())
+        .filter(|&i| {
+            matches!(
+                clients[i].im_sync(0, 0).unwrap(),
+                Reply::Error { code, .. } if code == ErrorCode::Unreadable as u16
+            )
+        })
+        .collect();
+    assert!(!victims.is_empty(), "no page needed the damaged record");
+    wait_metric(
+        &server,
+        "hongbao_im_cold_read_errors_total",
+        victims.len() as u64,
+    );
+    bytes[at] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    // Repaired, every page reads again: the streams as before plus the receipt, which went
+    // to the reader's stream and the sender's.
+    let after = all_streams(&mut clients);
+    for (i, (a, b)) in after.iter().zip(&before).enumerate() {
+        assert_eq!(&a[..b.len()], &b[..]);
+        assert_eq!(a.len(), b.len() + usize::from(i < 2));
+    }
+
+    // A crash: recovery rebuilds the streams, old entries cold again, read back the same.
+    let now = all_streams(&mut clients);
+    server.kill9();
+    let server = event.serve("data", &args);
+    let mut clients: Vec<Client> = users
+        .iter()
+        .map(|&u| server.client(&event.auth(u)))
+        .collect();
+    assert_eq!(all_streams(&mut clients), now);
+    wait_metric(&server, "hongbao_im_cold_entries", total as u64);
+    assert_eq!(all_streams(&mut clients), now);
+    // The streams go on where they were.
+    let (seq, _) = sent(
+        clients[2]
+            .im_send(9, Target::User(4), Class::Chat, b"after")
+            .unwrap(),
+    );
+    assert_eq!(seq, now[2].len() as u64 + 1);
+    let s4 = pull_until(&mut clients[3], now[3].len() + 1);
+    assert_contiguous(&s4);
+    assert_eq!(s4.last().unwrap().body, b"after");
+}

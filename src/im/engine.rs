@@ -25,6 +25,7 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use smallvec::{smallvec, SmallVec};
 
+use super::cold::{ColdRef, ColdSource};
 use super::dedupe::{DoneIndex, SendKey};
 use super::entries::Entries;
 use super::model::*;
@@ -140,25 +141,142 @@ pub struct Page {
     pub max_seq: u64,
 }
 
+/// An entry of a page being answered: in memory, or to be read back from the log (R24).
+#[derive(Debug, Clone)]
+pub enum PageEntry {
+    Hot(MessageRef),
+    Cold(ColdRef),
+}
+
+/// A page of a stream as its core has it: [`Page`] once the cold entries are read.
+#[derive(Debug, Clone, Default)]
+pub struct PagePlan {
+    /// (seq, entry), ascending.
+    pub entries: Vec<(u64, PageEntry)>,
+    pub max_seq: u64,
+}
+
+impl PagePlan {
+    pub fn has_cold(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|(_, e)| matches!(e, PageEntry::Cold(_)))
+    }
+}
+
+/// Most entries of one page read back from the log: a SYNC deep in the cold part gets a
+/// shorter page (the client pulls on from its end).
+pub const COLD_PAGE_MAX: usize = 256;
+
+/// An entry of the hot part of a stream: its message (None only for an old entry recovery
+/// found among newer ones: read back like a cold one) and where its record lies.
+#[derive(Debug, Clone)]
+struct Hot {
+    msg: Option<MessageRef>,
+    at: ColdRef,
+}
+
+/// One user's stream: seqs `base..` are the cold entries (only their records' positions in
+/// memory, R24) then the hot ones.
 struct Stream {
-    /// Seq of `entries[0]`.
+    /// Seq of the first entry.
     base: u64,
-    entries: Entries<MessageRef>,
+    cold: Entries<ColdRef>,
+    hot: Entries<Hot>,
     /// Newest seq that is durable (0: none).
     durable: u64,
+}
+
+/// A stream entry as found in memory.
+enum Found<'a> {
+    Hot(&'a MessageRef),
+    Cold(ColdRef),
 }
 
 impl Stream {
     fn new(uid: u64) -> Stream {
         Stream {
             base: 1,
-            entries: Entries::staggered(uid),
+            cold: Entries::new(),
+            hot: Entries::staggered(uid),
             durable: 0,
         }
     }
 
+    fn len(&self) -> usize {
+        self.cold.len() + self.hot.len()
+    }
+
     fn next_seq(&self) -> u64 {
-        self.base + self.entries.len() as u64
+        self.base + self.len() as u64
+    }
+
+    fn push(&mut self, msg: MessageRef, at: ColdRef) {
+        self.hot.push(Hot { msg: Some(msg), at });
+    }
+
+    /// The entry at `seq`, if the stream has it (durable or not).
+    fn find(&self, seq: u64) -> Option<Found<'_>> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        if i < self.cold.len() {
+            return self.cold.get(i).map(|&at| Found::Cold(at));
+        }
+        let h = self.hot.get(i - self.cold.len())?;
+        Some(match &h.msg {
+            Some(m) => Found::Hot(m),
+            None => Found::Cold(h.at),
+        })
+    }
+
+    /// Moves the durable entries sent before `cutoff_ms` from the front of the hot part to
+    /// the cold part (only their positions stay); stops at the first that must stay (newer,
+    /// not durable, or without a position). Returns how many moved.
+    fn cool(&mut self, cutoff_ms: u64) -> usize {
+        let durable = (self.durable + 1).saturating_sub(self.base + self.cold.len() as u64);
+        let n = self
+            .hot
+            .iter()
+            .take(durable as usize)
+            .take_while(|h| {
+                h.at.is_some() && h.msg.as_ref().map_or(true, |m| m.sent_ms < cutoff_ms)
+            })
+            .count();
+        for h in self.hot.iter().take(n) {
+            self.cold.push(h.at);
+        }
+        self.hot.drop_front(n);
+        n
+    }
+
+    /// Retention: drops from the front the durable entries that expired, cold ones by the
+    /// segment their record is in (`expired(at)`: a segment whose whole content is older than
+    /// the cutoff), hot ones by their send time. Returns how many went.
+    fn expire(&mut self, cutoff_ms: u64, expired: &impl Fn(ColdRef) -> bool) -> usize {
+        let visible = (self.durable + 1).saturating_sub(self.base) as usize;
+        let cold = self
+            .cold
+            .iter()
+            .take(visible)
+            .take_while(|&&at| expired(at))
+            .count();
+        let mut n = cold;
+        if cold == self.cold.len() {
+            n += self
+                .hot
+                .iter()
+                .take(visible.saturating_sub(cold))
+                .take_while(|h| match &h.msg {
+                    Some(m) => m.sent_ms < cutoff_ms,
+                    None => expired(h.at),
+                })
+                .count();
+        }
+        if n > 0 {
+            self.cold.drop_front(cold);
+            self.hot.drop_front(n - cold);
+            self.base += n as u64;
+        }
+        n
     }
 }
 
@@ -381,6 +499,8 @@ pub struct ImStats {
     pub work_refused: u64,
     /// New sends and group changes refused while the process's heap was over its limit.
     pub memory_refused: u64,
+    /// Entries moved to the cold part (R24).
+    pub cooled: u64,
 }
 
 pub struct ImCore {
@@ -452,6 +572,11 @@ pub struct ImCore {
     /// The process's heap is over `im.memory_max_mb`: new writes are refused (busy).
     memory_full: bool,
     pub stats: ImStats,
+    /// Reads single cold entries back (R24); None: cold entries cannot be read (an error).
+    cold_source: Option<Box<dyn ColdSource + Send>>,
+    /// Cold entries read back one by one, and reads that failed.
+    cold_reads: std::cell::Cell<u64>,
+    cold_errors: std::cell::Cell<u64>,
 }
 
 fn fingerprint(to: Target, class: Class, body: &[u8]) -> u32 {
@@ -524,6 +649,9 @@ impl ImCore {
             merge_senders: HashMap::new(),
             deliver_list: Vec::new(),
             stats: ImStats::default(),
+            cold_source: None,
+            cold_reads: Default::default(),
+            cold_errors: Default::default(),
         }
     }
 
@@ -747,13 +875,61 @@ impl ImCore {
         self.submit(draft, route, now_us, log, out);
     }
 
+    /// Gives the cold tier's reader (R24): without one, entries that left memory cannot be
+    /// read back.
+    pub fn set_cold_source(&mut self, source: Box<dyn ColdSource + Send>) {
+        self.cold_source = Some(source);
+    }
+
+    /// Closes the cold source's open files (after compaction).
+    pub fn forget_cold_files(&self) {
+        if let Some(source) = &self.cold_source {
+            source.forget();
+        }
+    }
+
+    /// Cold entries read back one at a time so far, and how many of those reads failed.
+    pub fn cold_counts(&self) -> (u64, u64) {
+        (self.cold_reads.get(), self.cold_errors.get())
+    }
+
+    /// Counts cold entries the runtime reads back for a page.
+    pub fn count_cold_reads(&self, n: u64) {
+        self.cold_reads.set(self.cold_reads.get() + n);
+    }
+
+    /// Counts a cold read that failed (the runtime's page reads too).
+    pub fn count_cold_error(&self) {
+        self.cold_errors.set(self.cold_errors.get() + 1);
+    }
+
+    /// The entry of `uid`'s stream at `seq` (durable or not), read back from the log if it is
+    /// cold. None when the stream does not have it; an unreadable cold entry is None too, and
+    /// counted ([`ImCore::cold_counts`]).
+    fn entry(&self, uid: u64, seq: u64) -> Option<MessageRef> {
+        match self.streams.get(&uid)?.find(seq)? {
+            Found::Hot(m) => Some(m.clone()),
+            Found::Cold(at) => {
+                self.cold_reads.set(self.cold_reads.get() + 1);
+                let read = match &self.cold_source {
+                    Some(source) => source.read(at, uid, seq),
+                    None => Err("no cold reader".into()),
+                };
+                match read {
+                    Ok(m) => Some(m),
+                    Err(_) => {
+                        self.count_cold_error();
+                        None
+                    }
+                }
+            }
+        }
+    }
+
     /// The stored send `key` (its entry in the sender's stream), if remembered (R18).
-    fn stored(&self, key: &SendKey) -> Option<&MessageRef> {
+    fn stored(&self, key: &SendKey) -> Option<MessageRef> {
         self.done.get(key, |seq| {
-            let s = self.streams.get(&key.0)?;
-            let m = s
-                .entries
-                .get(usize::try_from(seq.checked_sub(s.base)?).ok()?)?;
+            let m = self.entry(key.0, seq)?;
             (m.id == MsgId { sender: key.0, seq } && m.appinfo == key.1 && m.kind as u8 == key.2)
                 .then_some(m)
         })
@@ -766,8 +942,8 @@ impl ImCore {
         if seq == 0 || seq > s.durable || seq < s.base {
             return None;
         }
-        let m = &s.entries[(seq - s.base) as usize];
-        (m.kind == EntryKind::Message).then(|| m.clone())
+        self.entry(uid, seq)
+            .filter(|m| m.kind == EntryKind::Message)
     }
 
     /// A read receipt (R19) by `reader` (homed here) for the message at `seq` of its own
@@ -1185,7 +1361,7 @@ impl ImCore {
         };
         match appended {
             Ok(appended) => {
-                stream.entries.push(msg.clone());
+                stream.push(msg.clone(), ColdRef::new(self.core, appended.start));
                 if let (Target::Group(_), Some(v)) = (msg.to, version) {
                     self.versions.insert(msg.id, v);
                 }
@@ -1631,6 +1807,7 @@ impl ImCore {
         let first = messages[0].id;
         let written = match log.append(KIND_DELIVERY, first.sender, first.seq, &self.scratch) {
             Ok(appended) => {
+                let at = ColdRef::new(self.core, appended.start);
                 let mut streams = Vec::with_capacity(list.len());
                 let reads: Vec<(MsgId, u64)> = messages
                     .iter()
@@ -1643,7 +1820,7 @@ impl ImCore {
                     debug_assert_eq!(s.next_seq(), first_seq);
                     for m in messages {
                         if m.id.sender != uid {
-                            s.entries.push(m.clone());
+                            s.push(m.clone(), at);
                         }
                     }
                     streams.push((uid, s.next_seq() - 1));
@@ -1908,23 +2085,78 @@ impl ImCore {
         self.done.expire(now_ms.saturating_sub(DEDUPE_WINDOW_MS));
     }
 
-    /// Entries of `uid`'s stream after seq `after`, at most `limit`, durable ones only.
-    pub fn sync(&self, uid: u64, after: u64, limit: usize) -> Page {
+    /// Entries of `uid`'s stream after seq `after`, at most `limit` (and at most
+    /// [`COLD_PAGE_MAX`] cold ones), durable ones only: the messages in memory, the positions
+    /// of those to read back.
+    pub fn sync_plan(&self, uid: u64, after: u64, limit: usize) -> PagePlan {
         let Some(s) = self.streams.get(&uid) else {
-            return Page::default();
+            return PagePlan::default();
         };
         // Saturating: a client may ask for entries after any u64 (u64::MAX: none, only max_seq).
         let from = after.max(s.base - 1).saturating_add(1);
         let mut entries = Vec::new();
         let mut seq = from;
+        let mut cold = 0;
         while seq <= s.durable && entries.len() < limit {
-            entries.push((seq, s.entries[(seq - s.base) as usize].clone()));
+            let e = match s.find(seq).expect("durable entries are in the stream") {
+                Found::Hot(m) => PageEntry::Hot(m.clone()),
+                Found::Cold(at) => {
+                    if cold == COLD_PAGE_MAX {
+                        break;
+                    }
+                    cold += 1;
+                    PageEntry::Cold(at)
+                }
+            };
+            entries.push((seq, e));
             seq += 1;
         }
-        Page {
+        PagePlan {
             entries,
             max_seq: s.durable,
         }
+    }
+
+    /// [`ImCore::sync_plan`] with the cold entries read back one by one through the cold
+    /// source (tools and tests; the server reads them asynchronously). The page ends before
+    /// the first entry that cannot be read.
+    pub fn sync(&self, uid: u64, after: u64, limit: usize) -> Page {
+        let plan = self.sync_plan(uid, after, limit);
+        let mut entries = Vec::with_capacity(plan.entries.len());
+        for (seq, e) in plan.entries {
+            let m = match e {
+                PageEntry::Hot(m) => m,
+                PageEntry::Cold(_) => match self.entry(uid, seq) {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            entries.push((seq, m));
+        }
+        Page {
+            entries,
+            max_seq: plan.max_seq,
+        }
+    }
+
+    /// Moves the durable entries sent before `cutoff_ms` out of memory (R24: the hot window
+    /// is `im.hot_s`): only their records' positions stay, and reads take them from the log.
+    /// Returns how many moved.
+    pub fn cool(&mut self, cutoff_ms: u64) -> u64 {
+        let moved: u64 = self
+            .streams
+            .values_mut()
+            .map(|s| s.cool(cutoff_ms) as u64)
+            .sum();
+        self.stats.cooled += moved;
+        moved
+    }
+
+    /// Entries in memory and entries cold, over all streams of this core.
+    pub fn entry_counts(&self) -> (u64, u64) {
+        self.streams.values().fold((0, 0), |(h, c), s| {
+            (h + s.hot.len() as u64, c + s.cold.len() as u64)
+        })
     }
 
     /// Newest durable seq of a stream homed here (0: empty).
@@ -1942,20 +2174,17 @@ impl ImCore {
     /// dropped from their sender's stream. Entries after the first one still retained stay, so
     /// a stream is always one contiguous run of seqs. Returns the entries dropped.
     pub fn expire(&mut self, cutoff_ms: u64) -> u64 {
+        self.expire_segments(cutoff_ms, |_| false)
+    }
+
+    /// [`ImCore::expire`], where cold entries (whose send time is not in memory) go when
+    /// `expired(at)` says the log segment holding their record is expired: every record in it
+    /// was written, and so every message in it sent, before the cutoff (the rule compaction
+    /// uses; they go at the same pass, so no cold entry points into a compacted segment).
+    pub fn expire_segments(&mut self, cutoff_ms: u64, expired: impl Fn(ColdRef) -> bool) -> u64 {
         let mut dropped = 0;
         for s in self.streams.values_mut() {
-            let visible = (s.durable + 1).saturating_sub(s.base) as usize;
-            let n = s
-                .entries
-                .iter()
-                .take(visible.min(s.entries.len()))
-                .take_while(|m| m.sent_ms < cutoff_ms)
-                .count();
-            if n > 0 {
-                s.entries.drop_front(n);
-                s.base += n as u64;
-                dropped += n as u64;
-            }
+            dropped += s.expire(cutoff_ms, &expired) as u64;
         }
         if dropped > 0 {
             let streams = &self.streams;
@@ -2010,9 +2239,15 @@ impl ImCore {
 /// Rebuilds every core's IM state from the records of every core's log (in any order of
 /// logs), then places each stream, group and send on its home core for the current core
 /// count (which may differ from the one that wrote the logs).
+///
+/// Messages sent before the hot cutoff (R24) are not kept: their entries become positions in
+/// the logs as they are read, so recovery's memory follows the hot part, not everything
+/// retained. Kept anyway: the dedupe window's messages (a retried send is confirmed against
+/// its entry; [`ImCore::cool`] moves them out after recovery) and messages whose fan-out is
+/// not done (they are sent again).
 #[derive(Default)]
 pub struct ImRecovery {
-    streams: HashMap<u64, Vec<(u64, MessageRef)>>,
+    streams: HashMap<u64, Vec<(u64, Recovered)>>,
     sent: HashMap<MsgId, MessageRef>,
     /// Membership versions of group messages, from their SENT records.
     versions: HashMap<MsgId, u64>,
@@ -2027,11 +2262,48 @@ pub struct ImRecovery {
     groups: HashMap<u64, Vec<(u64, GroupChange)>>,
     /// Newest seq per stream from stream-head records (compaction dropped what held it).
     heads: HashMap<u64, u64>,
+    /// Readers per message, from the receipts in the message's sender's stream.
+    reads: HashMap<MsgId, Vec<u64>>,
+    /// Messages sent before this are not kept in memory (0: all are).
+    keep_from_ms: u64,
+    /// Entries sent before this are cold once recovered (0: none).
+    hot_cutoff_ms: u64,
+}
+
+/// A stream entry as recovery found it.
+enum Recovered {
+    Hot(MessageRef, ColdRef),
+    Cold { at: ColdRef, sent_ms: u64 },
+}
+
+impl Recovered {
+    fn sent_ms(&self) -> u64 {
+        match self {
+            Recovered::Hot(m, _) => m.sent_ms,
+            Recovered::Cold { sent_ms, .. } => *sent_ms,
+        }
+    }
 }
 
 impl ImRecovery {
+    /// Recovery that keeps every message in memory.
     pub fn new() -> ImRecovery {
         ImRecovery::default()
+    }
+
+    /// Recovery that keeps in memory only what was sent from `hot_cutoff_ms` on (and the
+    /// dedupe window's messages: `now_ms` - 24 h), and positions for the rest.
+    pub fn with_hot_cutoff(hot_cutoff_ms: u64, now_ms: u64) -> ImRecovery {
+        ImRecovery {
+            keep_from_ms: hot_cutoff_ms.min(now_ms.saturating_sub(DEDUPE_WINDOW_MS)),
+            hot_cutoff_ms,
+            ..ImRecovery::default()
+        }
+    }
+
+    /// Whether a message stays in memory (its entries too, where they have no position).
+    fn keeps(&self, m: &Message) -> bool {
+        m.sent_ms >= self.keep_from_ms
     }
 
     /// The copy already known, if `decoded` is the same message (records that disagree about
@@ -2054,13 +2326,36 @@ impl ImRecovery {
         )
     }
 
-    /// Takes one record (others than IM kinds are ignored).
+    /// One entry of `uid`'s stream: the message if it is kept, else where its record is.
+    fn push_entry(&mut self, uid: u64, seq: u64, m: &MessageRef, at: ColdRef, keep: bool) {
+        if let (EntryKind::Read, Some(r)) = (m.kind, m.refer) {
+            if r.sender == uid {
+                let list = self.reads.entry(r).or_default();
+                if !list.contains(&m.id.sender) {
+                    list.push(m.id.sender);
+                }
+            }
+        }
+        let e = if keep || !at.is_some() {
+            Recovered::Hot(m.clone(), at)
+        } else {
+            Recovered::Cold {
+                at,
+                sent_ms: m.sent_ms,
+            }
+        };
+        self.streams.entry(uid).or_default().push((seq, e));
+    }
+
+    /// Takes one record (others than IM kinds are ignored); `at` is where it lies (log core
+    /// and position; [`ColdRef::NONE`] keeps its entries in memory).
     pub fn replay(
         &mut self,
         kind: u8,
         stream: u64,
         seq: u64,
         payload: &[u8],
+        at: ColdRef,
     ) -> Result<(), String> {
         match kind {
             KIND_SENT => {
@@ -2072,17 +2367,20 @@ impl ImRecovery {
                     Some(copy) => Self::same(copy, &decoded)?,
                     None => Arc::new(decoded),
                 };
-                self.streams
-                    .entry(m.id.sender)
-                    .or_default()
-                    .push((m.id.seq, m.clone()));
-                if self.sent.insert(m.id, m).is_some() {
+                let keep = self.keeps(&m);
+                self.push_entry(m.id.sender, m.id.seq, &m, at, keep);
+                // An old message is kept only while its fan-out is not known to be done (its
+                // FANOUT_DONE comes later in the same log).
+                if (keep || !self.done.contains(&m.id)) && self.sent.insert(m.id, m).is_some() {
                     return Err(format!("message {stream}#{seq} was sent twice"));
                 }
             }
             KIND_DELIVERY => {
                 let mut d = decode_delivery(payload).map_err(|e| e.0)?;
                 for m in &mut d.messages {
+                    if !self.keeps(m) {
+                        continue;
+                    }
                     let known = self.sent.get(&m.id).or_else(|| self.copies.get(&m.id));
                     match known {
                         Some(k) => *m = Self::same(k.clone(), m)?,
@@ -2092,11 +2390,11 @@ impl ImRecovery {
                     }
                 }
                 for &(uid, first) in &d.recipients {
-                    let s = self.streams.entry(uid).or_default();
                     let mut seq = first;
                     for m in &d.messages {
                         if m.id.sender != uid {
-                            s.push((seq, m.clone()));
+                            let keep = self.keeps(m);
+                            self.push_entry(uid, seq, m, at, keep);
                             seq += 1;
                         }
                     }
@@ -2118,6 +2416,9 @@ impl ImRecovery {
                 };
                 self.done.insert(id);
                 self.delivered_to.remove(&id);
+                if self.sent.get(&id).is_some_and(|m| !self.keeps(m)) {
+                    self.sent.remove(&id);
+                }
             }
             KIND_GROUP => {
                 let change = decode_group(payload).map_err(|e| e.0)?;
@@ -2140,7 +2441,9 @@ impl ImRecovery {
     /// Builds the cores; entries sent before `cutoff_ms` are dropped (retention, R24). Fails
     /// (naming what) when the records contradict each other: a seq doubled or missing in a
     /// stream (other than before its first record kept by compaction, or among entries
-    /// retention drops anyway), a group change out of order.
+    /// retention drops anyway), a group change out of order. Entries not kept in memory are
+    /// cold; so are the kept ones sent before the hot cutoff given at creation, once
+    /// [`ImCore::cool`] runs with it.
     pub fn finish(self, cores: u16, now_ms: u64, cutoff_ms: u64) -> Result<Vec<ImCore>, String> {
         let mut out: Vec<ImCore> = (0..cores).map(|k| ImCore::new(k, cores)).collect();
         let mut streams = self.streams;
@@ -2164,7 +2467,7 @@ impl ImRecovery {
                 }
                 // A gap (or double) is only acceptable after entries that all expired: a record
                 // compaction kept (a fan-out still in flight) ahead of dropped ones.
-                if seq > want && entries[..i].iter().all(|(_, m)| m.sent_ms < cutoff_ms) {
+                if seq > want && entries[..i].iter().all(|(_, e)| e.sent_ms() < cutoff_ms) {
                     entries.drain(..i);
                     base = seq;
                     i = 0;
@@ -2175,31 +2478,33 @@ impl ImRecovery {
                 ));
             }
             let durable = base + entries.len() as u64 - 1;
+            // Retention, by send time (known here for cold entries too).
+            let expired = entries
+                .iter()
+                .take_while(|(_, e)| e.sent_ms() < cutoff_ms)
+                .count();
+            entries.drain(..expired);
+            base += expired as u64;
             let core = &mut out[home(uid, cores) as usize];
-            for (_, m) in &entries {
-                if let (EntryKind::Read, Some(r)) = (m.kind, m.refer) {
-                    if r.sender == uid {
-                        let list = core.reads.entry(r).or_default();
-                        if !list.contains(&m.id.sender) {
-                            list.push(m.id.sender);
-                        }
-                    }
+            let mut stream = Stream {
+                base,
+                cold: Entries::new(),
+                hot: Entries::staggered(uid),
+                durable,
+            };
+            for (_, e) in entries {
+                match e {
+                    Recovered::Cold { at, .. } if stream.hot.is_empty() => stream.cold.push(at),
+                    Recovered::Cold { at, .. } => stream.hot.push(Hot { msg: None, at }),
+                    Recovered::Hot(m, at) => stream.hot.push(Hot { msg: Some(m), at }),
                 }
             }
-            core.streams.insert(
-                uid,
-                Stream {
-                    base,
-                    entries: {
-                        let mut e = Entries::staggered(uid);
-                        for (_, m) in entries {
-                            e.push(m);
-                        }
-                        e
-                    },
-                    durable,
-                },
-            );
+            core.streams.insert(uid, stream);
+        }
+        for (id, readers) in self.reads {
+            out[home(id.sender, cores) as usize]
+                .reads
+                .insert(id, readers);
         }
         for (gid, mut changes) in self.groups {
             changes.sort_unstable_by_key(|(v, _)| *v);
@@ -2231,13 +2536,13 @@ impl ImRecovery {
             ));
             out[home(gid, cores) as usize].groups.insert(gid, g);
         }
+        for (id, v) in self.versions {
+            out[home(id.sender, cores) as usize].versions.insert(id, v);
+        }
         let mut sent: Vec<MessageRef> = self.sent.into_values().collect();
         sent.sort_unstable_by_key(|m| (m.sent_ms, m.id));
         for m in sent {
             let core = &mut out[home(m.id.sender, cores) as usize];
-            if let Some(&v) = self.versions.get(&m.id) {
-                core.versions.insert(m.id, v);
-            }
             if m.sent_ms.saturating_add(DEDUPE_WINDOW_MS) > now_ms {
                 let key = (m.id.sender, m.appinfo, m.kind as u8);
                 core.done.insert(key, m.id.seq, m.sent_ms);
@@ -2247,9 +2552,12 @@ impl ImRecovery {
                 core.redrive.push((m, have));
             }
         }
-        // What the logs still hold but retention has dropped (segments not compacted yet).
+        // What the logs still hold but retention has dropped (segments not compacted yet):
+        // the read lists and versions of messages gone from their senders' streams.
         for core in &mut out {
             core.expire(cutoff_ms);
+            core.cool(self.hot_cutoff_ms);
+            core.stats.cooled = 0;
         }
         Ok(out)
     }

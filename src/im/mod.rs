@@ -4,12 +4,14 @@
 //!
 //! - [`model`]: messages, targets, classes, limits, errors.
 //! - [`record`]: the IM log records (docs/formats/log.md, kinds 16-19).
+//! - [`cold`]: where each stream entry lies in the logs, and reading it back (R24's cold tier).
 //! - [`dedupe`]: the compact appinfo memory of stored sends (R18).
 //! - [`entries`]: a stream's entries in memory, in chunks that never move as a whole.
 //! - [`engine`]: one core's state machine (sans-IO) and the recovery that rebuilds every
 //!   core's state from the logs.
 //! - [`retention`]: what log compaction keeps of expired segments (R24).
 
+pub mod cold;
 pub mod dedupe;
 pub mod engine;
 pub mod entries;

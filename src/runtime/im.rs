@@ -10,13 +10,15 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
 use super::{Core, Msg, Slot};
-use crate::im::engine::{home, Effects, ImCore, ImMsg};
+use crate::im::engine::{home, Effects, ImCore, ImMsg, PageEntry, PagePlan};
 use crate::im::record::GroupChange;
+use crate::im::Page;
 use crate::im::{ImError, ImReply, SendRequest};
 use crate::serve::setup::now_us;
 use crate::shake::engine::Route;
 use crate::store::LogWriter;
 use crate::wire::im::{fit_page, ImAnswer, MEMBERS_PAGE};
+use crate::wire::ops::ErrorCode;
 use crate::wire::ops::OpResult;
 
 /// A group request, run on the group's home core.
@@ -283,7 +285,13 @@ impl Core {
     pub(crate) fn im_sync(self: &Rc<Self>, uid: u64, after: u64, limit: u32) -> Slot {
         let home = self.home_of(uid);
         if home == self.id {
-            return Slot::Ready(self.sync_page(uid, after, limit));
+            let plan = self.im.borrow().sync_plan(uid, after, limit as usize);
+            if !plan.has_cold() {
+                return Slot::Ready(page_answer(hot_page(plan)));
+            }
+            let (slot, route) = self.im_route(home);
+            self.read_cold(uid, plan, route.expect("homed here"));
+            return slot;
         }
         let (slot, route) = self.im_route(home);
         if let Err((home, id)) = route {
@@ -299,10 +307,43 @@ impl Core {
         slot
     }
 
-    pub(crate) fn sync_page(&self, uid: u64, after: u64, limit: u32) -> OpResult {
-        let mut page = self.im.borrow().sync(uid, after, limit as usize);
-        fit_page(&mut page);
-        OpResult::Im(ImAnswer::Page(Box::new(page)))
+    /// A page of a stream homed here for a request of `route`: answered now when it is all in
+    /// memory, after reading its cold entries from the log otherwise.
+    pub(crate) fn run_sync(self: &Rc<Self>, uid: u64, after: u64, limit: u32, route: Route) {
+        let plan = self.im.borrow().sync_plan(uid, after, limit as usize);
+        if plan.has_cold() {
+            self.read_cold(uid, plan, route);
+        } else {
+            self.deliver(route, page_answer(hot_page(plan)));
+        }
+    }
+
+    /// Reads a page's cold entries (R24) in a task of their own, then answers: the page, or
+    /// `unreadable` (with a log line) when an entry cannot be read back.
+    fn read_cold(self: &Rc<Self>, uid: u64, plan: PagePlan, route: Route) {
+        let cold = plan
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e, PageEntry::Cold(_)))
+            .count() as u64;
+        self.im.borrow().count_cold_reads(cold);
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            let result = match core.cold.resolve(uid, plan).await {
+                Ok(page) => page_answer(page),
+                Err(e) => {
+                    core.im.borrow().count_cold_error();
+                    eprintln!(
+                        "core {}: a cold entry of user {uid}'s stream could not be read back: {e}",
+                        core.id
+                    );
+                    OpResult::error(ErrorCode::Unreadable)
+                }
+            };
+            core.deliver(route, result);
+            core.flush();
+        })
+        .detach();
     }
 
     pub(crate) fn im_group(self: &Rc<Self>, gid: u64, op: GroupOp) -> Slot {
@@ -365,6 +406,10 @@ impl Core {
             let im = self.im.borrow();
             let (s, m) = (im.stats, self.metrics());
             m.im_sends.store(s.sends, Ordering::Relaxed);
+            m.im_cooled.store(s.cooled, Ordering::Relaxed);
+            let (reads, errors) = im.cold_counts();
+            m.im_cold_reads.store(reads, Ordering::Relaxed);
+            m.im_cold_read_errors.store(errors, Ordering::Relaxed);
             m.im_duplicates.store(s.duplicates, Ordering::Relaxed);
             m.im_stream_appends
                 .store(s.stream_appends, Ordering::Relaxed);
@@ -408,4 +453,24 @@ impl Core {
         // Also flushes deliveries a busy flush deferred (huge groups beyond the budget).
         self.im_run(|im, log, _| im.tick(now, log));
     }
+}
+
+/// A page whose entries are all in memory.
+fn hot_page(plan: PagePlan) -> Page {
+    Page {
+        entries: plan
+            .entries
+            .into_iter()
+            .map(|(seq, e)| match e {
+                PageEntry::Hot(m) => (seq, m),
+                PageEntry::Cold(_) => unreachable!("a page with cold entries is read first"),
+            })
+            .collect(),
+        max_seq: plan.max_seq,
+    }
+}
+
+fn page_answer(mut page: Page) -> OpResult {
+    fit_page(&mut page);
+    OpResult::Im(ImAnswer::Page(Box::new(page)))
 }

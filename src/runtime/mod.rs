@@ -10,6 +10,7 @@
 //! glommio shared channel of capacity 1, which wakes a parked executor through its eventfd).
 
 mod answers;
+mod cold;
 mod conn;
 mod im;
 mod retention;
@@ -165,6 +166,8 @@ pub struct Shared {
     startup: Vec<std::sync::atomic::AtomicU8>,
     /// IM retention (R24): messages kept this long; retention passes this often.
     pub retention: std::time::Duration,
+    /// `im.hot_s`: entries older than this leave memory at the retention pass.
+    pub hot: std::time::Duration,
     pub compact_every: std::time::Duration,
     /// `im.memory_max_mb` in bytes: above it the IM engines refuse new writes.
     pub im_memory_max: u64,
@@ -219,6 +222,8 @@ pub(crate) struct Core {
     conns: RefCell<HashMap<u64, conn::Cut>>,
     next_conn: Cell<u64>,
     stopping: Cell<bool>,
+    /// Segment files open for reading cold stream entries (R24).
+    cold: cold::ColdPages,
 }
 
 impl Core {
@@ -332,7 +337,7 @@ impl Core {
         let _ = self.commit_wake.try_send(());
     }
 
-    fn handle(&self, msg: Msg) {
+    fn handle(self: &Rc<Self>, msg: Msg) {
         match msg {
             Msg::Shake { uid, from, id } => {
                 self.metrics().forwarded_in.fetch_add(1, Ordering::Relaxed);
@@ -363,8 +368,7 @@ impl Core {
                 id,
             } => {
                 self.metrics().forwarded_in.fetch_add(1, Ordering::Relaxed);
-                let page = self.sync_page(uid, after, limit);
-                self.deliver(Route::Remote { core: from, id }, page);
+                self.run_sync(uid, after, limit, Route::Remote { core: from, id });
             }
             Msg::ImGroup { gid, op, from, id } => {
                 self.metrics().forwarded_in.fetch_add(1, Ordering::Relaxed);
@@ -535,7 +539,7 @@ async fn write_batch(
 
 impl Core {
     /// Handles every message waiting in the queues from the other cores; returns how many.
-    fn drain_inbound(&self) -> usize {
+    fn drain_inbound(self: &Rc<Self>) -> usize {
         let mut n = 0;
         for src in 0..self.shared.cores {
             let queue = &self.shared.queues[src][self.id as usize];
@@ -728,6 +732,12 @@ async fn core_main(
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
         stopping: Cell::new(false),
+        cold: cold::ColdPages::new(
+            setup
+                .log_dir
+                .parent()
+                .map_or_else(|| setup.log_dir.clone(), |p| p.to_path_buf()),
+        ),
     });
     let log_dir = setup.log_dir.clone();
     glommio::spawn_local(commit_loop(
@@ -1009,6 +1019,7 @@ pub fn run(
             .map(|_| std::sync::atomic::AtomicU8::new(0))
             .collect(),
         retention: std::time::Duration::from_secs(config.retention_s),
+        hot: std::time::Duration::from_secs(config.hot_s),
         compact_every: std::time::Duration::from_secs(config.compact_every_s),
         im_memory_max: config.im_memory_max,
     });

@@ -1,14 +1,18 @@
-//! Each core's retention task (R24), every `im.compact_every_s`: drops the stream entries
-//! older than `im.retention_s` from memory, then compacts the core's **expired** log segments
-//! (sealed, and the next segment created before the cutoff, so everything IM in them is
-//! older than the cutoff) with the rules of [`crate::im::retention`]. The file work (reading
+//! Each core's retention task (R24), every `im.compact_every_s`: finds the **expired** log
+//! segments (sealed, and the next segment created before the cutoff, so everything IM in them
+//! is older than the cutoff), drops the stream entries older than `im.retention_s` (cold ones
+//! by those segments, so none is left pointing into a segment about to be compacted), moves
+//! the entries older than `im.hot_s` out of memory (the cold tier: only their log positions
+//! stay), then compacts the core's expired segments with the rules of
+//! [`crate::im::retention`]. The file work (reading
 //! a segment, writing its compacted copy, the rename) runs on a helper thread of its own, not
 //! on glommio's blocking pool, whose one thread makes the core's group commits durable (a
 //! second-long segment rewrite there would hold up every acknowledgement); the core's thread
 //! only makes the decisions that need its engine (fan-outs in flight, stream heads). A failed
 //! compaction changes nothing (the old segment stays) and is retried at the next pass.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
@@ -28,11 +32,40 @@ pub(crate) async fn retention_loop(core: Rc<Core>, dir: PathBuf) {
         }
         let now_ms = crate::serve::setup::now_ms();
         let cutoff_ms = now_ms.saturating_sub(core.shared.retention.as_millis() as u64);
-        let expired = core.im.borrow_mut().expire(cutoff_ms);
+        let hot_cutoff_ms = now_ms.saturating_sub(core.shared.hot.as_millis() as u64);
+        // The expired segments of every log present: after a change of the core count,
+        // streams homed here may have cold entries in other cores' logs.
+        let data = dir.parent().map_or_else(|| dir.clone(), Path::to_path_buf);
+        let bounds = match off_core(move || expired_bounds(&data, cutoff_ms)).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!(
+                    "core {}: cannot tell which log segments expired ({e}); cold entries and \
+                     segments stay until the next pass",
+                    core.id
+                );
+                HashMap::new()
+            }
+        };
+        let expired = core.im.borrow_mut().expire_segments(cutoff_ms, |at| {
+            bounds
+                .get(&at.core())
+                .is_some_and(|&below| at.position().segment < below)
+        });
         core.metrics()
             .im_expired
             .fetch_add(expired, Ordering::Relaxed);
-        match compact_expired(&core, &dir, cutoff_ms, &mut done_below).await {
+        core.im.borrow_mut().cool(hot_cutoff_ms);
+        let (_, cold) = core.im.borrow().entry_counts();
+        core.metrics()
+            .im_cold_entries
+            .store(cold, Ordering::Relaxed);
+        let own = bounds.get(&core.id).copied().unwrap_or(0);
+        let compacted = compact_expired(&core, &dir, own, &mut done_below).await;
+        // Compaction renamed new files over old ones: reopen on the next cold read.
+        core.cold.forget();
+        core.im.borrow().forget_cold_files();
+        match compacted {
             Ok(()) => {}
             Err(e) => eprintln!(
                 "core {}: log compaction stopped for this pass: {e} (nothing was changed by \
@@ -43,27 +76,42 @@ pub(crate) async fn retention_loop(core: Rc<Core>, dir: PathBuf) {
     }
 }
 
-/// Compacts every expired segment from `done_below` on, oldest first.
+/// For every core log in `data`, the first segment that is not expired: every segment below
+/// it is sealed and its successor was created before `cutoff_ms`, so everything in it was
+/// written before the cutoff.
+fn expired_bounds(data: &Path, cutoff_ms: u64) -> Result<HashMap<u16, u64>, String> {
+    let mut bounds = HashMap::new();
+    for (k, dir) in crate::claims::core_dirs(data).map_err(|e| e.to_string())? {
+        let ids = list_segments(&dir).map_err(|e| e.to_string())?;
+        let mut below = ids.first().copied().unwrap_or(0);
+        for pair in ids.windows(2) {
+            let created = segment_created(&dir, k, pair[1]).map_err(|e| e.to_string())?;
+            // The header has whole seconds: the next segment was started before created + 1.
+            if created < 0 || (created as u64 + 1) * 1000 > cutoff_ms {
+                break; // this segment, and every later one, may hold messages still retained
+            }
+            below = pair[1];
+        }
+        bounds.insert(k, below);
+    }
+    Ok(bounds)
+}
+
+/// Compacts every expired segment (below `below`) from `done_below` on, oldest first.
 async fn compact_expired(
     core: &Rc<Core>,
     dir: &std::path::Path,
-    cutoff_ms: u64,
+    below: u64,
     done_below: &mut u64,
 ) -> Result<(), String> {
-    let id = core.id;
     let d = dir.to_path_buf();
     let ids = off_core(move || list_segments(&d).map_err(|e| e.to_string())).await?;
-    for pair in ids.windows(2) {
-        let (segment, next) = (pair[0], pair[1]);
+    for segment in ids {
         if segment < *done_below {
             continue;
         }
-        let d = dir.to_path_buf();
-        let created =
-            off_core(move || segment_created(&d, id, next).map_err(|e| e.to_string())).await?;
-        // The header has whole seconds: the next segment was started before created + 1.
-        if created < 0 || (created as u64 + 1) * 1000 > cutoff_ms {
-            break; // this segment, and every later one, may hold messages still retained
+        if segment >= below {
+            break;
         }
         let c = compact_one(core, dir, segment).await?;
         core.metrics()

@@ -32,6 +32,9 @@ pub struct ImSection {
     pub retention_s: Option<u64>,
     /// Seconds between retention passes (streams trimmed, expired log segments compacted).
     pub compact_every_s: Option<u64>,
+    /// Messages stay in memory this many seconds after their send; older ones are cold: only
+    /// their log positions stay in memory and reads take them from the log (R24). Default 24 h.
+    pub hot_s: Option<u64>,
     /// Sends accepted and not yet durable per core (in flight or parked, R23).
     pub work_max: Option<u32>,
     /// Most of `work_max` one user, or one tenant, may hold (percent).
@@ -51,6 +54,9 @@ pub const RETENTION_S_DEFAULT: u64 = 180 * 86_400;
 /// `store.bulk_hold_us` by default: bulk records ride the next urgent commit if one comes
 /// within 5 ms (docs/ARCHITECTURE.md, "Priority on the disk").
 pub const BULK_HOLD_US_DEFAULT: u32 = 5_000;
+/// `im.hot_s` by default: a day, the dedupe and withdrawal windows (retried sends, receipts
+/// and withdrawals of the day's messages never read the disk).
+pub const HOT_S_DEFAULT: u64 = 86_400;
 /// `im.compact_every_s` by default: hourly.
 pub const COMPACT_EVERY_S_DEFAULT: u64 = 3_600;
 
@@ -147,6 +153,8 @@ pub struct ServeConfig {
     pub pending_bytes: usize,
     pub bulk_hold_us: u32,
     pub retention_s: u64,
+    /// `im.hot_s`.
+    pub hot_s: u64,
     pub compact_every_s: u64,
     pub work: crate::im::engine::WorkLimits,
     /// `im.memory_max_mb`, in bytes.
@@ -244,6 +252,10 @@ impl ConfigFile {
         if retention_s == 0 {
             return Err("im.retention_s must be at least 1".into());
         }
+        let hot_s = self.im.hot_s.unwrap_or(HOT_S_DEFAULT);
+        if hot_s == 0 {
+            return Err("im.hot_s must be at least 1".into());
+        }
         let dw = crate::im::engine::WorkLimits::default();
         let work = crate::im::engine::WorkLimits {
             work_max: self.im.work_max.unwrap_or(dw.work_max),
@@ -330,6 +342,7 @@ impl ConfigFile {
             pending_bytes,
             bulk_hold_us,
             retention_s,
+            hot_s,
             compact_every_s,
             work,
             im_memory_max,

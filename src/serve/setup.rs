@@ -311,7 +311,10 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
         pending_bytes_max: config.pending_bytes,
     };
     let mut claims_by_uid: HashMap<u64, u32> = HashMap::new();
-    let mut im = crate::im::ImRecovery::new();
+    let mut im = crate::im::ImRecovery::with_hot_cutoff(
+        now_ms().saturating_sub(config.hot_s.saturating_mul(1000)),
+        now_ms(),
+    );
     let mut writers: Vec<Option<LogWriter>> = (0..cores).map(|_| None).collect();
     let mut present: Vec<u16> = crate::claims::core_dirs(&data)
         .map_err(|e| e.to_string())?
@@ -332,7 +335,8 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
                 return;
             }
             if crate::im::ImRecovery::is_im(view.kind) {
-                if let Err(e) = im.replay(view.kind, view.stream, view.seq, view.payload) {
+                let at = crate::im::cold::ColdRef::new(k, position);
+                if let Err(e) = im.replay(view.kind, view.stream, view.seq, view.payload, at) {
                     failure = Some(format!("{}: IM record at {position}: {e}", dir.display()));
                 }
                 return;
@@ -420,6 +424,8 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
         .zip(im_cores)
         .enumerate()
     {
+        let mut im = im;
+        im.set_cold_source(Box::new(crate::im::cold::ColdFiles::new(data.clone())));
         setups.push(CoreSetup {
             im,
             parts: EngineParts {

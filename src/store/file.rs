@@ -127,7 +127,6 @@ pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:016x}.log"))
 }
 
-/// Segment ids present in `dir`, sorted. Files that are not segments are ignored.
 /// Writes `batch` into its segment file in `dir` and makes it durable: pwrite + fdatasync and,
 /// for a new segment, an fsync of the directory. `open` is the segment file kept between
 /// batches; a batch for another segment opens its file there (creates it, for a new segment:
@@ -160,6 +159,7 @@ pub fn write_batch_durably(
     Ok(())
 }
 
+/// Segment ids present in `dir`, sorted. Files that are not segments are ignored.
 pub fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     let io = |source| StoreError::Io {
         path: dir.to_path_buf(),

@@ -58,6 +58,9 @@ pub enum ErrorCode {
     Busy = 30,
     /// The server is stopping; reconnect elsewhere or later.
     ShuttingDown = 31,
+    /// Stored data the answer needs could not be read back (IM: a cold stream entry, R24);
+    /// the server's log says which. Retryable: nothing was changed.
+    Unreadable = 32,
     /// IM: the group does not exist.
     NoSuchGroup = 40,
     /// IM: a group with this id exists already.
@@ -97,6 +100,7 @@ impl ErrorCode {
             ErrorCode::NotIssued => "not_issued",
             ErrorCode::Busy => "busy",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Unreadable => "unreadable",
             ErrorCode::NoSuchGroup => "no_such_group",
             ErrorCode::GroupExists => "group_exists",
             ErrorCode::NotMember => "not_member",
@@ -120,6 +124,7 @@ impl ErrorCode {
             ErrorCode::WrongUser | ErrorCode::KeyDenied => 403,
             ErrorCode::AlreadyClaimed => 409,
             ErrorCode::Busy | ErrorCode::ShuttingDown => 503,
+            ErrorCode::Unreadable => 500,
             ErrorCode::NoSuchGroup => 404,
             ErrorCode::GroupExists | ErrorCode::AppinfoReused => 409,
             ErrorCode::NotMember | ErrorCode::NotOwner => 403,
@@ -133,7 +138,7 @@ impl ErrorCode {
     }
 }
 
-pub const ALL_ERRORS: [ErrorCode; 25] = [
+pub const ALL_ERRORS: [ErrorCode; 26] = [
     ErrorCode::Malformed,
     ErrorCode::UnknownOp,
     ErrorCode::Version,
@@ -150,6 +155,7 @@ pub const ALL_ERRORS: [ErrorCode; 25] = [
     ErrorCode::NotIssued,
     ErrorCode::Busy,
     ErrorCode::ShuttingDown,
+    ErrorCode::Unreadable,
     ErrorCode::NoSuchGroup,
     ErrorCode::GroupExists,
     ErrorCode::NotMember,

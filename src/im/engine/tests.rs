@@ -35,6 +35,25 @@ struct Sim {
     /// Member appends of huge-group deliveries per flush, on every core.
     huge_budget: usize,
     next_route: u64,
+    /// Recovery moves entries out of memory (R24's cold tier), as the server does with a hot
+    /// window shorter than the time since the sends.
+    cold_recovery: bool,
+}
+
+/// Cold entries read back from a copy of every core's simulated disk ([core][segment]).
+struct SimCold(std::sync::Arc<Vec<Vec<Vec<u8>>>>);
+
+impl ColdSource for SimCold {
+    fn read(&self, at: ColdRef, uid: u64, seq: u64) -> Result<MessageRef, String> {
+        let p = at.position();
+        let bytes = self
+            .0
+            .get(at.core() as usize)
+            .and_then(|files| files.get(p.segment as usize))
+            .and_then(|f| f.get(p.offset as usize..))
+            .ok_or_else(|| format!("{at}: not on the disk"))?;
+        crate::im::cold::entry_in_bytes(p.segment, bytes, uid, seq).map(Arc::new)
+    }
 }
 
 fn writer(core: u16, files: &[Vec<u8>], backlog_max: usize) -> LogWriter {
@@ -72,7 +91,29 @@ impl Sim {
             huge_budget: HUGE_BYTES_PER_COMMIT,
             backlog_max,
             next_route: 1,
+            cold_recovery: false,
         }
+    }
+
+    /// Gives every core a cold reader over what the disks hold now (durable records never
+    /// change, so a copy serves every entry cold so far).
+    fn cold_source(&mut self) {
+        let disks = std::sync::Arc::new(
+            self.nodes
+                .iter()
+                .map(|n| n.files.clone())
+                .collect::<Vec<_>>(),
+        );
+        for n in &mut self.nodes {
+            n.im.set_cold_source(Box::new(SimCold(disks.clone())));
+        }
+    }
+
+    /// Every durable entry leaves memory (a hot window that ends now).
+    fn cool_all(&mut self) -> u64 {
+        self.cold_source();
+        let cutoff = self.now + 1;
+        self.nodes.iter_mut().map(|n| n.im.cool(cutoff)).sum()
     }
 
     fn route(&mut self) -> Route {
@@ -232,8 +273,13 @@ impl Sim {
     /// core recovers from what its disk holds.
     fn crash(&mut self, rng: &mut impl RngCore, torn: bool) {
         self.queues.clear();
-        let mut recovery = ImRecovery::new();
+        let mut recovery = if self.cold_recovery {
+            ImRecovery::with_hot_cutoff(self.now + 1, self.now)
+        } else {
+            ImRecovery::new()
+        };
         for n in &mut self.nodes {
+            let core = n.im.core();
             if let Some(batch) = n.in_flight.take() {
                 if torn {
                     let cut = rng.random_range(0..=batch.bytes.len());
@@ -252,9 +298,15 @@ impl Sim {
             }
             let last = n.files.len();
             for (id, file) in n.files.iter_mut().enumerate() {
-                let s = scan(id as u64, file, |_, v| {
+                let s = scan(id as u64, file, |position, v| {
                     recovery
-                        .replay(v.kind, v.stream, v.seq, v.payload)
+                        .replay(
+                            v.kind,
+                            v.stream,
+                            v.seq,
+                            v.payload,
+                            ColdRef::new(core, position),
+                        )
                         .expect("records replay")
                 })
                 .expect("no damage in the middle");
@@ -272,6 +324,7 @@ impl Sim {
             n.im.set_huge_rate(u64::MAX, HUGE_APPENDS_BURST);
             n.log = writer(n.im.core(), &n.files, self.backlog_max);
         }
+        self.cold_source();
         for k in 0..self.cores {
             let mut fx = Effects::default();
             let n = &mut self.nodes[k as usize];
@@ -626,6 +679,13 @@ impl Sim {
         route
     }
 
+    /// A withdrawal, answered after the cores exchange what it needs.
+    fn withdraw_reply(&mut self, rng: &mut impl RngCore, uid: u64, seq: u64) -> Option<ImReply> {
+        let route = self.own(uid, seq, false);
+        self.quiesce(rng);
+        self.reply(route).cloned()
+    }
+
     /// The first page of a read list (answered after the cores exchange what it needs).
     fn read_list(&mut self, rng: &mut impl RngCore, uid: u64, seq: u64) -> ImReply {
         let route = self.route();
@@ -649,12 +709,16 @@ impl Sim {
 }
 
 /// Runs one random schedule; returns (requests acknowledged, receipts and withdrawals among
-/// them, crashes).
-fn run_simulation(seed: u64) -> (usize, usize, usize) {
+/// them, crashes, cold entries read back).
+fn run_simulation(seed: u64) -> (usize, usize, usize, u64) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let cores = rng.random_range(1..=3u16);
     let backlog = if rng.random_bool(0.5) { 1 << 20 } else { 3000 };
     let mut sim = Sim::new(cores, backlog);
+    // Half the runs move entries out of memory now and then, and recover them cold (R24):
+    // every check below then reads them back from the disks.
+    let cold = rng.random_bool(0.5);
+    sim.cold_recovery = cold;
     let users: Vec<u64> = (1..=12).collect();
     // Two small groups and a huge one (fan-out held per group and budgeted per flush).
     let huge: Vec<u64> = [1, 3, 5, 8, 9, 11]
@@ -694,7 +758,12 @@ fn run_simulation(seed: u64) -> (usize, usize, usize) {
     let mut crashes = 0;
     let steps = rng.random_range(200..600);
     for _ in 0..steps {
-        match rng.random_range(0..104) {
+        match rng.random_range(0..106) {
+            104.. => {
+                if cold {
+                    sim.cool_all();
+                }
+            }
             0..=21 => {
                 let sender = users[rng.random_range(0..users.len())];
                 let to = if rng.random_bool(0.4) {
@@ -865,7 +934,16 @@ fn run_simulation(seed: u64) -> (usize, usize, usize) {
     assert_eq!(before, after, "seed {seed}");
     assert_eq!(reads_before, read_lists(&sim, &users), "seed {seed}");
     let own = ledger.acked.keys().filter(|k| k.2 != 1).count();
-    (ledger.acked.len(), own, crashes)
+    let (reads, errors) = sim
+        .nodes
+        .iter()
+        .map(|n| n.im.cold_counts())
+        .fold((0, 0), |(r, e), (a, b)| (r + a, e + b));
+    assert_eq!(
+        errors, 0,
+        "seed {seed}: cold entries that could not be read back"
+    );
+    (ledger.acked.len(), own, crashes, reads)
 }
 
 /// Every (message, readers) of the users' own messages.
@@ -1069,17 +1147,19 @@ fn check(
 
 #[test]
 fn random_schedules_with_crashes_lose_and_duplicate_nothing() {
-    let (mut acked, mut own, mut crashes) = (0, 0, 0);
+    let (mut acked, mut own, mut crashes, mut cold) = (0, 0, 0, 0);
     for seed in 0..300 {
-        let (a, o, c) = run_simulation(seed);
+        let (a, o, c, r) = run_simulation(seed);
         acked += a;
         own += o;
         crashes += c;
+        cold += r;
     }
-    // The schedules did something: many sends, receipts and withdrawals, many crashes.
+    // The schedules did something: many sends, receipts and withdrawals, many crashes, and
+    // many entries read back from the disks after they left memory.
     assert!(
-        acked > 10_000 && own > 1_000 && crashes > 300,
-        "{acked} requests ({own} receipts and withdrawals), {crashes} crashes"
+        acked > 10_000 && own > 1_000 && crashes > 300 && cold > 10_000,
+        "{acked} requests ({own} receipts and withdrawals), {crashes} crashes, {cold} cold reads"
     );
 }
 
@@ -1384,11 +1464,11 @@ fn recover(sent: &[(u64, u64)], heads: &[u64], cutoff_ms: u64) -> Result<ImCore,
     for &(seq, sent_ms) in sent {
         let mut p = Vec::new();
         crate::im::record::encode_sent(&stamped(5, seq, sent_ms), None, &mut p);
-        r.replay(KIND_SENT, 5, seq, &p)?;
-        r.replay(KIND_FANOUT_DONE, 5, seq, &[])?;
+        r.replay(KIND_SENT, 5, seq, &p, ColdRef::NONE)?;
+        r.replay(KIND_FANOUT_DONE, 5, seq, &[], ColdRef::NONE)?;
     }
     for &seq in heads {
-        r.replay(KIND_STREAM_HEAD, 5, seq, &[])?;
+        r.replay(KIND_STREAM_HEAD, 5, seq, &[], ColdRef::NONE)?;
     }
     Ok(r.finish(1, 10_000, cutoff_ms)?.remove(0))
 }
@@ -1550,4 +1630,173 @@ fn one_user_or_tenant_cannot_take_more_than_its_share_of_a_core() {
     let c = sim.send(1, 3, Target::User(9), Class::Chat, b"3");
     sim.quiesce(&mut rng);
     assert!(matches!(sim.reply(c), Some(ImReply::Sent { seq: 3, .. })));
+}
+
+/// The streams of some users, as their clients would read them.
+fn streams(sim: &Sim, users: &[u64]) -> Vec<Vec<(u64, MessageRef)>> {
+    users.iter().map(|&u| sim.stream(u)).collect()
+}
+
+#[test]
+fn cold_entries_read_back_as_they_were_for_pages_receipts_withdrawals_and_retries() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
+    let mut sim = Sim::new(2, 1 << 20);
+    sim.group(500, 1, &[2, 3]);
+    sim.quiesce(&mut rng);
+    sim.send(1, 10, Target::User(2), Class::Chat, b"one");
+    sim.send(2, 11, Target::Group(500), Class::Chat, b"two");
+    sim.send(3, 12, Target::User(1), Class::Chat, b"three");
+    sim.quiesce(&mut rng);
+    let users = [1, 2, 3];
+    let before = streams(&sim, &users);
+    // 1: one, two, three; 2: one, two; 3: two, three.
+    assert_eq!(sim.cool_all(), 7);
+    for n in &sim.nodes {
+        assert_eq!(n.im.entry_counts().0, 0, "nothing durable stays in memory");
+    }
+    assert_eq!(
+        streams(&sim, &users),
+        before,
+        "pages read back the same entries"
+    );
+    // A page stops after COLD_PAGE_MAX cold entries; the client pulls on from its end.
+    let k = home(1, 2) as usize;
+    assert_eq!(sim.nodes[k].im.sync_plan(1, 0, 2).entries.len(), 2);
+    // A retried send is confirmed against its cold entry: the original answer, nothing new.
+    let retry = sim.send(1, 10, Target::User(2), Class::Chat, b"one");
+    sim.quiesce(&mut rng);
+    assert!(matches!(
+        sim.reply(retry),
+        Some(ImReply::Sent {
+            seq: 1,
+            duplicate: true,
+            ..
+        })
+    ));
+    assert_eq!(streams(&sim, &users), before);
+    let seq_of = |stream: &[(u64, MessageRef)], body: &[u8]| {
+        stream
+            .iter()
+            .find(|(_, m)| &*m.body == body)
+            .map(|(seq, _)| *seq)
+            .expect("there")
+    };
+    // A receipt for a cold entry: user 2 read 1's message.
+    let ack = sim.own(2, seq_of(&before[1], b"one"), true);
+    sim.quiesce(&mut rng);
+    assert!(
+        matches!(sim.reply(ack), Some(ImReply::Sent { .. })),
+        "{:?}",
+        sim.reply(ack)
+    );
+    assert_eq!(sim.nodes[k].im.readers(1, 1), Ok(vec![2]));
+    // A withdrawal of a cold message: user 3's own, which reaches user 1.
+    let three = seq_of(&before[2], b"three");
+    let w = sim.withdraw_reply(&mut rng, 3, three);
+    assert!(matches!(w, Some(ImReply::Sent { .. })), "{w:?}");
+    let last = sim.stream(1).last().expect("entries").1.clone();
+    assert_eq!(last.kind, EntryKind::Withdraw);
+    assert_eq!(
+        last.refer,
+        Some(MsgId {
+            sender: 3,
+            seq: three
+        })
+    );
+    let (reads, errors) = sim
+        .nodes
+        .iter()
+        .map(|n| n.im.cold_counts())
+        .fold((0, 0), |(r, e), (a, b)| (r + a, e + b));
+    assert!(reads > 7 && errors == 0, "{reads} reads, {errors} errors");
+}
+
+#[test]
+fn cold_entries_that_cannot_be_read_end_the_page_and_are_counted() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(22);
+    let mut sim = Sim::new(1, 1 << 20);
+    sim.send(1, 10, Target::User(2), Class::Chat, b"one");
+    sim.quiesce(&mut rng);
+    sim.cool_all();
+    // A reader over empty disks: nothing can be read back.
+    sim.nodes[0]
+        .im
+        .set_cold_source(Box::new(SimCold(std::sync::Arc::new(vec![Vec::new()]))));
+    let page = sim.nodes[0].im.sync(2, 0, 10);
+    assert!(page.entries.is_empty());
+    assert_eq!(page.max_seq, 1, "the stream still says how far it goes");
+    assert_eq!(sim.nodes[0].im.cold_counts(), (1, 1));
+    // A receipt for it is refused as for a message that is not there (nothing appended).
+    let ack = sim.own(2, 1, true);
+    sim.quiesce(&mut rng);
+    assert_eq!(
+        sim.reply(ack),
+        Some(&ImReply::Error(ImError::NoSuchMessage))
+    );
+}
+
+#[test]
+fn retention_drops_cold_entries_by_their_segments() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(23);
+    let mut sim = Sim::new(1, 1 << 20);
+    sim.send(1, 10, Target::User(2), Class::Chat, b"one");
+    sim.quiesce(&mut rng);
+    sim.cool_all();
+    sim.send(1, 11, Target::User(2), Class::Chat, b"two");
+    sim.quiesce(&mut rng);
+    let im = &mut sim.nodes[0].im;
+    // A cutoff before every send: only a segment said to be expired takes cold entries.
+    assert_eq!(im.expire_segments(0, |_| false), 0);
+    assert_eq!(im.expire_segments(0, |at| at.position().segment == 0), 2);
+    let page = im.sync(2, 0, 10);
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(page.entries[0].0, 2, "seqs go on where they were");
+    assert_eq!(&*page.entries[0].1.body, b"two");
+}
+
+#[test]
+fn recovery_keeps_messages_older_than_the_hot_window_out_of_memory() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(24);
+    let mut sim = Sim::new(2, 1 << 20);
+    sim.group(500, 1, &[2, 3, 4]);
+    sim.quiesce(&mut rng);
+    for i in 0..20u64 {
+        let to = if i % 3 == 0 {
+            Target::Group(500)
+        } else {
+            Target::User(1 + (i % 4))
+        };
+        sim.send(
+            1 + (i + 1) % 4,
+            100 + u128::from(i),
+            to,
+            Class::Chat,
+            b"old",
+        );
+    }
+    sim.quiesce(&mut rng);
+    let users = [1, 2, 3, 4];
+    let before = streams(&sim, &users);
+    // Two days later (beyond the dedupe window, so recovery keeps none of them) the server
+    // restarts with a hot window that ended before now.
+    sim.now += 2 * DEDUPE_WINDOW_MS;
+    sim.cold_recovery = true;
+    sim.crash(&mut rng, false);
+    sim.quiesce(&mut rng);
+    for n in &sim.nodes {
+        assert_eq!(
+            n.im.entry_counts().0,
+            0,
+            "no message of two days ago in memory"
+        );
+    }
+    assert_eq!(streams(&sim, &users), before);
+    // The streams go on, the new entries in memory.
+    sim.send(2, 999, Target::User(3), Class::Chat, b"new");
+    sim.quiesce(&mut rng);
+    let s3 = sim.stream(3);
+    assert_eq!(s3.len(), before[2].len() + 1);
+    assert_eq!(&*s3.last().unwrap().1.body, b"new");
+    let hot: u64 = sim.nodes.iter().map(|n| n.im.entry_counts().0).sum();
+    assert_eq!(hot, 2);
 }
