@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # IM memory per message, hot and cold (R24): one server core (SERVER_CPU, default 0) with a
-# one-second hot window (`im.hot_s = 1`, retention passes every second), `hongbao load --op
+# 20-second hot window (`im.hot_s = 20`, retention passes every second), `hongbao load --op
 # im` on another (CLIENT_CPU, default 1) for SECONDS of single chats (200 users, 64-byte
 # bodies, both users of every chat on the one core). Prints the heap per send right after the
 # load (messages in memory) and once every entry has gone cold (only log positions and the
@@ -15,13 +15,13 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 # shellcheck source=bench/http-event.sh
 source bench/http-event.sh
-printf '[im]\nhot_s = 1\ncompact_every_s = 1\n' > "$WORK/hot.toml"
+printf '[im]\nhot_s = 20\ncompact_every_s = 1\n' > "$WORK/hot.toml"
 
 metric() { # NAME: summed over cores
   curl -s "http://$HTTP_ADDR/metrics" | awk -v n="$1" '$1 ~ "^"n"([{]|$)" {s += $2} END {printf "%d\n", s}'
 }
 wait_for() { # NAME MIN
-  for _ in $(seq 300); do [ "$(metric "$1")" -ge "$2" ] && return 0; sleep 0.1; done
+  for _ in $(seq 600); do [ "$(metric "$1")" -ge "$2" ] && return 0; sleep 0.1; done
   echo "$1 did not reach $2" >&2; exit 1
 }
 
