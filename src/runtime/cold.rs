@@ -21,6 +21,10 @@ use crate::store::record::RECORD_HEADER_BYTES;
 const OPEN_FILES_MAX: usize = 64;
 /// Bytes read at a record's position at first: most records fit, the rest take a second read.
 const FIRST_READ: usize = 4096;
+/// Record bytes one page may read: a huge group's delivery record is up to 800 KB (the whole
+/// record is read, its checksum checked), so a page of old huge-group messages stops after
+/// this much and the client pulls on from its end. The first entry always goes in.
+const PAGE_BYTES_MAX: usize = 4 << 20;
 
 /// One core's open segment files for cold reads.
 pub(crate) struct ColdPages {
@@ -86,16 +90,23 @@ impl ColdPages {
     }
 
     /// The page, its cold entries read from the logs (a merged record is read once for the
-    /// entries it holds). Fails on the first entry that cannot be read, naming it.
+    /// entries it holds), cut short after [`PAGE_BYTES_MAX`] bytes of records. Fails on the
+    /// first entry that cannot be read, naming it.
     pub async fn resolve(&self, uid: u64, plan: PagePlan) -> Result<Page, String> {
         let mut entries = Vec::with_capacity(plan.entries.len());
         let mut last: Option<(ColdRef, Vec<u8>)> = None;
+        let mut read = 0;
         for (seq, e) in plan.entries {
             let m = match e {
                 PageEntry::Hot(m) => m,
                 PageEntry::Cold(at) => {
                     if last.as_ref().map_or(true, |(a, _)| *a != at) {
-                        last = Some((at, self.record(at).await?));
+                        if read >= PAGE_BYTES_MAX {
+                            break;
+                        }
+                        let bytes = self.record(at).await?;
+                        read += bytes.len();
+                        last = Some((at, bytes));
                     }
                     let bytes = &last.as_ref().expect("just read").1;
                     let m = entry_in_bytes(at.position().segment, bytes, uid, seq)
@@ -109,5 +120,123 @@ impl ColdPages {
             entries,
             max_seq: plan.max_seq,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::im::model::{Class, EntryKind, Message, MsgId, Target};
+    use crate::im::record::{encode_delivery, KIND_DELIVERY};
+    use crate::store::{FileLog, StoreOptions};
+
+    fn run<T, F>(f: impl FnOnce() -> F + Send + 'static) -> T
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(f)
+            .expect("executor")
+            .join()
+            .expect("joined")
+    }
+
+    /// Ten delivery records of one message each to 40,000 users (640 KB each); user 10 gets
+    /// seq k + 1 from record k.
+    fn log_of_big_records(data: &std::path::Path) -> Vec<ColdRef> {
+        let dir = crate::serve::setup::core_dir(data, 0);
+        let options = StoreOptions {
+            segment_bytes_max: 64 << 20,
+            pending_bytes_max: 16 << 20,
+        };
+        let (mut log, _) = FileLog::open(&dir, 0, options, |_, _| {}).unwrap();
+        let mut refs = Vec::new();
+        for k in 0..10u64 {
+            let m = Arc::new(Message {
+                id: MsgId {
+                    sender: 9,
+                    seq: k + 1,
+                },
+                kind: EntryKind::Message,
+                refer: None,
+                appinfo: u128::from(k),
+                to: Target::Group(1),
+                class: Class::Chat,
+                sent_ms: 1,
+                body: format!("message {k}").into_bytes().into(),
+            });
+            let recipients: Vec<(u64, u64)> = (0..40_000u64)
+                .map(|u| (u + 10, if u == 0 { k + 1 } else { 1 }))
+                .collect();
+            let mut p = Vec::new();
+            encode_delivery(&[m], &recipients, &mut p);
+            let a = log.append(KIND_DELIVERY, 9, k + 1, &p).unwrap();
+            refs.push(ColdRef::new(0, a.start));
+        }
+        log.commit().unwrap();
+        refs
+    }
+
+    #[test]
+    fn pages_read_back_cold_entries_and_stop_after_their_byte_budget() {
+        let data = tempfile::tempdir().unwrap();
+        let refs = log_of_big_records(data.path());
+        let path = data.path().to_path_buf();
+        let (n, bodies, max_seq) = run(move || async move {
+            let pages = ColdPages::new(path);
+            let plan = PagePlan {
+                entries: refs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &at)| (k as u64 + 1, PageEntry::Cold(at)))
+                    .collect(),
+                max_seq: 10,
+            };
+            let page = pages.resolve(10, plan).await.unwrap();
+            let bodies: Vec<String> = page
+                .entries
+                .iter()
+                .map(|(_, m)| String::from_utf8(m.body.to_vec()).unwrap())
+                .collect();
+            (page.entries.len(), bodies, page.max_seq)
+        });
+        // 640 KB records: the seventh takes the page past 4 MiB, so the page ends there.
+        assert_eq!(n, 7);
+        assert_eq!(max_seq, 10);
+        for (k, b) in bodies.iter().enumerate() {
+            assert_eq!(b, &format!("message {k}"));
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_missing_record_fails_the_page() {
+        let data = tempfile::tempdir().unwrap();
+        let refs = log_of_big_records(data.path());
+        // Flip a byte inside the third record's payload.
+        let seg = crate::store::file::segment_path(
+            &crate::serve::setup::core_dir(data.path(), 0),
+            refs[2].position().segment,
+        );
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[refs[2].position().offset as usize + 100] ^= 1;
+        std::fs::write(&seg, bytes).unwrap();
+        let path = data.path().to_path_buf();
+        let missing = ColdRef::new(3, refs[0].position());
+        let (damaged, gone, wrong_user) = run(move || async move {
+            let pages = ColdPages::new(path);
+            let plan = |at: ColdRef, seq| PagePlan {
+                entries: vec![(seq, PageEntry::Cold(at))],
+                max_seq: 10,
+            };
+            (
+                pages.resolve(10, plan(refs[2], 3)).await,
+                pages.resolve(10, plan(missing, 1)).await,
+                pages.resolve(4, plan(refs[0], 1)).await,
+            )
+        });
+        assert!(damaged.unwrap_err().contains("checksum"));
+        assert!(gone.unwrap_err().contains("core-3"));
+        assert!(wrong_user.unwrap_err().contains("no copy for user 4"));
     }
 }
