@@ -12,7 +12,8 @@
 //!    alone and while another client floods the 10,000-member group. Goal: loaded p99 within
 //!    2x of unloaded.
 //!
-//! Run: `cargo bench --bench im -- [--messages N] [--members M] [--bulk-hold-us US]`. Under
+//! Run: `cargo bench --bench im -- [--messages N] [--members M] [--bulk-hold-us US]
+//! [--preempt-us US]`. Under
 //! `cargo test --all-targets` it does a small smoke run.
 
 #[path = "common.rs"]
@@ -57,6 +58,9 @@ struct Args {
     /// The server's `store.bulk_hold_us` (default: the server's default; 0 turns it off).
     #[arg(long)]
     bulk_hold_us: Option<u32>,
+    /// The server's `server.preempt_us` (default: the server's default).
+    #[arg(long)]
+    preempt_us: Option<u32>,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -138,14 +142,17 @@ impl Drop for Server {
     }
 }
 
-fn start_server(base: &Path, cpu: usize, bulk_hold_us: Option<u32>) -> Server {
+fn start_server(base: &Path, cpu: usize, args: &Args) -> Server {
     let mut config = Vec::new();
-    if let Some(us) = bulk_hold_us {
-        std::fs::write(
-            base.join("bench.toml"),
-            format!("[store]\nbulk_hold_us = {us}\n"),
-        )
-        .expect("config");
+    let mut toml = String::new();
+    if let Some(us) = args.preempt_us {
+        toml += &format!("[server]\npreempt_us = {us}\n");
+    }
+    if let Some(us) = args.bulk_hold_us {
+        toml += &format!("[store]\nbulk_hold_us = {us}\n");
+    }
+    if !toml.is_empty() {
+        std::fs::write(base.join("bench.toml"), toml).expect("config");
         config = vec!["--config", "bench.toml"];
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_hongbao"))
@@ -363,7 +370,7 @@ fn main() {
     std::fs::create_dir_all(&base).expect("bench dir");
     common::generate_event(&base, 10_000);
     let keys = hongbao::serve::keys::create_key_file(&base.join("auth.keys")).expect("auth keys");
-    let server = start_server(&base, args.server_cpu, args.bulk_hold_us);
+    let server = start_server(&base, args.server_cpu, &args);
     pin(args.client_cpu);
     let mut owner = client(server.binary, &keys, 1);
     let list: Vec<u64> = (2..members + 1).collect();

@@ -543,6 +543,8 @@ pub struct ImCore {
     huge_tokens: u64,
     huge_rate: u64,
     huge_burst: u64,
+    /// See [`ImCore::set_huge_deferred`].
+    huge_deferred: bool,
     huge_refilled_us: u64,
     /// Huge-group deliveries being written chunk by chunk, in order.
     huge_queue: VecDeque<HugeRun>,
@@ -629,6 +631,7 @@ impl ImCore {
             huge_tokens: HUGE_APPENDS_BURST,
             huge_rate: HUGE_APPENDS_PER_SECOND,
             huge_burst: HUGE_APPENDS_BURST,
+            huge_deferred: false,
             huge_refilled_us: 0,
             huge_queue: VecDeque::new(),
             redrive: Vec::new(),
@@ -1722,25 +1725,61 @@ impl ImCore {
                 origins: run.origins,
             });
         }
-        self.write_huge(log);
+        if !self.huge_deferred {
+            self.write_huge(log, usize::MAX);
+        }
     }
 
-    /// Writes huge-group deliveries while this batch's budget lasts: each chunk of members is
-    /// one record; the origins are told when the last chunk is durable (chunks are durable in
-    /// log order). After each completed batch at least one chunk goes, so they progress.
-    fn write_huge(&mut self, log: &mut LogWriter) {
+    /// Huge-group deliveries are written only by [`ImCore::write_huge_slice`] (the server's
+    /// low-priority task, R22), not inline by [`ImCore::flush`] and [`ImCore::batch_done`]:
+    /// their member appends then never stand between a chat's record and its commit.
+    pub fn set_huge_deferred(&mut self, deferred: bool) {
+        self.huge_deferred = deferred;
+    }
+
+    /// Members of the front huge-group delivery the budget lets this batch write now.
+    fn huge_room(&self, run: &HugeRun) -> usize {
+        let fixed = delivery_len(&run.messages, 0);
+        let bytes_room = self.huge_budget.saturating_sub(self.huge_used + fixed) / 16;
+        let appends_room = self.huge_tokens as usize / run.messages.len();
+        let room = bytes_room.min(appends_room);
+        if self.huge_used == 0 {
+            room.max(1)
+        } else {
+            room
+        }
+    }
+
+    /// Whether a huge-group delivery waits and this batch's budget lets some of it go now.
+    pub fn huge_writable(&self) -> bool {
+        self.huge_queue
+            .front()
+            .is_some_and(|run| self.huge_room(run) > 0)
+    }
+
+    /// Writes huge-group deliveries within this batch's budget, at most about
+    /// `appends` member appends (at least one chunk of one member); returns whether it wrote
+    /// anything (false also when the log is full).
+    pub fn write_huge_slice(&mut self, log: &mut LogWriter, appends: usize) -> bool {
+        self.write_huge(log, appends)
+    }
+
+    /// Writes huge-group deliveries while this batch's budget lasts, and at most about
+    /// `limit` member appends: each chunk of members is one record; the origins are told when
+    /// the last chunk is durable (chunks are durable in log order). After each completed batch
+    /// at least one chunk goes, so they progress. Returns whether it wrote anything.
+    fn write_huge(&mut self, log: &mut LogWriter, mut limit: usize) -> bool {
+        let mut wrote = false;
         while let Some(run) = self.huge_queue.front() {
-            let fixed = delivery_len(&run.messages, 0);
-            let bytes_room = self.huge_budget.saturating_sub(self.huge_used + fixed) / 16;
-            let appends_room = self.huge_tokens as usize / run.messages.len();
-            let room = bytes_room.min(appends_room);
-            let n = if self.huge_used == 0 {
-                room.max(1)
+            let per_member = run.messages.len();
+            let cap = if wrote {
+                limit / per_member
             } else {
-                room
+                (limit / per_member).max(1)
             };
+            let n = self.huge_room(run).min(cap);
             if n == 0 {
-                return;
+                return wrote;
             }
             let start = run.next;
             let end = (start + n).min(run.recipients.len());
@@ -1755,9 +1794,11 @@ impl ImCore {
             };
             if !log.bulk(|log| self.deliver(&messages, &chunk, &origins, log)) {
                 // The log is full: the run waits at the front and goes on after a commit.
-                return;
+                return wrote;
             }
-            self.huge_used += fixed + 16 * (end - start);
+            wrote = true;
+            limit = limit.saturating_sub(per_member * (end - start));
+            self.huge_used += delivery_len(&messages, 0) + 16 * (end - start);
             let appends = (messages.len() * (end - start)) as u64;
             self.huge_tokens = self.huge_tokens.saturating_sub(appends);
             if last {
@@ -1766,6 +1807,7 @@ impl ImCore {
                 self.huge_queue.front_mut().expect("checked").next = end;
             }
         }
+        wrote
     }
 
     /// Writes held deliveries in arrival order while the log takes them.
@@ -2002,7 +2044,9 @@ impl ImCore {
         self.huge_used = 0;
         self.refill_huge(now_us);
         self.write_blocked(log);
-        self.write_huge(log);
+        if !self.huge_deferred {
+            self.write_huge(log, usize::MAX);
+        }
         while self.waiters.front().is_some_and(|(end, _)| *end <= durable) {
             let (_, waiter) = self.waiters.pop_front().expect("checked");
             match waiter {

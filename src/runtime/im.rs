@@ -115,6 +115,10 @@ impl Core {
             }
         }
         self.wake_commit();
+        if !self.bulk_running.get() && self.im.borrow().huge_writable() {
+            // Full means a wake-up is pending already.
+            let _ = self.bulk_wake.try_send(());
+        }
     }
 
     fn im_effects(&self, fx: Effects) {
@@ -452,6 +456,37 @@ impl Core {
         }
         // Also flushes deliveries a busy flush deferred (huge groups beyond the budget).
         self.im_run(|im, log, _| im.tick(now, log));
+    }
+}
+
+/// Member appends of huge-group deliveries per slice of the bulk task: one burst of the
+/// budget ([`crate::im::engine::HUGE_APPENDS_BURST`]), so a lone 10,000-member message is
+/// still written whole and rides one commit (slices of 2,000 spread it over several commits:
+/// its last PUSH came at p50 2.4-4.3 ms instead of about 2, docs/BENCHMARKS.md).
+pub(crate) const BULK_SLICE: usize = crate::im::engine::HUGE_APPENDS_BURST as usize;
+/// glommio shares of the bulk task's queue (the default queue, where connections and the
+/// commit loop run, has 1,000): when both have work, huge groups get about a tenth of the core.
+pub(crate) const BULK_SHARES: usize = 100;
+
+/// Writes huge-group deliveries (R21, R22) whenever the engine has some the current batch's
+/// budget allows, in slices of [`BULK_SLICE`] member appends; between slices it yields its
+/// task queue, so connections and the commit loop run first. Chats' records are thus
+/// appended and handed to the disk before the huge group's, not after them.
+pub(crate) async fn bulk_loop(
+    core: Rc<Core>,
+    wake: glommio::channels::local_channel::LocalReceiver<()>,
+) {
+    while wake.recv().await.is_some() {
+        loop {
+            let mut wrote = false;
+            core.bulk_running.set(true);
+            core.im_run(|im, log, _| wrote = im.write_huge_slice(log, BULK_SLICE));
+            core.bulk_running.set(false);
+            if !wrote || !core.im.borrow().huge_writable() {
+                break;
+            }
+            glommio::executor().yield_task_queue_now().await;
+        }
     }
 }
 

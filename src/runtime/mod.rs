@@ -218,6 +218,10 @@ pub(crate) struct Core {
     outbox: RefCell<Vec<VecDeque<Msg>>>,
     doorbells: RefCell<Vec<Option<ConnectedSender<()>>>>,
     commit_wake: LocalSender<()>,
+    /// Wakes the task writing huge-group deliveries (R22, `im::bulk_loop`).
+    bulk_wake: LocalSender<()>,
+    /// Set while that task runs the engine (it does not wake itself).
+    bulk_running: Cell<bool>,
     pub lists: RefCell<KeyLists>,
     conns: RefCell<HashMap<u64, conn::Cut>>,
     next_conn: Cell<u64>,
@@ -714,6 +718,7 @@ async fn core_main(
     let mut engine = Engine::new(setup.parts);
     engine.warm_up();
     let (commit_wake, commit_rx) = local_channel::new_bounded(1);
+    let (bulk_wake, bulk_rx) = local_channel::new_bounded(1);
     let core = Rc::new(Core {
         id,
         outbox: RefCell::new((0..shared.cores).map(|_| VecDeque::new()).collect()),
@@ -728,6 +733,8 @@ async fn core_main(
         answers: answers::Answers::default(),
         doorbells: RefCell::new((0..shared.cores).map(|_| None).collect()),
         commit_wake,
+        bulk_wake,
+        bulk_running: Cell::new(false),
         lists: RefCell::new(own.lists),
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
@@ -747,6 +754,17 @@ async fn core_main(
         own.bulk_hold,
     ))
     .detach();
+    // Huge-group deliveries are written by a task of their own, in a task queue of low shares
+    // (R22): their member appends never stand between a chat's record and its commit.
+    core.im.borrow_mut().set_huge_deferred(true);
+    let bulk = glommio::executor().create_task_queue(
+        glommio::Shares::Static(im::BULK_SHARES),
+        glommio::Latency::NotImportant,
+        "im-bulk",
+    );
+    glommio::spawn_local_into(im::bulk_loop(core.clone(), bulk_rx), bulk)
+        .expect("the task queue was just created")
+        .detach();
     // Fan-outs a crash interrupted go out again (their messages wait in the queues until the
     // other cores run).
     core.im_run(|im, log, fx| im.start(log, fx));

@@ -38,6 +38,9 @@ struct Sim {
     /// Recovery moves entries out of memory (R24's cold tier), as the server does with a hot
     /// window shorter than the time since the sends.
     cold_recovery: bool,
+    /// Huge-group deliveries are deferred (as in the server) and written at each flush in
+    /// slices of this many member appends; 0: inline.
+    bulk_slice: usize,
 }
 
 /// Cold entries read back from a copy of every core's simulated disk ([core][segment]).
@@ -92,6 +95,15 @@ impl Sim {
             backlog_max,
             next_route: 1,
             cold_recovery: false,
+            bulk_slice: 0,
+        }
+    }
+
+    /// Defers huge-group deliveries to slices of `slice` member appends (0: inline).
+    fn set_bulk_slice(&mut self, slice: usize) {
+        self.bulk_slice = slice;
+        for n in &mut self.nodes {
+            n.im.set_huge_deferred(slice > 0);
         }
     }
 
@@ -214,6 +226,9 @@ impl Sim {
     fn flush(&mut self, k: u16) {
         let n = &mut self.nodes[k as usize];
         n.im.flush(&mut n.log);
+        if self.bulk_slice > 0 {
+            n.im.write_huge_slice(&mut n.log, self.bulk_slice);
+        }
     }
 
     /// Starts a batch if none is in flight, else completes the one in flight.
@@ -325,6 +340,7 @@ impl Sim {
             n.log = writer(n.im.core(), &n.files, self.backlog_max);
         }
         self.cold_source();
+        self.set_bulk_slice(self.bulk_slice);
         for k in 0..self.cores {
             let mut fx = Effects::default();
             let n = &mut self.nodes[k as usize];
@@ -719,6 +735,11 @@ fn run_simulation(seed: u64) -> (usize, usize, usize, u64) {
     // every check below then reads them back from the disks.
     let cold = rng.random_bool(0.5);
     sim.cold_recovery = cold;
+    // Half the runs write huge-group deliveries deferred, in random slices (as the server's
+    // bulk task does).
+    if rng.random_bool(0.5) {
+        sim.set_bulk_slice(rng.random_range(1..12_000));
+    }
     let users: Vec<u64> = (1..=12).collect();
     // Two small groups and a huge one (fan-out held per group and budgeted per flush).
     let huge: Vec<u64> = [1, 3, 5, 8, 9, 11]
@@ -1799,4 +1820,41 @@ fn recovery_keeps_messages_older_than_the_hot_window_out_of_memory() {
     assert_eq!(&*s3.last().unwrap().1.body, b"new");
     let hot: u64 = sim.nodes.iter().map(|n| n.im.entry_counts().0).sum();
     assert_eq!(hot, 2);
+}
+
+#[test]
+fn deferred_huge_deliveries_wait_for_their_slices_and_keep_to_them() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(31);
+    let mut sim = Sim::new(1, 1 << 20);
+    let members: Vec<u64> = (100..100 + HUGE_GROUP as u64).collect();
+    sim.group(7, 1, &members);
+    sim.quiesce(&mut rng);
+    sim.nodes[0].im.set_huge_deferred(true);
+    let r = sim.send(1, 5, Target::Group(7), Class::Chat, b"big");
+    for _ in 0..10 {
+        sim.drain(&mut rng);
+        sim.flush(0);
+        sim.step_disk(0);
+    }
+    assert!(matches!(sim.reply(r), Some(ImReply::Sent { .. })));
+    // Nobody wrote a slice: the members have nothing yet, and the engine says it could.
+    assert!(sim.stream(100).is_empty());
+    assert!(sim.nodes[0].im.huge_writable());
+    let n = &mut sim.nodes[0];
+    let before = n.im.stats.stream_appends;
+    // 500 members, the sender (user 1, the first of them) among them: it has its own copy.
+    assert!(n.im.write_huge_slice(&mut n.log, 500));
+    assert_eq!(n.im.stats.stream_appends - before, 499);
+    // A slice smaller than one member's share still writes one member.
+    assert!(n.im.write_huge_slice(&mut n.log, 0));
+    assert_eq!(n.im.stats.stream_appends - before, 500);
+    // The rest goes in slices; every member gets the message once.
+    sim.set_bulk_slice(700);
+    sim.quiesce(&mut rng);
+    for &m in &members {
+        let s = sim.stream(m);
+        assert_eq!(s.len(), 1, "member {m}");
+        assert_eq!(&*s[0].1.body, b"big");
+    }
+    assert!(!sim.nodes[0].im.huge_writable());
 }
