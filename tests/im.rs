@@ -1049,3 +1049,35 @@ fn old_messages_leave_memory_and_read_back_from_the_log_across_a_kill_9() {
     assert_contiguous(&s4);
     assert_eq!(s4.last().unwrap().body, b"after");
 }
+
+#[test]
+fn segments_started_long_after_the_server_do_not_expire_young_messages() {
+    // Retention decides by the time each segment was started (its successor's header); a
+    // segment that claimed the server's start time instead made young messages look expired
+    // once the server had run longer than the retention.
+    let event = Event::new();
+    let server = one_core_with(
+        &event,
+        "young.toml",
+        "[im]\nretention_s = 5\ncompact_every_s = 1\n[store]\nsegment_bytes = 4194304\n",
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let mut a = server.client(&event.auth(1));
+    let big = vec![b'y'; hongbao::im::BODY_MAX];
+    // About 5 MiB: the first segment fills and the next one starts now.
+    for k in 0..320u128 {
+        sent(
+            a.im_send(100 + k, Target::User(2), Class::Chat, &big)
+                .unwrap(),
+        );
+    }
+    let mut b = server.client(&event.auth(2));
+    assert_eq!(pull_until(&mut b, 320).len(), 320);
+    // Two retention passes later, less than the retention after the sends: nothing went.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(metric(&server, "hongbao_im_expired_entries_total"), 0);
+    assert_eq!(metric(&server, "hongbao_log_compactions_total"), 0);
+    let all = pull_all(&mut b);
+    assert_eq!(all.len(), 320);
+    assert_contiguous(&all);
+}

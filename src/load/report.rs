@@ -1,6 +1,6 @@
 //! Reports of `hongbao load` runs, built from their JSON summaries: the markdown tables, the SVG
 //! charts (latency by percentile, throughput and latency over time, error replies over time;
-//! [`chart`](super::chart)) and one self-contained HTML page holding all of them. One run gives
+//! [`chart`]) and one self-contained HTML page holding all of them. One run gives
 //! its own report (`hongbao load --out DIR`); several runs give a side-by-side comparison with
 //! ratios against the first (`hongbao report A.json B.json ...`). Pure functions plus the file
 //! reading and writing of `hongbao report`; runs on the caller's thread.

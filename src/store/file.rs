@@ -380,7 +380,7 @@ impl FileLog {
             segment,
             offset: end.max(SEGMENT_HEADER_BYTES as u64),
         };
-        let writer = LogWriter::new(
+        let mut writer = LogWriter::new(
             core,
             segment,
             end,
@@ -388,6 +388,8 @@ impl FileLog {
             options.pending_bytes_max,
             crate::gen::now_unix(),
         );
+        // Every later segment records when it was started (retention depends on it).
+        writer.set_clock(crate::gen::now_unix);
         Ok((
             FileLog {
                 dir: dir.to_path_buf(),

@@ -77,6 +77,8 @@ pub struct LogWriter {
     in_flight: Option<LogPosition>,
     durable: LogPosition,
     created_unix: i64,
+    /// Where the creation time of each new segment comes from (None: `created_unix`).
+    clock: Option<fn() -> i64>,
     /// Appends are bulk (see [`LogWriter::bulk`]).
     bulk: bool,
     /// `pending` holds a record that is not bulk.
@@ -113,6 +115,7 @@ impl LogWriter {
                 offset: end,
             },
             created_unix,
+            clock: None,
             bulk: false,
             pending_urgent: false,
         };
@@ -122,7 +125,18 @@ impl LogWriter {
         writer
     }
 
+    /// Each segment started from now on records `clock()` (Unix seconds) as its creation
+    /// time. Retention relies on it: a segment expires once its successor was created before
+    /// the cutoff (`runtime::retention`), so a segment must never claim to be older than it
+    /// is. Without a clock every segment records the time given at creation (tests).
+    pub fn set_clock(&mut self, clock: fn() -> i64) {
+        self.clock = Some(clock);
+    }
+
     fn start_segment(&mut self, segment: u64) {
+        if let Some(clock) = self.clock {
+            self.created_unix = clock();
+        }
         self.segment = segment;
         self.pending_offset = 0;
         self.pending_create = true;
@@ -295,6 +309,41 @@ mod tests {
         let file = &mut files[batch.segment as usize];
         assert_eq!(file.len() as u64, batch.offset, "batches are contiguous");
         file.extend_from_slice(&batch.bytes);
+    }
+
+    static FAKE_NOW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1000);
+
+    fn fake_now() -> i64 {
+        FAKE_NOW.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn every_segment_records_when_it_was_started() {
+        let mut w = LogWriter::new(0, 0, 0, 4 << 20, 8 << 20, 7);
+        w.set_clock(fake_now);
+        // A payload of 1.5 MiB: two fill a 4 MiB segment, the third rolls.
+        let big = vec![1u8; 1 << 20];
+        let mut files = Vec::new();
+        for k in 0..6u64 {
+            FAKE_NOW.store(1000 + 100 * k as i64, std::sync::atomic::Ordering::Relaxed);
+            w.append(1, 1, k, &big).unwrap();
+            while let Some(b) = w.take_batch() {
+                apply(&mut files, &b);
+                w.complete(b.end);
+            }
+        }
+        assert!(files.len() >= 2);
+        let created: Vec<i64> = files
+            .iter()
+            .map(|f| SegmentHeader::parse(f).unwrap().created_unix.get())
+            .collect();
+        // Segment 0 was started with the writer (the time given then); each later one by the
+        // append that did not fit, at that append's time, never the writer's creation time.
+        assert_eq!(created[0], 7);
+        assert!(created[1] >= 1100, "{created:?}");
+        for pair in created.windows(2) {
+            assert!(pair[1] > pair[0], "{created:?}");
+        }
     }
 
     #[test]
