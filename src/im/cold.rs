@@ -164,8 +164,14 @@ pub struct ColdFiles {
     files: RefCell<HashMap<(u16, u64), File>>,
 }
 
-/// Most segment files a core keeps open for cold reads.
-const OPEN_FILES_MAX: usize = 64;
+/// Most segment files a core keeps open for cold reads (here and in `runtime::cold`).
+pub const OPEN_FILES_MAX: usize = 64;
+
+/// The segment file a ref points into, under the data directory `data`.
+pub fn segment_file(data: &std::path::Path, at: ColdRef) -> PathBuf {
+    let dir = crate::serve::setup::core_dir(data, at.core());
+    crate::store::file::segment_path(&dir, at.position().segment)
+}
 
 impl ColdFiles {
     pub fn new(data: PathBuf) -> ColdFiles {
@@ -175,12 +181,6 @@ impl ColdFiles {
         }
     }
 
-    /// The path of the segment a ref points into.
-    pub fn path(&self, at: ColdRef) -> PathBuf {
-        let dir = crate::serve::setup::core_dir(&self.data, at.core());
-        crate::store::file::segment_path(&dir, at.position().segment)
-    }
-
     fn read_bytes(&self, at: ColdRef) -> Result<Vec<u8>, String> {
         let key = (at.core(), at.position().segment);
         let mut files = self.files.borrow_mut();
@@ -188,7 +188,7 @@ impl ColdFiles {
             if files.len() >= OPEN_FILES_MAX {
                 files.clear();
             }
-            let path = self.path(at);
+            let path = segment_file(&self.data, at);
             let f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             files.insert(key, f);
         }

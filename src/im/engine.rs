@@ -1726,7 +1726,7 @@ impl ImCore {
             });
         }
         if !self.huge_deferred {
-            self.write_huge(log, usize::MAX);
+            self.write_huge_slice(log, usize::MAX);
         }
     }
 
@@ -1757,18 +1757,12 @@ impl ImCore {
             .is_some_and(|run| self.huge_room(run) > 0)
     }
 
-    /// Writes huge-group deliveries within this batch's budget, at most about
-    /// `appends` member appends (at least one chunk of one member); returns whether it wrote
-    /// anything (false also when the log is full).
-    pub fn write_huge_slice(&mut self, log: &mut LogWriter, appends: usize) -> bool {
-        self.write_huge(log, appends)
-    }
-
     /// Writes huge-group deliveries while this batch's budget lasts, and at most about
-    /// `limit` member appends: each chunk of members is one record; the origins are told when
-    /// the last chunk is durable (chunks are durable in log order). After each completed batch
-    /// at least one chunk goes, so they progress. Returns whether it wrote anything.
-    fn write_huge(&mut self, log: &mut LogWriter, mut limit: usize) -> bool {
+    /// `limit` member appends (at least one member): each chunk of members is one record; the
+    /// origins are told when the last chunk is durable (chunks are durable in log order).
+    /// After each completed batch at least one chunk goes, so they progress. Returns whether
+    /// it wrote anything (false also when the log is full).
+    pub fn write_huge_slice(&mut self, log: &mut LogWriter, mut limit: usize) -> bool {
         let mut wrote = false;
         while let Some(run) = self.huge_queue.front() {
             let per_member = run.messages.len();
@@ -2045,7 +2039,7 @@ impl ImCore {
         self.refill_huge(now_us);
         self.write_blocked(log);
         if !self.huge_deferred {
-            self.write_huge(log, usize::MAX);
+            self.write_huge_slice(log, usize::MAX);
         }
         while self.waiters.front().is_some_and(|(end, _)| *end <= durable) {
             let (_, waiter) = self.waiters.pop_front().expect("checked");
@@ -2371,7 +2365,7 @@ impl ImRecovery {
     }
 
     /// One entry of `uid`'s stream: the message if it is kept, else where its record is.
-    fn push_entry(&mut self, uid: u64, seq: u64, m: &MessageRef, at: ColdRef, keep: bool) {
+    fn push_entry(&mut self, uid: u64, seq: u64, m: &MessageRef, at: ColdRef) {
         if let (EntryKind::Read, Some(r)) = (m.kind, m.refer) {
             if r.sender == uid {
                 let list = self.reads.entry(r).or_default();
@@ -2380,7 +2374,7 @@ impl ImRecovery {
                 }
             }
         }
-        let e = if keep || !at.is_some() {
+        let e = if self.keeps(m) || !at.is_some() {
             Recovered::Hot(m.clone(), at)
         } else {
             Recovered::Cold {
@@ -2412,7 +2406,7 @@ impl ImRecovery {
                     None => Arc::new(decoded),
                 };
                 let keep = self.keeps(&m);
-                self.push_entry(m.id.sender, m.id.seq, &m, at, keep);
+                self.push_entry(m.id.sender, m.id.seq, &m, at);
                 // An old message is kept only while its fan-out is not known to be done (its
                 // FANOUT_DONE comes later in the same log).
                 if (keep || !self.done.contains(&m.id)) && self.sent.insert(m.id, m).is_some() {
@@ -2437,8 +2431,7 @@ impl ImRecovery {
                     let mut seq = first;
                     for m in &d.messages {
                         if m.id.sender != uid {
-                            let keep = self.keeps(m);
-                            self.push_entry(uid, seq, m, at, keep);
+                            self.push_entry(uid, seq, m, at);
                             seq += 1;
                         }
                     }

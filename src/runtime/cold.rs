@@ -12,13 +12,11 @@ use std::sync::Arc;
 
 use glommio::io::BufferedFile;
 
-use crate::im::cold::{entry_in_bytes, record_len, ColdRef};
+use crate::im::cold::{entry_in_bytes, record_len, segment_file, ColdRef, OPEN_FILES_MAX};
 use crate::im::engine::{PageEntry, PagePlan};
 use crate::im::Page;
 use crate::store::record::RECORD_HEADER_BYTES;
 
-/// Most segment files a core keeps open for cold reads.
-const OPEN_FILES_MAX: usize = 64;
 /// Bytes read at a record's position at first: most records fit, the rest take a second read.
 const FIRST_READ: usize = 4096;
 /// Record bytes one page may read: a huge group's delivery record is up to 800 KB (the whole
@@ -50,8 +48,7 @@ impl ColdPages {
         if let Some(f) = self.files.borrow().get(&key) {
             return Ok(f.clone());
         }
-        let dir = crate::serve::setup::core_dir(&self.data, at.core());
-        let path = crate::store::file::segment_path(&dir, at.position().segment);
+        let path = segment_file(&self.data, at);
         let f = BufferedFile::open(&path)
             .await
             .map_err(|e| format!("{}: {e}", path.display()))?;
