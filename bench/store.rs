@@ -1,8 +1,11 @@
 //! Group commit benchmark of the per-core log: durable records per second and commit latency
 //! for several batch sizes, with claim-sized records (48-byte payload, 80 bytes on disk), on
 //! one thread with the blocking driver (pwrite + fdatasync). The peer, measured in the same
-//! run, is the bare cost of one small pwrite + fdatasync on the same file system: the most
-//! syncs per second the disk allows, and so the least batching a rate needs.
+//! run, is the bare cost of one small pwrite + fdatasync on the same file system, appending
+//! to a file (as the log did before it preallocated its segments): the most syncs per second
+//! the disk allows that way, and so the least batching a rate needs. A second peer line does
+//! the same writes into zeroed space written and synced beforehand, which is what the log's
+//! preallocation buys (no file size or block allocation for fdatasync to make durable).
 //!
 //! Run: `cargo bench --bench store -- [--dir DIR] [--records N]` (DIR must be on the disk you
 //! care about; the default is a fresh directory under the system temp dir). Under
@@ -36,24 +39,33 @@ fn main() {
     let dir = base.join(format!("hongbao-store-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
 
-    // Peer: one 80-byte pwrite + fdatasync, repeated.
-    let syncs = if smoke { 50 } else { 2_000 };
-    let peer = dir.join("peer.bin");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&peer)
-        .expect("peer file");
-    let mut peer_latency = Histogram::<u64>::new(3).expect("histogram");
-    let started = Instant::now();
-    for i in 0..syncs {
-        let t = Instant::now();
-        file.write_all_at(&[7u8; 80], i * 80).expect("pwrite");
-        file.sync_data().expect("fdatasync");
-        peer_latency.record(t.elapsed().as_micros() as u64).ok();
-    }
-    let peer_rate = syncs as f64 / started.elapsed().as_secs_f64();
+    // Peer: one 80-byte pwrite + fdatasync, repeated, appending (and into zeroed space).
+    let syncs = if smoke { 50 } else { 4_000 };
+    let peer = |zeroed: bool| {
+        let path = dir.join(format!("peer-{zeroed}.bin"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .expect("peer file");
+        if zeroed {
+            file.write_all_at(&vec![0u8; syncs as usize * 80], 0)
+                .expect("zeros");
+            file.sync_all().expect("fsync");
+        }
+        let mut latency = Histogram::<u64>::new(3).expect("histogram");
+        let started = Instant::now();
+        for i in 0..syncs {
+            let t = Instant::now();
+            file.write_all_at(&[7u8; 80], i * 80).expect("pwrite");
+            file.sync_data().expect("fdatasync");
+            latency.record(t.elapsed().as_micros() as u64).ok();
+        }
+        (syncs as f64 / started.elapsed().as_secs_f64(), latency)
+    };
+    let (peer_rate, peer_latency) = peer(false);
+    let (zeroed_rate, zeroed_latency) = peer(true);
 
     println!("## Group commit of the per-core log\n");
     println!(
@@ -72,9 +84,17 @@ fn main() {
             .trim()
     );
     println!(
-        "- peer: one 80-byte pwrite + fdatasync: {peer_rate:.0} syncs/s, p50 {} us, p99 {} us\n",
+        "- peer: one 80-byte pwrite + fdatasync appending to a file: {peer_rate:.0} syncs/s, \
+         p50 {} us, p99 {} us",
         peer_latency.value_at_quantile(0.5),
         peer_latency.value_at_quantile(0.99)
+    );
+    println!(
+        "- the same into zeroed space synced before (preallocated): {zeroed_rate:.0} syncs/s \
+         ({:.2}x), p50 {} us, p99 {} us\n",
+        zeroed_rate / peer_rate,
+        zeroed_latency.value_at_quantile(0.5),
+        zeroed_latency.value_at_quantile(0.99)
     );
     println!("| records per commit | durable records/s | vs peer syncs/s | commit p50 us | commit p99 us | commit max us |");
     println!("|---:|---:|---:|---:|---:|---:|");

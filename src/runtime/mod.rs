@@ -515,7 +515,7 @@ async fn commit_loop(
 }
 
 /// The segment file a core's log is appending to.
-type SegmentFile = Option<(u64, std::fs::File)>;
+type SegmentFile = Option<crate::store::file::OpenSegment>;
 
 /// Writes one batch and makes it durable ([`crate::store::file::write_batch_durably`]) on
 /// glommio's blocking thread pool. Plain blocking calls on a helper thread measured 2-3x faster

@@ -119,7 +119,55 @@ pub struct Recovery {
 pub struct FileLog {
     dir: PathBuf,
     writer: LogWriter,
-    current: Option<(u64, File)>,
+    current: Option<OpenSegment>,
+}
+
+/// Zeroed space a segment file is extended by, ahead of its data, when a small write reaches
+/// past the space prepared before: the writes after it only overwrite, so their fdatasync has
+/// no file size and no block allocation to make durable, only the data (a third less time
+/// per small commit measured on ext4, docs/BENCHMARKS.md). The write that extends pays for
+/// the zeros (one in several: a small batch is at most a quarter of this).
+pub const PREALLOC_BYTES: u64 = 64 << 10;
+/// Largest batch that extends the zeroed space. A bigger batch spreads the cost of the file's
+/// metadata over many records already, and writing as many zeros as data would halve what
+/// the disk takes in (measured: 2,048 claims per commit went from 3.6-5.6 M to 2.3 M
+/// records/s with every batch extending by 1 MiB); it is appended as before.
+pub const PREALLOC_BATCH_MAX: usize = 16 << 10;
+static ZEROS: [u8; PREALLOC_BYTES as usize] = [0; PREALLOC_BYTES as usize];
+
+/// The segment file a log's writer keeps open between batches (the server's commit helper,
+/// or [`FileLog`]).
+#[derive(Debug)]
+pub struct OpenSegment {
+    id: u64,
+    file: File,
+    /// The end of the data written so far.
+    written: u64,
+    /// The file's length: zeroed space from `written` to here.
+    len: u64,
+    /// Extended ahead with zeros: a segment of version 2 (a version 1 segment continued by
+    /// this build is not, since its readers take zeros before records for damage).
+    prealloc: bool,
+}
+
+impl OpenSegment {
+    /// Opens existing segment `id` to continue it at `written`.
+    fn open(path: &Path, id: u64, written: u64) -> std::io::Result<OpenSegment> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        let mut header = [0u8; SEGMENT_HEADER_BYTES];
+        let version = match file.read_exact_at(&mut header, 0) {
+            Ok(()) => SegmentHeader::parse(&header).map_or(0, |h| h.version.get()),
+            Err(_) => 0,
+        };
+        Ok(OpenSegment {
+            id,
+            file,
+            written,
+            len,
+            prealloc: version >= 2,
+        })
+    }
 }
 
 /// `<dir>/<segment id as 16 hex digits>.log`
@@ -132,9 +180,13 @@ pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
 /// batches; a batch for another segment opens its file there (creates it, for a new segment:
 /// the previous segment's last batch completed before this one was handed out). Used by
 /// [`FileLog`] and by the server's commit helper.
+///
+/// A batch of at most [`PREALLOC_BATCH_MAX`] that reaches past the zeroed space of the file
+/// extends it by [`PREALLOC_BYTES`] of zeros in the same commit. Before a new segment is created, the previous one is cut to the
+/// end of its data (durably), so only the newest segment ever holds zeroed space.
 pub fn write_batch_durably(
     dir: &Path,
-    open: &mut Option<(u64, File)>,
+    open: &mut Option<OpenSegment>,
     batch: &WriteBatch,
 ) -> Result<(), StoreError> {
     let path = segment_path(dir, batch.segment);
@@ -142,17 +194,57 @@ pub fn write_batch_durably(
         path: path.clone(),
         source,
     };
-    if batch.create || open.as_ref().map(|(id, _)| *id) != Some(batch.segment) {
+    if batch.create {
+        if let Some(sealed) = open.as_mut().filter(|s| s.len > s.written) {
+            let sealed_io = |source| StoreError::Io {
+                path: segment_path(dir, sealed.id),
+                source,
+            };
+            sealed.file.set_len(sealed.written).map_err(sealed_io)?;
+            sealed.file.sync_all().map_err(sealed_io)?;
+            sealed.len = sealed.written;
+        }
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
-            .create_new(batch.create)
+            .create_new(true)
             .open(&path)
             .map_err(io)?;
-        *open = Some((batch.segment, file));
+        *open = Some(OpenSegment {
+            id: batch.segment,
+            file,
+            written: 0,
+            len: 0,
+            prealloc: true,
+        });
+    } else if open.as_ref().map(|s| s.id) != Some(batch.segment) {
+        *open = Some(OpenSegment::open(&path, batch.segment, batch.offset).map_err(io)?);
     }
-    let (_, file) = open.as_ref().expect("opened above");
-    file.write_all_at(&batch.bytes, batch.offset).map_err(io)?;
-    file.sync_data().map_err(io)?;
+    let segment = open.as_mut().expect("opened above");
+    segment
+        .file
+        .write_all_at(&batch.bytes, batch.offset)
+        .map_err(io)?;
+    let end = batch.offset + batch.bytes.len() as u64;
+    segment.written = end;
+    if end > segment.len {
+        segment.len = end;
+        if segment.prealloc && batch.bytes.len() <= PREALLOC_BATCH_MAX {
+            // Up to a page boundary: the writes after it fill whole pages.
+            let ahead = (end + PREALLOC_BYTES) / 4096 * 4096 - end;
+            let zeros = &ZEROS[..ahead as usize];
+            match segment.file.write_all_at(zeros, end) {
+                Ok(()) => segment.len = end + zeros.len() as u64,
+                Err(_) => {
+                    // No room for zeros (a full disk, say): the data is written; the file
+                    // simply grows with its writes from now on.
+                    segment.prealloc = false;
+                    segment.len = segment.file.metadata().map_or(end, |m| m.len().max(end));
+                }
+            }
+        }
+    }
+    segment.file.sync_data().map_err(io)?;
     if batch.create {
         crate::fsutil::sync_parent(&path).map_err(io)?;
     }
@@ -345,22 +437,26 @@ impl FileLog {
             if newest {
                 let cut = match scanned.tail {
                     Tail::Clean => None,
-                    Tail::Zeros => Some("zeroed space after the last record"),
-                    Tail::Torn { reason } => Some(reason),
+                    // The preallocated space of a version 2 segment: nothing to report.
+                    Tail::Zeros if scanned.version >= 2 => Some(None),
+                    Tail::Zeros => Some(Some("zeroed space after the last record")),
+                    Tail::Torn { reason } => Some(Some(reason)),
                 };
-                if let Some(reason) = cut {
+                if let Some(report) = cut {
                     let file = OpenOptions::new()
                         .write(true)
                         .open(&path)
                         .map_err(io(&path))?;
                     file.set_len(scanned.valid_end).map_err(io(&path))?;
                     file.sync_all().map_err(io(&path))?;
-                    recovery.truncated = Some((
-                        path.clone(),
-                        scanned.valid_end,
-                        len - scanned.valid_end,
-                        reason,
-                    ));
+                    recovery.truncated = report.map(|reason| {
+                        (
+                            path.clone(),
+                            scanned.valid_end,
+                            len - scanned.valid_end,
+                            reason,
+                        )
+                    });
                 }
                 resume = Some((id, scanned.valid_end));
             }
@@ -368,11 +464,7 @@ impl FileLog {
         let (segment, end) = resume.unwrap_or((0, 0));
         let current = if end > 0 {
             let path = segment_path(dir, segment);
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io(&path))?;
-            Some((segment, file))
+            Some(OpenSegment::open(&path, segment, end).map_err(io(&path))?)
         } else {
             None
         };
@@ -443,6 +535,8 @@ impl FileLog {
 mod tests {
     use super::*;
 
+    use zerocopy::IntoBytes;
+
     fn small() -> StoreOptions {
         StoreOptions {
             segment_bytes_max: (SEGMENT_HEADER_BYTES
@@ -494,18 +588,20 @@ mod tests {
             log.append(1, 0, seq, b"durable claim").unwrap();
         }
         log.commit().unwrap();
+        let good = log.durable_position().offset;
         drop(log);
         let path = segment_path(dir.path(), 0);
-        let good = fs::metadata(&path).unwrap().len();
-        // A crash mid-write: half of a record's bytes reached the disk.
+        let len = fs::metadata(&path).unwrap().len();
+        // A crash mid-write: half of a record's bytes reached the disk (into the zeroed
+        // space after the data).
         let mut half = Vec::new();
         super::super::record::encode(0, 1, 0, 5, b"never acknowledged", &mut half);
-        let f = OpenOptions::new().append(true).open(&path).unwrap();
-        std::io::Write::write_all(&mut &f, &half[..20]).unwrap();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&half[..20], good).unwrap();
         let (seen, r) = reopen(dir.path()).unwrap();
         assert_eq!(seen.len(), 5);
         let (p, at, discarded, _) = r.truncated.unwrap();
-        assert_eq!((p, at, discarded), (path.clone(), good, 20));
+        assert_eq!((p, at, discarded), (path.clone(), good, len - good));
         assert_eq!(fs::metadata(&path).unwrap().len(), good);
         // Reopening again finds a clean log.
         assert_eq!(reopen(dir.path()).unwrap().1.truncated, None);
@@ -563,13 +659,117 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_segment_is_preallocated_and_a_sealed_one_is_cut_to_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        log.append(1, 0, 0, b"claim").unwrap();
+        let end = log.commit().unwrap();
+        let len = |id| fs::metadata(segment_path(dir.path(), id)).unwrap().len();
+        // Zeroed space after the data, so the next commits only overwrite.
+        let prepared = (end.offset + PREALLOC_BYTES) / 4096 * 4096;
+        assert_eq!(len(0), prepared);
+        let mut seq = 1;
+        while seq < 200 {
+            for _ in 0..10 {
+                log.append(1, 0, seq, b"a claim of 32 bytes, more or less")
+                    .unwrap();
+                seq += 1;
+            }
+            log.commit().unwrap();
+        }
+        let sealed_end = log.durable_position();
+        assert!(len(0) > sealed_end.offset);
+        // A big batch does not extend: it is appended.
+        let big = vec![1u8; super::super::record::RECORD_PAYLOAD_MAX];
+        log.append(1, 0, seq, &big).unwrap();
+        let newest = log.commit().unwrap();
+        // It did not fit: segment 0 is sealed and ends exactly after its last record.
+        assert_eq!(newest.segment, 1);
+        assert_eq!(len(0), sealed_end.offset);
+        assert_eq!(len(1), newest.offset);
+        // A small batch extends the newest one again.
+        log.append(1, 0, seq + 1, b"small").unwrap();
+        let newest = log.commit().unwrap();
+        assert!(len(1) > newest.offset);
+        drop(log);
+        // Reopening: every record, no torn tail reported, the zeroed space cut.
+        let (seen, r) = reopen(dir.path()).unwrap();
+        assert_eq!(seen.len() as u64, seq + 2);
+        assert_eq!(r.truncated, None);
+        assert_eq!(len(1), newest.offset);
+        // And appending goes on in preallocated space again.
+        let (mut log, _) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        log.append(1, 0, seq + 2, b"after").unwrap();
+        log.commit().unwrap();
+        assert!(len(1) > newest.offset + 32);
+        assert_eq!(reopen(dir.path()).unwrap().0.len() as u64, seq + 3);
+    }
+
+    #[test]
+    fn a_power_loss_in_the_last_write_loses_only_that_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        for seq in 0..5 {
+            log.append(1, 0, seq, b"acknowledged").unwrap();
+        }
+        let acked = log.commit().unwrap();
+        let mut last = Vec::new();
+        for seq in 5..9 {
+            last.push(log.append(1, 0, seq, &[7u8; 1500]).unwrap());
+        }
+        log.commit().unwrap();
+        drop(log);
+        // The write of the last batch was cut by a power loss: the sectors of its second
+        // record stayed zero (preallocated), later ones reached the disk.
+        let path = segment_path(dir.path(), 0);
+        let mut bytes = fs::read(&path).unwrap();
+        let lost = (last[1].start.offset as usize).next_multiple_of(512);
+        bytes[lost..lost + 512].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        let (seen, r) = reopen(dir.path()).unwrap();
+        assert_eq!(
+            seen.len(),
+            6,
+            "the five acknowledged and the last write's first"
+        );
+        let (p, at, _, reason) = r.truncated.unwrap();
+        assert_eq!((p, at), (path.clone(), last[1].start.offset));
+        assert!(reason.contains("unfinished write"), "{reason}");
+        assert!(acked.offset <= at);
+        // A clean log afterwards.
+        assert_eq!(reopen(dir.path()).unwrap().1.truncated, None);
+    }
+
+    #[test]
+    fn a_version_1_segment_is_continued_without_preallocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = SegmentHeader::with_version(1, 0, 0, 0).as_bytes().to_vec();
+        super::super::record::encode(0, 1, 0, 0, b"old build", &mut bytes);
+        let path = segment_path(dir.path(), 0);
+        fs::write(&path, &bytes).unwrap();
+        let (mut log, r) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        assert_eq!(r.records, 1);
+        log.append(1, 0, 1, b"new build").unwrap();
+        let end = log.commit().unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), end.offset);
+        assert_eq!(reopen(dir.path()).unwrap().0.len(), 2);
+    }
+
+    #[test]
     fn cut_short_segment_creation_is_discarded() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
         log.append(1, 0, 0, b"claim").unwrap();
-        log.commit().unwrap();
+        let end = log.commit().unwrap();
         drop(log);
-        // The next segment's file was created but its header write was cut short.
+        // The next segment's file was created but its header write was cut short (after the
+        // previous segment was cut to its data, as the writer does before creating one).
+        OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), 0))
+            .unwrap()
+            .set_len(end.offset)
+            .unwrap();
         fs::write(segment_path(dir.path(), 1), b"HBLOG").unwrap();
         let (seen, r) = reopen(dir.path()).unwrap();
         assert_eq!(seen.len(), 1);

@@ -33,6 +33,9 @@ pub struct RecordHeader {
 
 /// `flags` bit: the record was copied by compaction and `origin` is its original offset.
 pub const FLAG_ORIGIN: u8 = 1;
+/// `flags` bit: the record is the first of a write batch (segments of version 2). Recovery
+/// uses it to tell an unfinished last write from damage (docs/formats/log.md).
+pub const FLAG_BATCH_START: u8 = 2;
 
 const _: () = assert!(std::mem::size_of::<RecordHeader>() == RECORD_HEADER_BYTES);
 
@@ -119,6 +122,29 @@ fn encode_full(
     out[start..start + 8].copy_from_slice(&header.as_bytes()[..8]);
 }
 
+/// Marks the whole record starting at `at` of `bytes` as the first of its write batch
+/// ([`FLAG_BATCH_START`]) and recomputes its CRC. Panics if no whole record starts there: the
+/// writer only marks records it encoded itself.
+pub fn mark_batch_start(segment_id: u64, bytes: &mut [u8], at: usize) {
+    let (header, _) = RecordHeader::ref_from_prefix(&bytes[at..]).expect("a record header");
+    let end = at + RECORD_HEADER_BYTES + header.payload_bytes.get() as usize;
+    let record = &mut bytes[at..end];
+    record[9] |= FLAG_BATCH_START;
+    let crc = crc(
+        segment_id,
+        &record[8..RECORD_HEADER_BYTES],
+        &record[RECORD_HEADER_BYTES..],
+    );
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Whether the record at `offset` (already decoded as valid) is the first of a write batch.
+pub fn is_batch_start(bytes: &[u8], offset: usize) -> bool {
+    bytes
+        .get(offset + 9)
+        .is_some_and(|flags| flags & FLAG_BATCH_START != 0)
+}
+
 /// Encoded size of a record with `payload_bytes` of payload.
 pub fn encoded_len(payload_bytes: usize) -> usize {
     RECORD_HEADER_BYTES + payload_bytes
@@ -193,6 +219,24 @@ mod tests {
             encode(9, 3, 4, 5, &payload, &mut bytes);
             bytes[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(!matches!(decode(9, &bytes, 0), Decoded::Record(..)));
+        }
+
+        #[test]
+        fn a_marked_record_decodes_the_same_and_says_so(segment: u64, kind in 1u8.., stream: u64, seq: u64, payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut bytes = vec![7u8; 3];
+            encode(segment, kind, stream, seq, &payload, &mut bytes);
+            encode(segment, kind, stream, seq + 1, b"next", &mut bytes);
+            let before = bytes.clone();
+            prop_assert!(!is_batch_start(&bytes, 3));
+            mark_batch_start(segment, &mut bytes, 3);
+            prop_assert!(is_batch_start(&bytes, 3));
+            let (Decoded::Record(a, na), Decoded::Record(b, nb)) = (decode(segment, &bytes, 3), decode(segment, &before, 3)) else {
+                return Err(TestCaseError::fail("not a record after marking"));
+            };
+            prop_assert_eq!((a, na), (b, nb));
+            // Only that record changed: the next one is untouched.
+            prop_assert_eq!(&bytes[na..], &before[na..]);
+            prop_assert!(!is_batch_start(&bytes, na));
         }
 
         #[test]

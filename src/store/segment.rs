@@ -7,11 +7,18 @@
 use zerocopy::little_endian::{I64, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::record::{decode, Decoded, RecordView, RECORD_HEADER_BYTES};
+use super::record::{decode, is_batch_start, Decoded, RecordView, RECORD_HEADER_BYTES};
 use super::LogPosition;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"HBLOGSEG";
-pub const SEGMENT_VERSION: u16 = 1;
+/// The version this build writes. Version 2: the first record of every write batch carries
+/// [`super::record::FLAG_BATCH_START`], and the newest segment may hold zeroed (preallocated)
+/// space after its data. Version 1 (written before 2026-12-02) is read with the stricter rule
+/// of [`scan`].
+pub const SEGMENT_VERSION: u16 = 2;
+/// A lost sector of an unfinished write reads as zeros (the space was preallocated); the
+/// unit a device writes atomically is at least this large.
+const SECTOR_BYTES: usize = 512;
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 
 #[derive(
@@ -36,9 +43,19 @@ const _: () = assert!(std::mem::size_of::<SegmentHeader>() == SEGMENT_HEADER_BYT
 
 impl SegmentHeader {
     pub fn new(core: u16, segment_id: u64, created_unix: i64) -> SegmentHeader {
+        SegmentHeader::with_version(SEGMENT_VERSION, core, segment_id, created_unix)
+    }
+
+    /// A header of an older `version` (tests of how old segments are read).
+    pub fn with_version(
+        version: u16,
+        core: u16,
+        segment_id: u64,
+        created_unix: i64,
+    ) -> SegmentHeader {
         let mut h = SegmentHeader {
             magic: SEGMENT_MAGIC,
-            version: U16::new(SEGMENT_VERSION),
+            version: U16::new(version),
             header_bytes: U16::new(SEGMENT_HEADER_BYTES as u16),
             core: U16::new(core),
             reserved0: U16::new(0),
@@ -62,9 +79,9 @@ impl SegmentHeader {
         if h.magic != SEGMENT_MAGIC {
             return Err("not a hongbao log segment (bad magic)".into());
         }
-        if h.version.get() != SEGMENT_VERSION {
+        if !(1..=SEGMENT_VERSION).contains(&h.version.get()) {
             return Err(format!(
-                "segment version {} is not supported (this build reads {SEGMENT_VERSION})",
+                "segment version {} is not supported (this build reads 1 to {SEGMENT_VERSION})",
                 h.version.get()
             ));
         }
@@ -83,7 +100,7 @@ impl SegmentHeader {
 pub enum Tail {
     /// The last record ends exactly at the end of the file.
     Clean,
-    /// Zeroed (never written) space follows the last record.
+    /// Zeroed (never written, or preallocated) space follows the last record.
     Zeros,
     /// An incomplete or damaged record follows the last valid one and nothing valid comes after
     /// it: the trace of a write cut short by a crash. Safe to truncate at `valid_end`.
@@ -93,6 +110,8 @@ pub enum Tail {
 /// Result of scanning one segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scan {
+    /// The segment's format version (from its header; 0 when there is no valid header).
+    pub version: u16,
     pub records: u64,
     /// Offset just after the last valid record: where appending resumes.
     pub valid_end: u64,
@@ -111,13 +130,21 @@ pub struct Corruption {
 }
 
 /// Scans a whole segment file (`bytes` includes the header), calling `visit` for every valid
-/// record in order. A bad record followed only by garbage or zeros is a torn tail; a bad
-/// record followed by any valid record is corruption.
+/// record in order. The data ends at the first place that holds no valid record (zeros, a
+/// record cut short, damage). What follows decides the verdict:
+/// - nothing valid: the end (zeroed space) or a torn tail (the trace of a write cut short);
+/// - valid records: **corruption**, except in a version 2 segment where none of them starts a
+///   write batch and the bad stretch holds a zeroed sector: that is one unfinished write (the
+///   last batch, never acknowledged) whose sectors reached the disk out of order (a power
+///   loss over preallocated space), and it is a torn tail too. A write is only issued after
+///   the previous one is durable, so records of a later batch after the bad stretch prove it
+///   was acknowledged data, and a changed byte without a lost sector is damage.
 pub fn scan(
     segment_id: u64,
     bytes: &[u8],
     mut visit: impl FnMut(LogPosition, RecordView<'_>),
 ) -> Result<Scan, Corruption> {
+    let version = SegmentHeader::parse(bytes).map_or(0, |h| h.version.get());
     let mut offset = SEGMENT_HEADER_BYTES.min(bytes.len());
     let mut records = 0;
     loop {
@@ -142,34 +169,96 @@ pub fn scan(
                     Tail::Zeros
                 };
                 // Zeroed space must really be empty to the end.
-                if let Some(next_valid) = find_valid_after(segment_id, bytes, offset) {
-                    return Err(Corruption {
-                        offset: offset as u64,
-                        reason: "zeroed bytes before valid records",
-                        next_valid,
-                    });
-                }
+                let tail = match after_bad_spot(segment_id, bytes, offset, version) {
+                    After::Nothing => tail,
+                    After::UnfinishedWrite => Tail::Torn {
+                        reason: UNFINISHED_WRITE,
+                    },
+                    After::Valid(next_valid) => {
+                        return Err(Corruption {
+                            offset: offset as u64,
+                            reason: "zeroed bytes before valid records",
+                            next_valid,
+                        })
+                    }
+                };
                 return Ok(Scan {
+                    version,
                     records,
                     valid_end: offset as u64,
                     tail,
                 });
             }
             Decoded::Invalid(reason) => {
-                if let Some(next_valid) = find_valid_after(segment_id, bytes, offset) {
-                    return Err(Corruption {
-                        offset: offset as u64,
-                        reason,
-                        next_valid,
-                    });
-                }
+                let reason = match after_bad_spot(segment_id, bytes, offset, version) {
+                    After::Nothing => reason,
+                    After::UnfinishedWrite => UNFINISHED_WRITE,
+                    After::Valid(next_valid) => {
+                        return Err(Corruption {
+                            offset: offset as u64,
+                            reason,
+                            next_valid,
+                        })
+                    }
+                };
                 return Ok(Scan {
+                    version,
                     records,
                     valid_end: offset as u64,
                     tail: Tail::Torn { reason },
                 });
             }
         }
+    }
+}
+
+const UNFINISHED_WRITE: &str =
+    "an unfinished write: zeroed sectors, then records of the same write batch";
+
+/// What follows the first bad spot of a segment.
+enum After {
+    /// No valid record.
+    Nothing,
+    /// Valid records of the same (last, unfinished) write batch after a zeroed sector.
+    UnfinishedWrite,
+    /// Valid records that prove damage; the first one's offset.
+    Valid(u64),
+}
+
+fn after_bad_spot(segment_id: u64, bytes: &[u8], offset: usize, version: u16) -> After {
+    let Some(first) = find_valid_after(segment_id, bytes, offset) else {
+        return After::Nothing;
+    };
+    if version < 2 {
+        return After::Valid(first);
+    }
+    // Every valid record after the bad spot must belong to the write it is in: none may
+    // start a batch.
+    let mut at = first as usize;
+    loop {
+        if is_batch_start(bytes, at) {
+            return After::Valid(first);
+        }
+        let Decoded::Record(_, next) = decode(segment_id, bytes, at) else {
+            unreachable!("find_valid_after found a record at {at}");
+        };
+        at = match decode(segment_id, bytes, next) {
+            Decoded::Record(..) => next,
+            _ => match find_valid_after(segment_id, bytes, next) {
+                Some(p) => p as usize,
+                None => break,
+            },
+        };
+    }
+    // A lost sector lies wholly between the bad spot and the first valid record after it.
+    let start = offset.next_multiple_of(SECTOR_BYTES);
+    let lost_sector = (start..first as usize).step_by(SECTOR_BYTES).any(|s| {
+        s + SECTOR_BYTES <= first as usize && bytes[s..s + SECTOR_BYTES].iter().all(|&b| b == 0)
+    });
+    if lost_sector {
+        After::UnfinishedWrite
+    } else {
+        After::Valid(first)
     }
 }
 
@@ -247,6 +336,104 @@ mod tests {
             err.next_valid as usize,
             segment(5, &[b"first", b"second"]).len()
         );
+    }
+
+    /// A segment of `version` written as `batches` (the first record of each marked as the
+    /// writer does for version 2), and every record's offset.
+    fn written(version: u16, batches: &[&[&[u8]]]) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = SegmentHeader::with_version(version, 0, 5, 0)
+            .as_bytes()
+            .to_vec();
+        let mut offsets = Vec::new();
+        for batch in batches {
+            let first = bytes.len();
+            for r in batch.iter() {
+                offsets.push(bytes.len());
+                encode(5, 1, 7, offsets.len() as u64 - 1, r, &mut bytes);
+            }
+            if version >= 2 {
+                crate::store::record::mark_batch_start(5, &mut bytes, first);
+            }
+        }
+        (bytes, offsets)
+    }
+
+    /// Zeroes the 512-byte sectors wholly inside `range` (a lost write of a power loss).
+    fn lose_sectors(bytes: &mut [u8], range: std::ops::Range<usize>) -> usize {
+        let start = range.start.next_multiple_of(SECTOR_BYTES);
+        let end = range.end / SECTOR_BYTES * SECTOR_BYTES;
+        assert!(end > start, "no whole sector in {range:?}");
+        bytes[start..end].fill(0);
+        end - start
+    }
+
+    #[test]
+    fn an_unfinished_last_write_with_lost_sectors_is_a_torn_tail_in_version_2() {
+        let big = [9u8; 1500];
+        let batches: &[&[&[u8]]] = &[&[b"acknowledged", b"also"], &[&big, &big, &big, b"end"]];
+        let (mut bytes, at) = written(2, batches);
+        bytes.extend_from_slice(&[0; 4096]); // preallocated space
+                                             // The sectors of the second record of the last write never reached the disk; the
+                                             // ones after did.
+        lose_sectors(&mut bytes, at[3]..at[4]);
+        let (r, seqs) = scan_all(5, &bytes);
+        let r = r.unwrap();
+        assert_eq!(seqs, vec![0, 1, 2], "records before the lost sectors");
+        assert_eq!(r.valid_end as usize, at[3]);
+        assert_eq!(
+            r.tail,
+            Tail::Torn {
+                reason: UNFINISHED_WRITE
+            }
+        );
+        assert_eq!(r.version, 2);
+
+        // The same in a version 1 segment is refused: its records carry no batch marks.
+        let (mut old, at) = written(1, batches);
+        lose_sectors(&mut old, at[3]..at[4]);
+        let err = scan_all(5, &old).0.unwrap_err();
+        assert_eq!(
+            (err.offset as usize, err.next_valid as usize),
+            (at[3], at[4])
+        );
+    }
+
+    #[test]
+    fn valid_records_of_a_later_write_after_lost_sectors_are_corruption() {
+        let big = [9u8; 1500];
+        // The lost sectors are in the first write; the second write was only issued after the
+        // first was durable, so the first one was acknowledged: damage, not a torn write.
+        let (mut bytes, at) = written(2, &[&[&big, &big, &big], &[b"later", b"write"]]);
+        lose_sectors(&mut bytes, at[1]..at[2]);
+        let err = scan_all(5, &bytes).0.unwrap_err();
+        assert_eq!(err.offset as usize, at[1]);
+        assert_eq!(err.next_valid as usize, at[2]);
+    }
+
+    #[test]
+    fn a_changed_byte_in_the_last_write_is_corruption_without_a_lost_sector() {
+        let (mut bytes, at) = written(2, &[&[b"one", b"two", b"three", b"four"]]);
+        bytes[at[1] + RECORD_HEADER_BYTES] ^= 1;
+        let err = scan_all(5, &bytes).0.unwrap_err();
+        assert_eq!(
+            (err.offset as usize, err.next_valid as usize),
+            (at[1], at[2])
+        );
+        assert_eq!(err.reason, "record checksum mismatch");
+    }
+
+    #[test]
+    fn version_2_zeros_after_the_data_are_the_end() {
+        let (mut bytes, _) = written(2, &[&[b"one"], &[b"two", b"three"]]);
+        let end = bytes.len();
+        bytes.extend_from_slice(&[0; 1 << 16]);
+        let (r, seqs) = scan_all(5, &bytes);
+        let r = r.unwrap();
+        assert_eq!(seqs, vec![0, 1, 2]);
+        assert_eq!((r.tail, r.valid_end as usize), (Tail::Zeros, end));
+        let mut header = bytes[..SEGMENT_HEADER_BYTES].to_vec();
+        header[8] = 3;
+        assert!(SegmentHeader::parse(&header).is_err());
     }
 
     #[test]

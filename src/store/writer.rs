@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use zerocopy::IntoBytes;
 
-use super::record::{encode, encoded_len, RECORD_PAYLOAD_MAX};
+use super::record::{encode, encoded_len, mark_batch_start, RECORD_PAYLOAD_MAX};
 use super::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use super::LogPosition;
 
@@ -215,7 +215,17 @@ impl LogWriter {
         if self.pending.is_empty() {
             return;
         }
-        let bytes = std::mem::take(&mut self.pending);
+        let mut bytes = std::mem::take(&mut self.pending);
+        // Its first record says so: recovery tells an unfinished last write from damage by
+        // it (segment::scan).
+        let first = if self.pending_create {
+            SEGMENT_HEADER_BYTES
+        } else {
+            0
+        };
+        if bytes.len() > first {
+            mark_batch_start(self.segment, &mut bytes, first);
+        }
         let end = LogPosition {
             segment: self.segment,
             offset: self.pending_offset + bytes.len() as u64,
@@ -376,6 +386,12 @@ mod tests {
         assert_eq!(s.tail, Tail::Clean);
         assert_eq!(seen.len(), 3);
         assert_eq!(seen[2], (11, 0, b"third".to_vec()));
+        // The first record of each batch says so, and only it.
+        let starts: Vec<bool> = [a, b, c]
+            .iter()
+            .map(|r| crate::store::record::is_batch_start(&files[0], r.start.offset as usize))
+            .collect();
+        assert_eq!(starts, [true, false, true]);
     }
 
     #[test]
