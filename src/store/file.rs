@@ -182,8 +182,9 @@ pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
 /// [`FileLog`] and by the server's commit helper.
 ///
 /// A batch of at most [`PREALLOC_BATCH_MAX`] that reaches past the zeroed space of the file
-/// extends it by [`PREALLOC_BYTES`] of zeros in the same commit. Before a new segment is created, the previous one is cut to the
-/// end of its data (durably), so only the newest segment ever holds zeroed space.
+/// extends it by [`PREALLOC_BYTES`] of zeros in the same commit. Before a new segment is
+/// created, the previous one is cut to the end of its data (durably), so only the newest
+/// segment ever holds zeroed space.
 pub fn write_batch_durably(
     dir: &Path,
     open: &mut Option<OpenSegment>,
@@ -435,14 +436,16 @@ impl FileLog {
             // No mapped page may outlive a truncation below.
             drop(bytes);
             if newest {
-                let cut = match scanned.tail {
-                    Tail::Clean => None,
-                    // The preallocated space of a version 2 segment: nothing to report.
-                    Tail::Zeros if scanned.version >= 2 => Some(None),
-                    Tail::Zeros => Some(Some("zeroed space after the last record")),
-                    Tail::Torn { reason } => Some(Some(reason)),
+                // Whatever follows the data is cut; reported unless it is the preallocated
+                // space of a version 2 segment.
+                let report = match scanned.tail {
+                    Tail::Torn { reason } => Some(reason),
+                    Tail::Zeros if scanned.version < 2 => {
+                        Some("zeroed space after the last record")
+                    }
+                    Tail::Zeros | Tail::Clean => None,
                 };
-                if let Some(report) = cut {
+                if scanned.tail != Tail::Clean {
                     let file = OpenOptions::new()
                         .write(true)
                         .open(&path)

@@ -126,23 +126,18 @@ fn encode_full(
 /// ([`FLAG_BATCH_START`]) and recomputes its CRC. Panics if no whole record starts there: the
 /// writer only marks records it encoded itself.
 pub fn mark_batch_start(segment_id: u64, bytes: &mut [u8], at: usize) {
-    let (header, _) = RecordHeader::ref_from_prefix(&bytes[at..]).expect("a record header");
-    let end = at + RECORD_HEADER_BYTES + header.payload_bytes.get() as usize;
-    let record = &mut bytes[at..end];
-    record[9] |= FLAG_BATCH_START;
-    let crc = crc(
-        segment_id,
-        &record[8..RECORD_HEADER_BYTES],
-        &record[RECORD_HEADER_BYTES..],
-    );
-    record[4..8].copy_from_slice(&crc.to_le_bytes());
+    let (header, rest) = RecordHeader::mut_from_prefix(&mut bytes[at..]).expect("a record header");
+    let payload = &rest[..header.payload_bytes.get() as usize];
+    header.flags |= FLAG_BATCH_START;
+    header.crc32c = U32::new(crc(segment_id, &header.as_bytes()[8..], payload));
 }
 
 /// Whether the record at `offset` (already decoded as valid) is the first of a write batch.
 pub fn is_batch_start(bytes: &[u8], offset: usize) -> bool {
     bytes
-        .get(offset + 9)
-        .is_some_and(|flags| flags & FLAG_BATCH_START != 0)
+        .get(offset..)
+        .and_then(|rest| RecordHeader::ref_from_prefix(rest).ok())
+        .is_some_and(|(header, _)| header.flags & FLAG_BATCH_START != 0)
 }
 
 /// Encoded size of a record with `payload_bytes` of payload.
