@@ -69,6 +69,9 @@ pub struct CoreMetrics {
     pub im_deliveries_held: AtomicU64,
     pub im_park_dropped: AtomicU64,
     pub im_work_refused: AtomicU64,
+    pub im_group_past: AtomicU64,
+    pub im_history_forgotten: AtomicU64,
+    pub im_group_snapshots: AtomicU64,
     pub log_compactions: AtomicU64,
     pub log_compacted_bytes: AtomicU64,
     pub im_fanout_us_sum: AtomicU64,
@@ -175,7 +178,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 40] = [
+    let simple: [Family; 43] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -402,6 +405,24 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "counter",
             "Parked sends dropped after im.park_for_s (never stored; clients resend).",
             |m| m.im_park_dropped.load(Relaxed),
+        ),
+        (
+            "hongbao_im_group_past_memberships",
+            "gauge",
+            "Memberships that ended which the groups keep for messages sent before (their withdrawals and unread lists), as of the last retention pass.",
+            |m| m.im_group_past.load(Relaxed),
+        ),
+        (
+            "hongbao_im_group_history_forgotten_total",
+            "counter",
+            "Past memberships forgotten because no retained message refers to their versions any more (floor rounds, R24).",
+            |m| m.im_history_forgotten.load(Relaxed),
+        ),
+        (
+            "hongbao_im_group_snapshots_total",
+            "counter",
+            "Group snapshots written to the log so compaction can drop the group change records they cover (R24).",
+            |m| m.im_group_snapshots.load(Relaxed),
         ),
         (
             "hongbao_im_work_refused_total",

@@ -1081,3 +1081,130 @@ fn segments_started_long_after_the_server_do_not_expire_young_messages() {
     assert_eq!(all.len(), 320);
     assert_contiguous(&all);
 }
+
+/// Group records (changes and snapshots) in `core`'s log, as (kind, gid, version).
+fn group_records(event: &Event, core: u16, gid: u64) -> Vec<(u8, u64)> {
+    use hongbao::im::record::{KIND_GROUP, KIND_GROUP_SNAPSHOT};
+    let dir = event.path().join(format!("data/core-{core}"));
+    let mut out = Vec::new();
+    for id in hongbao::store::file::list_segments(&dir).unwrap() {
+        hongbao::store::compact::scan_segment(&dir, core, id, |_, v| {
+            if matches!(v.kind, KIND_GROUP | KIND_GROUP_SNAPSHOT) && v.stream == gid {
+                out.push((v.kind, v.seq));
+            }
+        })
+        .unwrap();
+    }
+    out
+}
+
+fn group_version(r: Reply) -> u64 {
+    match r {
+        Reply::Im(ImDecoded::Reply(ImReply::Group { version, .. })) => version,
+        other => panic!("not a group change: {other:?}"),
+    }
+}
+
+#[test]
+fn group_history_collapses_to_a_snapshot_and_a_kill_9_restarts_from_it() {
+    use hongbao::im::home;
+    use hongbao::im::record::{KIND_GROUP, KIND_GROUP_SNAPSHOT};
+    let event = Event::new();
+    let cfg = event.path().join("history.toml");
+    std::fs::write(
+        &cfg,
+        "[im]\nretention_s = 3\ncompact_every_s = 1\n[store]\nsegment_bytes = 4194304\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let args = ["--cores", "2", "--config", cfg.as_str()];
+    let mut server = event.serve("data", &args);
+    let gid = 88u64;
+    let core = home(gid, 2);
+    // Users homed on the group's core, whose messages roll that core's log.
+    let local: Vec<u64> = (1..).filter(|&u| home(u, 2) == core).take(8).collect();
+    let owner = local[0];
+    let mut o = server.client(&event.auth(owner));
+    assert_eq!(group_version(o.group_create(gid, &local[1..6]).unwrap()), 1);
+    // A message at version 1, then members leave and join: history its read list needs.
+    sent(
+        o.im_send(1, Target::Group(gid), Class::Chat, b"at v1")
+            .unwrap(),
+    );
+    assert_eq!(group_version(o.group_remove(gid, &[local[1]]).unwrap()), 2);
+    assert_eq!(group_version(o.group_remove(gid, &[local[2]]).unwrap()), 3);
+    assert_eq!(group_version(o.group_add(gid, &[local[6]]).unwrap()), 4);
+    let read_list = |c: &mut Client, seq| match c.im_read_list(seq, 0).unwrap() {
+        Reply::Im(ImDecoded::Reply(ImReply::Readers { unread, .. })) => unread,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(read_list(&mut o, 1), 5, "the five members at version 1");
+    assert_eq!(metric(&server, "hongbao_im_group_past_memberships"), 0);
+    // About 5 MiB between two users of that core: its first segment fills and expires.
+    let mut a = server.client(&event.auth(local[7]));
+    let big = vec![b'h'; hongbao::im::BODY_MAX];
+    for k in 0..320u128 {
+        sent(
+            a.im_send(100 + k, Target::User(local[6]), Class::Chat, &big)
+                .unwrap(),
+        );
+    }
+    // The message at version 1 expires, so the memberships that ended go (floor round);
+    // the first segment is compacted after a snapshot of the group is durable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&server, "hongbao_im_group_history_forgotten_total") < 2
+        || metric(&server, "hongbao_im_group_snapshots_total") < 1
+        || metric(&server, "hongbao_log_compactions_total") < 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no collapsed history in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric(&server, "hongbao_im_group_past_memberships"), 0);
+    // Members see the group as before; a message goes to exactly them.
+    let members = |c: &mut Client| match c.group_members(gid, 0).unwrap() {
+        Reply::Im(ImDecoded::Members { members, .. }) => {
+            let mut m = members;
+            m.sort_unstable();
+            m
+        }
+        other => panic!("{other:?}"),
+    };
+    let mut want: Vec<u64> = [owner, local[3], local[4], local[5], local[6]].into();
+    want.sort_unstable();
+    assert_eq!(members(&mut o), want);
+    sent(
+        o.im_send(2, Target::Group(gid), Class::Chat, b"at v4")
+            .unwrap(),
+    );
+
+    server.kill9();
+    // On disk: the snapshot, and none of the four changes it covers.
+    let records = group_records(&event, core, gid);
+    assert!(
+        records.iter().all(|&(k, _)| k == KIND_GROUP_SNAPSHOT)
+            && records.contains(&(KIND_GROUP_SNAPSHOT, 4)),
+        "{records:?}"
+    );
+    let server = event.serve("data", &args);
+    let mut o = server.client(&event.auth(owner));
+    assert_eq!(members(&mut o), want);
+    let seq = sent(
+        o.im_send(3, Target::Group(gid), Class::Chat, b"after")
+            .unwrap(),
+    )
+    .0;
+    assert_eq!(read_list(&mut o, seq), 4);
+    // The versions go on from the snapshot's; the member who left at 2 can come back.
+    assert_eq!(group_version(o.group_add(gid, &[local[1]]).unwrap()), 5);
+    sent(
+        o.im_send(4, Target::Group(gid), Class::Chat, b"at v5")
+            .unwrap(),
+    );
+    let mut back = server.client(&event.auth(local[1]));
+    let got = pull_until(&mut back, 1);
+    assert_eq!(got.last().unwrap().body, b"at v5");
+    assert!(group_records(&event, core, gid).contains(&(KIND_GROUP, 5)));
+}

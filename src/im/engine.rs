@@ -19,7 +19,7 @@
 //! and pushes. Seqs of a stream are contiguous from 1, and nothing is visible before it is
 //! durable, so no client ever sees a seq that a crash could take back.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -28,11 +28,12 @@ use smallvec::{smallvec, SmallVec};
 use super::cold::{ColdRef, ColdSource};
 use super::dedupe::{DoneIndex, SendKey};
 use super::entries::Entries;
+use super::groups::{FloorRound, Group, VersionIndex};
 use super::model::*;
 use super::record::{
-    decode_delivery, decode_group, decode_sent, delivery_len, encode_delivery, encode_group,
-    encode_sent, message_len, Delivery, GroupChange, KIND_DELIVERY, KIND_FANOUT_DONE, KIND_GROUP,
-    KIND_SENT, KIND_STREAM_HEAD,
+    decode_delivery, decode_group, decode_sent, decode_snapshot, delivery_len, encode_delivery,
+    encode_group, encode_sent, encode_snapshot, message_len, Delivery, GroupChange, SnapshotPart,
+    KIND_DELIVERY, KIND_FANOUT_DONE, KIND_GROUP, KIND_GROUP_SNAPSHOT, KIND_SENT, KIND_STREAM_HEAD,
 };
 use crate::serve::setup::home_core;
 use crate::shake::engine::Route;
@@ -117,6 +118,11 @@ pub enum ImMsg {
     },
     /// To the sender's core: the receiving core holds the message durably.
     Delivered { id: MsgId },
+    /// A floor round of the groups homed on core `from` (see [`super::groups`]): which of
+    /// them do messages here still refer to, and at which oldest version?
+    FloorAsk { round: u64, from: u16 },
+    /// The answer: (gid, oldest version referred to) of the asking core's groups.
+    Floors { round: u64, floors: Vec<(u64, u64)> },
 }
 
 /// What a call asks the runtime to do.
@@ -280,77 +286,6 @@ impl Stream {
     }
 }
 
-struct Group {
-    owner: u64,
-    /// Members including every change appended (durable or not): what changes are checked
-    /// against; each with the version that added it.
-    members: HashMap<u64, u64>,
-    /// Past memberships: (uid, version that added it, version that removed it). With
-    /// `members` they give the members at any version (a message's recipients are the
-    /// members at the version its send saw: its withdrawal and its unread list use them).
-    /// Kept as long as the group's change records are (compaction keeps those).
-    past: Vec<(u64, u64, u64)>,
-    next_version: u64,
-    /// The durable membership, as sends see it (None until the creation is durable).
-    durable: Option<(u64, Arc<Partition>, usize)>,
-}
-
-impl Group {
-    fn new(owner: u64) -> Group {
-        Group {
-            owner,
-            members: HashMap::new(),
-            past: Vec::new(),
-            next_version: 1,
-            durable: None,
-        }
-    }
-
-    /// Applies `change` as version `version` (the next one).
-    fn apply(&mut self, version: u64, change: &GroupChange) {
-        debug_assert_eq!(version, self.next_version);
-        match change {
-            GroupChange::Create { owner, members } => {
-                self.members.insert(*owner, version);
-                for &m in members {
-                    self.members.entry(m).or_insert(version);
-                }
-            }
-            GroupChange::Add { members, .. } => {
-                for &m in members {
-                    self.members.entry(m).or_insert(version);
-                }
-            }
-            GroupChange::Remove { members, .. } => {
-                for m in members {
-                    if let Some(added) = self.members.remove(m) {
-                        self.past.push((*m, added, version));
-                    }
-                }
-            }
-        }
-        self.next_version = version + 1;
-    }
-
-    /// The members at `version`, sorted.
-    fn members_at(&self, version: u64) -> Vec<u64> {
-        let mut out: Vec<u64> = self
-            .members
-            .iter()
-            .filter(|&(_, &added)| added <= version)
-            .map(|(&m, _)| m)
-            .chain(
-                self.past
-                    .iter()
-                    .filter(|&&(_, added, removed)| added <= version && version < removed)
-                    .map(|&(m, _, _)| m),
-            )
-            .collect();
-        out.sort_unstable();
-        out
-    }
-}
-
 /// A send not stored yet (stored ones are in the [`DoneIndex`]).
 enum SendState {
     InFlight {
@@ -462,6 +397,8 @@ enum Waiter {
         members: usize,
         route: Route,
     },
+    /// A group snapshot's last part: (version, floor) durable.
+    Snapshot { gid: u64, at: (u64, u64) },
 }
 
 /// Messages to a huge group's members homed here, written `next..` onwards.
@@ -501,6 +438,11 @@ pub struct ImStats {
     pub memory_refused: u64,
     /// Entries moved to the cold part (R24).
     pub cooled: u64,
+    /// Floor rounds of the groups homed here completed, the past memberships they let go,
+    /// and group snapshots appended.
+    pub floor_rounds: u64,
+    pub history_forgotten: u64,
+    pub snapshots: u64,
 }
 
 pub struct ImCore {
@@ -518,7 +460,10 @@ pub struct ImCore {
     reads: HashMap<MsgId, Vec<u64>>,
     /// The membership version of each group message (and withdrawal) sent by users homed
     /// here: whom it went to, for its withdrawal and unread list (from SENT records).
-    versions: HashMap<MsgId, u64>,
+    versions: VersionIndex,
+    /// The floor round of the groups homed here in progress, and the next round's id.
+    floor_round: Option<FloorRound>,
+    next_round: u64,
     pending: HashMap<u64, Pending>,
     next_token: u64,
     outbox: HashMap<MsgId, Outbox>,
@@ -616,7 +561,9 @@ impl ImCore {
             sends: HashMap::new(),
             done: DoneIndex::default(),
             reads: HashMap::new(),
-            versions: HashMap::new(),
+            versions: VersionIndex::default(),
+            floor_round: None,
+            next_round: 1,
             machine: HashMap::new(),
             pending: HashMap::new(),
             next_token: 1,
@@ -804,7 +751,7 @@ impl ImCore {
                     let (sender, class) = (msg.id.sender, msg.class);
                     // The recipients its send saw (records older than versions: the members
                     // now).
-                    let at = self.versions.get(&msg.id).copied();
+                    let at = self.versions.get(&msg.id);
                     let pending = Pending::Redrive { msg, have };
                     self.expand_at_home(gid, sender, class, at, pending, out);
                 }
@@ -1022,7 +969,7 @@ impl ImCore {
             kind: EntryKind::Withdraw,
             refer: Some(m.id),
             sent_ms: Some(m.sent_ms),
-            version: self.versions.get(&m.id).copied(),
+            version: self.versions.get(&m.id),
         };
         self.submit(draft, route, now_us, log, out);
     }
@@ -1057,7 +1004,7 @@ impl ImCore {
                 out.replies.push((route, reply));
             }
             Target::Group(gid) => {
-                let at = self.versions.get(&m.id).copied();
+                let at = self.versions.get(&m.id);
                 let pending = Pending::Readers {
                     sender,
                     seq,
@@ -1365,8 +1312,8 @@ impl ImCore {
         match appended {
             Ok(appended) => {
                 stream.push(msg.clone(), ColdRef::new(self.core, appended.start));
-                if let (Target::Group(_), Some(v)) = (msg.to, version) {
-                    self.versions.insert(msg.id, v);
+                if let (Target::Group(gid), Some(v)) = (msg.to, version) {
+                    self.versions.insert(msg.id, gid, v);
                 }
                 self.stats.sends += 1;
                 self.stats.stream_appends += 1;
@@ -1460,7 +1407,168 @@ impl ImCore {
                 origin,
             } => self.inbox.push((msg, recipients, origin)),
             ImMsg::Delivered { id } => self.delivered(id, now_us, log, out),
+            ImMsg::FloorAsk { round, from } => {
+                let floors = self.oldest_versions_for(from);
+                out.messages.push((from, ImMsg::Floors { round, floors }));
+            }
+            ImMsg::Floors { round, floors } => {
+                let Some(r) = self.floor_round.as_mut().filter(|r| r.id == round) else {
+                    return; // an abandoned round's answer
+                };
+                r.answer(&floors);
+                if r.waiting == 0 {
+                    let r = self.floor_round.take().expect("checked");
+                    let mut forgotten = 0;
+                    for (gid, floor) in r.floors() {
+                        if let Some(g) = self.groups.get_mut(&gid) {
+                            forgotten += g.raise_floor(floor) as u64;
+                        }
+                    }
+                    self.stats.history_forgotten += forgotten;
+                    self.stats.floor_rounds += 1;
+                }
+            }
         }
+    }
+
+    /// Starts a floor round of the groups homed here (see [`super::groups`]): asks every
+    /// core, this one included, which versions of them its messages still refer to. When
+    /// the last answer is in, the groups forget the memberships no message needs. A round
+    /// still waiting for answers is abandoned (its late answers are ignored).
+    pub fn start_floor_round(&mut self, out: &mut Effects) {
+        let id = self.next_round;
+        self.next_round += 1;
+        let start = self
+            .groups
+            .iter()
+            .filter_map(|(&gid, g)| g.durable.as_ref().map(|d| (gid, d.0)))
+            .collect();
+        self.floor_round = Some(FloorRound {
+            id,
+            waiting: self.cores,
+            start,
+            oldest: HashMap::new(),
+        });
+        for k in 0..self.cores {
+            out.messages.push((
+                k,
+                ImMsg::FloorAsk {
+                    round: id,
+                    from: self.core,
+                },
+            ));
+        }
+    }
+
+    /// Whether a floor round of the groups homed here is waiting for answers.
+    pub fn floor_round_pending(&self) -> bool {
+        self.floor_round.is_some()
+    }
+
+    /// (gid, oldest membership version still referred to here) for the groups homed on
+    /// `core`: retained messages of users homed here, sends parked with their version, and
+    /// withdrawals waiting for their recipients.
+    fn oldest_versions_for(&self, core: u16) -> Vec<(u64, u64)> {
+        let mut oldest: HashMap<u64, u64> = HashMap::new();
+        let mut note = |gid: u64, v: u64| {
+            if home(gid, self.cores) == core {
+                let o = oldest.entry(gid).or_insert(v);
+                *o = (*o).min(v);
+            }
+        };
+        for (gid, v) in self.versions.oldest() {
+            note(gid, v);
+        }
+        let drafts = self
+            .parked
+            .iter()
+            .map(|p| &p.draft)
+            .chain(self.pending.values().filter_map(|p| match p {
+                Pending::Fresh { draft, .. } => Some(draft),
+                _ => None,
+            }));
+        for d in drafts {
+            if let (Target::Group(gid), Some(v)) = (d.req.to, d.version) {
+                note(gid, v);
+            }
+        }
+        oldest.into_iter().collect()
+    }
+
+    /// Appends a snapshot (log kind 21, in parts) of each group of `gids` homed here whose
+    /// changes go past its newest snapshot, so compaction can drop the change records it
+    /// covers once it is durable. Returns the (gid, (version, floor)) of the snapshots to
+    /// wait for (appended now or earlier and not durable yet). A log too far behind stops
+    /// it (the rest wait for the next pass).
+    pub fn write_snapshots(&mut self, gids: &[u64], log: &mut LogWriter) -> Vec<(u64, (u64, u64))> {
+        let mut wait = Vec::new();
+        for &gid in gids {
+            let Some(g) = self.groups.get(&gid) else {
+                continue; // not homed here (the core count changed): its records stay
+            };
+            if g.durable.is_none() {
+                continue;
+            }
+            let version = g.version();
+            if let Some(at) = g.snap_appended.filter(|a| a.0 >= version) {
+                if g.snap_durable < Some(at) {
+                    wait.push((gid, at));
+                }
+                continue;
+            }
+            let at = (version, g.floor);
+            let parts = g.snapshot_parts();
+            let mut end = None;
+            for p in &parts {
+                self.scratch.clear();
+                encode_snapshot(p, &mut self.scratch);
+                let scratch = &self.scratch;
+                match log.bulk(|log| log.append(KIND_GROUP_SNAPSHOT, gid, version, scratch)) {
+                    Ok(a) => end = Some(a.end),
+                    Err(AppendError::Backlog(_)) => {
+                        end = None;
+                        break;
+                    }
+                    Err(AppendError::TooLarge(n)) => {
+                        unreachable!("snapshot parts fit a record ({n} bytes)")
+                    }
+                }
+            }
+            let Some(end) = end else {
+                // Parts already appended are an incomplete snapshot: recovery ignores it.
+                return wait;
+            };
+            self.groups.get_mut(&gid).expect("checked").snap_appended = Some(at);
+            self.waiters.push_back((end, Waiter::Snapshot { gid, at }));
+            self.stats.snapshots += 1;
+            wait.push((gid, at));
+        }
+        wait
+    }
+
+    /// The newest durable snapshot (version, floor) of a group homed here.
+    pub fn group_snapshot(&self, gid: u64) -> Option<(u64, u64)> {
+        self.groups.get(&gid)?.snap_durable
+    }
+
+    /// The newest durable snapshot (version, floor) of every group homed here that has one:
+    /// compaction drops the change records and older snapshots they cover.
+    pub fn group_snapshots(&self) -> HashMap<u64, (u64, u64)> {
+        self.groups
+            .iter()
+            .filter_map(|(&gid, g)| g.snap_durable.map(|s| (gid, s)))
+            .collect()
+    }
+
+    /// Past memberships a group homed here keeps, and the oldest version it answers (its
+    /// floor).
+    pub fn group_history(&self, gid: u64) -> Option<(usize, u64)> {
+        self.groups.get(&gid).map(|g| (g.past.len(), g.floor))
+    }
+
+    /// Past memberships all groups homed here keep.
+    pub fn group_past_total(&self) -> u64 {
+        self.groups.values().map(|g| g.past.len() as u64).sum()
     }
 
     /// The members of a group homed here that a message of `sender` goes to: at membership
@@ -1484,7 +1592,9 @@ impl ImCore {
             // Versions a message can carry are durable ones: a later one is a damaged log.
             Some(v) if v > *version || v == 0 => return Err(ImError::NoSuchGroup),
             Some(v) => {
-                let members = g.members_at(v);
+                // Below the floor no retained message refers to the version: the message
+                // asked about is gone (retention) too.
+                let members = g.members_at(v).ok_or(ImError::NoSuchMessage)?;
                 let count = members.len();
                 (v, partition(self.cores, members), count)
             }
@@ -2107,6 +2217,10 @@ impl ImCore {
                         },
                     ));
                 }
+                Waiter::Snapshot { gid, at } => {
+                    let g = self.groups.get_mut(&gid).expect("appended");
+                    g.snap_durable = g.snap_durable.max(Some(at));
+                }
             }
         }
     }
@@ -2229,7 +2343,7 @@ impl ImCore {
             self.reads
                 .retain(|id, _| streams.get(&id.sender).map_or(true, |s| id.seq >= s.base));
             self.versions
-                .retain(|id, _| streams.get(&id.sender).map_or(true, |s| id.seq >= s.base));
+                .retain(|id| streams.get(&id.sender).map_or(true, |s| id.seq >= s.base));
         }
         self.stats.expired += dropped;
         dropped
@@ -2287,8 +2401,8 @@ impl ImCore {
 pub struct ImRecovery {
     streams: HashMap<u64, Vec<(u64, Recovered)>>,
     sent: HashMap<MsgId, MessageRef>,
-    /// Membership versions of group messages, from their SENT records.
-    versions: HashMap<MsgId, u64>,
+    /// (group, membership version) of group messages, from their SENT records.
+    versions: HashMap<MsgId, (u64, u64)>,
     /// Messages met in a DELIVERY record before their SENT record (another core's log, read
     /// later, or a SENT record compaction dropped): one shared copy each, as in a running
     /// server, not one per record (recovered state was 1.7x the memory of the state it
@@ -2298,6 +2412,8 @@ pub struct ImRecovery {
     /// Recipients holding messages whose fan-out is not known to be done.
     delivered_to: HashMap<MsgId, HashSet<u64>>,
     groups: HashMap<u64, Vec<(u64, GroupChange)>>,
+    /// Group snapshot parts found, per group.
+    snapshots: HashMap<u64, SnapshotsFound>,
     /// Newest seq per stream from stream-head records (compaction dropped what held it).
     heads: HashMap<u64, u64>,
     /// Readers per message, from the receipts in the message's sender's stream.
@@ -2307,6 +2423,9 @@ pub struct ImRecovery {
     /// Entries sent before this are cold once recovered (0: none).
     hot_cutoff_ms: u64,
 }
+
+/// A group's snapshot parts as recovery found them: (version, floor) -> part number -> part.
+type SnapshotsFound = BTreeMap<(u64, u64), BTreeMap<u16, SnapshotPart>>;
 
 /// A stream entry as recovery found it.
 enum Recovered {
@@ -2360,7 +2479,12 @@ impl ImRecovery {
     pub fn is_im(kind: u8) -> bool {
         matches!(
             kind,
-            KIND_SENT | KIND_DELIVERY | KIND_FANOUT_DONE | KIND_GROUP | KIND_STREAM_HEAD
+            KIND_SENT
+                | KIND_DELIVERY
+                | KIND_FANOUT_DONE
+                | KIND_GROUP
+                | KIND_STREAM_HEAD
+                | KIND_GROUP_SNAPSHOT
         )
     }
 
@@ -2398,8 +2522,8 @@ impl ImRecovery {
         match kind {
             KIND_SENT => {
                 let (decoded, version) = decode_sent(stream, seq, payload).map_err(|e| e.0)?;
-                if let Some(v) = version {
-                    self.versions.insert(decoded.id, v);
+                if let (Some(v), Target::Group(gid)) = (version, decoded.to) {
+                    self.versions.insert(decoded.id, (gid, v));
                 }
                 let m = match self.copies.remove(&decoded.id) {
                     Some(copy) => Self::same(copy, &decoded)?,
@@ -2460,6 +2584,18 @@ impl ImRecovery {
             KIND_GROUP => {
                 let change = decode_group(payload).map_err(|e| e.0)?;
                 self.groups.entry(stream).or_default().push((seq, change));
+            }
+            KIND_GROUP_SNAPSHOT => {
+                let part = decode_snapshot(seq, payload)
+                    .map_err(|e| format!("snapshot of group {stream}: {}", e.0))?;
+                // The same part twice (a snapshot appended again after a partial one) is
+                // the same bytes: one copy is enough.
+                self.snapshots
+                    .entry(stream)
+                    .or_default()
+                    .entry((seq, part.floor))
+                    .or_default()
+                    .insert(part.part, part);
             }
             KIND_STREAM_HEAD => {
                 if !payload.is_empty() || seq == 0 {
@@ -2543,14 +2679,39 @@ impl ImRecovery {
                 .reads
                 .insert(id, readers);
         }
-        for (gid, mut changes) in self.groups {
+        let mut snapshots = self.snapshots;
+        let mut groups = self.groups;
+        for &gid in snapshots.keys() {
+            groups.entry(gid).or_default();
+        }
+        for (gid, mut changes) in groups {
             changes.sort_unstable_by_key(|(v, _)| *v);
+            // The newest complete snapshot, if any: the group starts from it, and the
+            // changes it covers (compaction may have dropped some) are skipped.
             let mut g: Option<Group> = None;
+            if let Some(versions) = snapshots.remove(&gid) {
+                for ((version, _), parts) in versions.into_iter().rev() {
+                    let complete = parts
+                        .values()
+                        .next()
+                        .is_some_and(|p| usize::from(p.parts) == parts.len());
+                    if complete {
+                        let parts = parts.into_values().collect();
+                        g = Some(
+                            Group::from_snapshot(version, parts)
+                                .map_err(|e| format!("group {gid}: {e}"))?,
+                        );
+                        break;
+                    }
+                }
+            }
+            let from = g.as_ref().map_or(0, |g| g.version());
+            changes.retain(|(v, _)| *v > from);
             for (i, (version, change)) in changes.into_iter().enumerate() {
-                if version != i as u64 + 1 {
+                if version != from + i as u64 + 1 {
                     return Err(format!(
                         "group {gid}: version {version} where {} belongs",
-                        i + 1
+                        from + i as u64 + 1
                     ));
                 }
                 match (&change, g.as_mut()) {
@@ -2565,7 +2726,11 @@ impl ImRecovery {
                 }
                 g.as_mut().expect("created").apply(version, &change);
             }
-            let mut g = g.expect("at least one change");
+            let Some(mut g) = g else {
+                return Err(format!(
+                    "group {gid}: snapshot parts but no complete snapshot and no changes"
+                ));
+            };
             g.durable = Some((
                 g.next_version - 1,
                 partition(cores, g.members.keys().copied()),
@@ -2573,8 +2738,10 @@ impl ImRecovery {
             ));
             out[home(gid, cores) as usize].groups.insert(gid, g);
         }
-        for (id, v) in self.versions {
-            out[home(id.sender, cores) as usize].versions.insert(id, v);
+        for (id, (gid, v)) in self.versions {
+            out[home(id.sender, cores) as usize]
+                .versions
+                .insert(id, gid, v);
         }
         let mut sent: Vec<MessageRef> = self.sent.into_values().collect();
         sent.sort_unstable_by_key(|m| (m.sent_ms, m.id));

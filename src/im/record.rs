@@ -1,12 +1,12 @@
-//! IM log records (docs/formats/log.md, kinds 16-20): a sent message in its sender's stream, a
+//! IM log records (docs/formats/log.md, kinds 16-21): a sent message in its sender's stream, a
 //! delivery of one or more messages to the streams of the recipients homed on one core, the end
-//! of a message's fan-out, and a group change. Pure codecs: bytes in, values out, every length
+//! of a message's fan-out, a group change, a stream head and a group snapshot. Pure codecs: bytes in, values out, every length
 //! and field checked, so a damaged record is an error and never a panic. Used by the engine on
 //! each core ([`super::engine`]) and by recovery.
 
 use std::sync::Arc;
 
-use zerocopy::little_endian::{U32, U64};
+use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::model::{
@@ -28,6 +28,10 @@ pub const KIND_GROUP: u8 = 19;
 /// Written by compaction (R24) where it dropped the record holding a stream's newest seq:
 /// stream = uid, seq = that seq, no payload. The stream goes on after it.
 pub const KIND_STREAM_HEAD: u8 = 20;
+/// One part of a group's snapshot (R24: compaction keeps final states): the membership at a
+/// version and the past memberships still needed, written before compaction drops the group
+/// change records it covers. Stream: the group id; seq: the version it describes.
+pub const KIND_GROUP_SNAPSHOT: u8 = 21;
 
 /// The fixed part of a message inside SENT and DELIVERY records. 72 bytes.
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -76,6 +80,21 @@ struct GroupHeader {
 
 const GROUP_HEADER_BYTES: usize = 24;
 const _: () = assert!(std::mem::size_of::<GroupHeader>() == GROUP_HEADER_BYTES);
+
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct SnapshotHeader {
+    owner: U64,
+    floor: U64,
+    part: U16,
+    parts: U16,
+    members: U32,
+    past: U32,
+    reserved: U32,
+}
+
+const SNAPSHOT_HEADER_BYTES: usize = 32;
+const _: () = assert!(std::mem::size_of::<SnapshotHeader>() == SNAPSHOT_HEADER_BYTES);
 
 /// Why a record's payload does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -363,6 +382,116 @@ pub fn decode_group(payload: &[u8]) -> Result<GroupChange, RecordError> {
     })
 }
 
+/// Members plus past memberships one snapshot part holds at most (24 bytes each at most:
+/// under [`RECORD_PAYLOAD_MAX`] with its header).
+pub const SNAPSHOT_ITEMS_PER_PART: usize = 40_000;
+const _: () = assert!(SNAPSHOT_HEADER_BYTES + SNAPSHOT_ITEMS_PER_PART * 24 <= RECORD_PAYLOAD_MAX);
+
+/// One part of a group snapshot ([`KIND_GROUP_SNAPSHOT`]). A snapshot at a version is parts
+/// `0..parts`, each with the same owner and floor; together they list every member (with the
+/// version that added it) and every past membership that ended after `floor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPart {
+    pub owner: u64,
+    /// Versions below this are not answerable any more (no message that may still be asked
+    /// about was sent to them): memberships that ended at or before it are not kept.
+    pub floor: u64,
+    pub part: u16,
+    pub parts: u16,
+    /// (uid, version that added it).
+    pub members: Vec<(u64, u64)>,
+    /// (uid, version that added it, version that removed it).
+    pub past: Vec<(u64, u64, u64)>,
+}
+
+/// SNAPSHOT payload: owner, floor, part, parts, member and past counts, then the members
+/// (uid, added) and the past memberships (uid, added, removed), little-endian u64s.
+pub fn encode_snapshot(p: &SnapshotPart, out: &mut Vec<u8>) {
+    let h = SnapshotHeader {
+        owner: U64::new(p.owner),
+        floor: U64::new(p.floor),
+        part: U16::new(p.part),
+        parts: U16::new(p.parts),
+        members: U32::new(p.members.len() as u32),
+        past: U32::new(p.past.len() as u32),
+        reserved: U32::new(0),
+    };
+    out.extend_from_slice(h.as_bytes());
+    for &(uid, added) in &p.members {
+        out.extend_from_slice(&uid.to_le_bytes());
+        out.extend_from_slice(&added.to_le_bytes());
+    }
+    for &(uid, added, removed) in &p.past {
+        out.extend_from_slice(&uid.to_le_bytes());
+        out.extend_from_slice(&added.to_le_bytes());
+        out.extend_from_slice(&removed.to_le_bytes());
+    }
+}
+
+/// The floor of a snapshot part, from its header alone (compaction's decisions).
+pub fn snapshot_floor(payload: &[u8]) -> Result<u64, RecordError> {
+    match SnapshotHeader::read_from_prefix(payload) {
+        Ok((h, _)) => Ok(h.floor.get()),
+        Err(_) => err(format!(
+            "snapshot header needs {SNAPSHOT_HEADER_BYTES} bytes"
+        )),
+    }
+}
+
+/// Decodes one snapshot part of `version`: lengths, part numbers and every version are
+/// checked (added <= version, added < removed <= version, floor <= version).
+pub fn decode_snapshot(version: u64, payload: &[u8]) -> Result<SnapshotPart, RecordError> {
+    let Ok((h, rest)) = SnapshotHeader::read_from_prefix(payload) else {
+        return err(format!(
+            "snapshot header needs {SNAPSHOT_HEADER_BYTES} bytes"
+        ));
+    };
+    let (members, past) = (h.members.get() as usize, h.past.get() as usize);
+    let (part, parts) = (h.part.get(), h.parts.get());
+    if members + past > SNAPSHOT_ITEMS_PER_PART || rest.len() != members * 16 + past * 24 {
+        return err(format!(
+            "snapshot part of {members} members and {past} past memberships in {} bytes",
+            rest.len()
+        ));
+    }
+    if part >= parts {
+        return err(format!("snapshot part {part} of {parts}"));
+    }
+    let floor = h.floor.get();
+    if version == 0 || floor > version {
+        return err(format!("snapshot of version {version} with floor {floor}"));
+    }
+    let words: Vec<u64> = <[U64]>::ref_from_bytes(rest)
+        .expect("length checked")
+        .iter()
+        .map(|u| u.get())
+        .collect();
+    let (m, p) = words.split_at(members * 2);
+    let members: Vec<(u64, u64)> = m.chunks_exact(2).map(|w| (w[0], w[1])).collect();
+    let past: Vec<(u64, u64, u64)> = p.chunks_exact(3).map(|w| (w[0], w[1], w[2])).collect();
+    if let Some(&(uid, added)) = members.iter().find(|&&(_, a)| a == 0 || a > version) {
+        return err(format!(
+            "snapshot of version {version}: member {uid} added at version {added}"
+        ));
+    }
+    if let Some(&(uid, a, r)) = past
+        .iter()
+        .find(|&&(_, a, r)| a == 0 || a >= r || r > version)
+    {
+        return err(format!(
+            "snapshot of version {version}: past member {uid} from version {a} to {r}"
+        ));
+    }
+    Ok(SnapshotPart {
+        owner: h.owner.get(),
+        floor,
+        part,
+        parts,
+        members,
+        past,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +567,51 @@ mod tests {
             let _ = decode_delivery(&bytes);
             let _ = decode_group(&bytes);
             let _ = decode_sent(1, 1, &bytes);
+            let _ = decode_snapshot(5, &bytes);
+            let _ = snapshot_floor(&bytes);
+        }
+
+        #[test]
+        fn snapshot_parts_round_trip(
+            owner in any::<u64>(),
+            version in 1u64..1000,
+            members in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..60),
+            past in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..60),
+            floor in any::<u64>(),
+            parts in 1u16..5,
+        ) {
+            let floor = floor % (version + 1);
+            let members: Vec<(u64, u64)> =
+                members.into_iter().map(|(u, a)| (u, 1 + a % version)).collect();
+            let past: Vec<(u64, u64, u64)> = past
+                .into_iter()
+                .filter(|_| version > 1)
+                .map(|(u, a, r)| {
+                    let a = 1 + a % (version - 1);
+                    (u, a, a + 1 + r % (version - a))
+                })
+                .collect();
+            let p = SnapshotPart { owner, floor, part: parts - 1, parts, members, past };
+            let mut out = Vec::new();
+            encode_snapshot(&p, &mut out);
+            prop_assert_eq!(decode_snapshot(version, &out).unwrap(), p.clone());
+            prop_assert_eq!(snapshot_floor(&out).unwrap(), floor);
+            // Every strict prefix and a longer buffer are refused; so is an older version
+            // than what the part names (a member added later, or the floor above it).
+            for cut in 0..out.len() {
+                prop_assert!(decode_snapshot(version, &out[..cut]).is_err());
+            }
+            let mut longer = out.clone();
+            longer.push(0);
+            prop_assert!(decode_snapshot(version, &longer).is_err());
+            let newest = p.members.iter().map(|m| m.1)
+                .chain(p.past.iter().map(|m| m.2))
+                .chain([p.floor])
+                .max()
+                .unwrap();
+            if newest > 1 {
+                prop_assert!(decode_snapshot(newest - 1, &out).is_err());
+            }
         }
 
         #[test]

@@ -3,8 +3,10 @@
 //! was written, and every message in it sent, before the cutoff.
 //!
 //! From such a segment compaction drops the messages (kinds 16, 17) and fan-out ends (18),
-//! except the records of fan-outs still in flight, and keeps everything else: money records,
-//! group changes and kinds it does not know. A stream's seqs must go on where they were after
+//! except the records of fan-outs still in flight; the group changes (19) and group snapshots
+//! (21) that a newer durable snapshot of their group covers (final states only; groups homed
+//! on the compacting core, whose snapshots it knows); and keeps everything else: money
+//! records, other group records and kinds it does not know. A stream's seqs must go on where they were after
 //! a restart even when its every record was dropped, so where a dropped record held the newest
 //! seq of a stream, a 32-byte **stream head** record (kind 20: stream = uid, seq = that seq,
 //! no payload) takes its place. A head is dropped again by a later compaction once the stream
@@ -13,11 +15,12 @@
 //! Pure functions, used by the server's compaction task (runtime) on the blocking thread and
 //! by its core for the decisions that need the engine's state.
 
-use foldhash::HashSet;
+use foldhash::{HashMap, HashSet};
 
 use super::model::MsgId;
 use super::record::{
-    decode_delivery, Delivery, KIND_DELIVERY, KIND_FANOUT_DONE, KIND_SENT, KIND_STREAM_HEAD,
+    decode_delivery, snapshot_floor, Delivery, KIND_DELIVERY, KIND_FANOUT_DONE, KIND_GROUP,
+    KIND_GROUP_SNAPSHOT, KIND_SENT, KIND_STREAM_HEAD,
 };
 use crate::store::RecordView;
 
@@ -49,6 +52,9 @@ pub struct ExpiredSegment {
     pub open: HashSet<MsgId>,
     /// (uid, seq): streams whose newest seq is in this segment; a head record keeps it.
     pub heads: HashSet<(u64, u64)>,
+    /// The newest durable snapshot (version, floor) of each group homed on the compacting
+    /// core: its change records up to that version and its older snapshots go.
+    pub snapshots: HashMap<u64, (u64, u64)>,
 }
 
 impl ExpiredSegment {
@@ -68,6 +74,21 @@ impl ExpiredSegment {
             // changes nothing); one the stream has grown past goes.
             KIND_STREAM_HEAD => return self.heads.remove(&(view.stream, view.seq)),
             KIND_FANOUT_DONE => false,
+            KIND_GROUP => {
+                return !self
+                    .snapshots
+                    .get(&view.stream)
+                    .is_some_and(|&(v, _)| view.seq <= v)
+            }
+            KIND_GROUP_SNAPSHOT => {
+                return match snapshot_floor(view.payload) {
+                    Ok(floor) => !self
+                        .snapshots
+                        .get(&view.stream)
+                        .is_some_and(|&newest| (view.seq, floor) < newest),
+                    Err(_) => true,
+                }
+            }
             _ => return true,
         };
         if !keep {
@@ -136,6 +157,7 @@ mod tests {
         let mut x = ExpiredSegment {
             open: HashSet::default(),
             heads: [(3, 20)].into_iter().collect(),
+            ..ExpiredSegment::default()
         };
         let mut extra = Vec::new();
         assert!(x.keep(&claim, &mut extra));
@@ -151,6 +173,7 @@ mod tests {
         let mut again = ExpiredSegment {
             open: HashSet::default(),
             heads: [(4, 9)].into_iter().collect(),
+            ..ExpiredSegment::default()
         };
         assert!(again.keep(&head, &mut extra));
         assert!(!again.keep(&head, &mut extra));
@@ -158,8 +181,53 @@ mod tests {
         // A fan-out in flight keeps its delivery.
         let mut open = ExpiredSegment {
             open: [MsgId { sender: 2, seq: 7 }].into_iter().collect(),
-            heads: HashSet::default(),
+            ..ExpiredSegment::default()
         };
         assert!(open.keep(&delivery, &mut extra));
+    }
+
+    #[test]
+    fn group_records_go_once_a_durable_snapshot_covers_them() {
+        use crate::im::record::{encode_group, encode_snapshot, GroupChange, SnapshotPart};
+        let mut change = Vec::new();
+        encode_group(
+            &GroupChange::Add {
+                actor: 1,
+                members: vec![2],
+            },
+            &mut change,
+        );
+        let snap = |floor| {
+            let mut p = Vec::new();
+            let part = SnapshotPart {
+                owner: 1,
+                floor,
+                part: 0,
+                parts: 1,
+                members: vec![(1, 1)],
+                past: vec![],
+            };
+            encode_snapshot(&part, &mut p);
+            p
+        };
+        let (s3, s5_1, s5_2) = (snap(1), snap(1), snap(2));
+        let mut x = ExpiredSegment {
+            snapshots: [(40, (5, 2))].into_iter().collect(),
+            ..ExpiredSegment::default()
+        };
+        let mut extra = Vec::new();
+        // Group 40: changes up to 5 are covered, 6 is not; older snapshots go, the newest stays.
+        assert!(!x.keep(&view(KIND_GROUP, 40, 3, &change), &mut extra));
+        assert!(!x.keep(&view(KIND_GROUP, 40, 5, &change), &mut extra));
+        assert!(x.keep(&view(KIND_GROUP, 40, 6, &change), &mut extra));
+        assert!(!x.keep(&view(KIND_GROUP_SNAPSHOT, 40, 3, &s3), &mut extra));
+        assert!(!x.keep(&view(KIND_GROUP_SNAPSHOT, 40, 5, &s5_1), &mut extra));
+        assert!(x.keep(&view(KIND_GROUP_SNAPSHOT, 40, 5, &s5_2), &mut extra));
+        // Group 41 has no durable snapshot here (or is homed elsewhere): all stay.
+        assert!(x.keep(&view(KIND_GROUP, 41, 1, &change), &mut extra));
+        assert!(x.keep(&view(KIND_GROUP_SNAPSHOT, 41, 5, &s3), &mut extra));
+        // A snapshot whose header cannot be read is kept (recovery names it).
+        assert!(x.keep(&view(KIND_GROUP_SNAPSHOT, 40, 1, &[1, 2]), &mut extra));
+        assert!(extra.is_empty());
     }
 }

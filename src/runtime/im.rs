@@ -433,6 +433,9 @@ impl Core {
                 .store(im.deliveries_held() as u64, Ordering::Relaxed);
             m.im_park_dropped.store(s.park_dropped, Ordering::Relaxed);
             m.im_work_refused.store(s.work_refused, Ordering::Relaxed);
+            m.im_history_forgotten
+                .store(s.history_forgotten, Ordering::Relaxed);
+            m.im_group_snapshots.store(s.snapshots, Ordering::Relaxed);
             m.im_memory_refused
                 .store(s.memory_refused, Ordering::Relaxed);
         }

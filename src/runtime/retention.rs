@@ -8,14 +8,19 @@
 //! a segment, writing its compacted copy, the rename) runs on a helper thread of its own, not
 //! on glommio's blocking pool, whose one thread makes the core's group commits durable (a
 //! second-long segment rewrite there would hold up every acknowledgement); the core's thread
-//! only makes the decisions that need its engine (fan-outs in flight, stream heads). A failed
-//! compaction changes nothing (the old segment stays) and is retried at the next pass.
+//! only makes the decisions that need its engine (fan-outs in flight, stream heads, group
+//! snapshots). Before compacting, a pass runs a floor round of the groups homed here (their
+//! past memberships no retained message needs are forgotten, [`crate::im::groups`]) and
+//! writes a snapshot of every group with change records in a segment about to be compacted,
+//! so those records can go once it is durable. A failed compaction changes nothing (the old
+//! segment stays) and is retried at the next pass.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
+use crate::im::record::KIND_GROUP;
 use crate::im::retention::{heads_of, ExpiredSegment};
 use crate::store::compact::{compact_segment, scan_segment, segment_created, Compaction};
 use crate::store::file::list_segments;
@@ -60,6 +65,10 @@ pub(crate) async fn retention_loop(core: Rc<Core>, dir: PathBuf) {
         core.metrics()
             .im_cold_entries
             .store(cold, Ordering::Relaxed);
+        // The groups homed here forget the memberships no retained message needs (after
+        // the expiry above, so the other cores' answers reflect it as far as their passes
+        // ran; a later pass catches up).
+        floor_round(&core).await;
         let own = bounds.get(&core.id).copied().unwrap_or(0);
         let compacted = compact_expired(&core, &dir, own, &mut done_below).await;
         // Compaction renamed new files over old ones: reopen on the next cold read.
@@ -74,6 +83,32 @@ pub(crate) async fn retention_loop(core: Rc<Core>, dir: PathBuf) {
             ),
         }
     }
+}
+
+/// How long a pass waits for a floor round's answers or a snapshot's commit before going
+/// on without them (nothing is dropped without them; the next pass tries again).
+const ROUND_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs a floor round of the groups homed here (im::groups) and waits for its answers.
+async fn floor_round(core: &Rc<Core>) {
+    core.im_run(|im, _, fx| im.start_floor_round(fx));
+    core.flush();
+    let started = std::time::Instant::now();
+    while core.im.borrow().floor_round_pending() {
+        if core.stopping() {
+            return;
+        }
+        if started.elapsed() > ROUND_WAIT {
+            eprintln!(
+                "core {}: a floor round of its groups got no answer from every core in {:?};                  group histories stay as they are until the next pass",
+                core.id, ROUND_WAIT
+            );
+            return;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let past = core.im.borrow().group_past_total();
+    core.metrics().im_group_past.store(past, Ordering::Relaxed);
 }
 
 /// For every core log in `data`, the first segment that is not expired: every segment below
@@ -134,22 +169,46 @@ async fn compact_one(
     segment: u64,
 ) -> Result<Compaction, String> {
     let id = core.id;
-    // 1. The streams whose newest seq in this segment may be their newest of all.
+    // 1. The streams whose newest seq in this segment may be their newest of all, and the
+    //    groups with change records in it.
     let d = dir.to_path_buf();
-    let heads = off_core(move || {
+    let (heads, groups) = off_core(move || {
         let mut heads = std::collections::HashMap::new();
+        let mut groups = std::collections::BTreeSet::new();
         scan_segment(&d, id, segment, |_, v| {
             for (uid, seq) in heads_of(&v) {
                 let h: &mut u64 = heads.entry(uid).or_default();
                 *h = (*h).max(seq);
             }
+            if v.kind == KIND_GROUP {
+                groups.insert(v.stream);
+            }
         })
         .map_err(|e| e.to_string())?;
-        Ok::<_, String>(heads)
+        Ok::<_, String>((heads, groups))
     })
     .await?;
-    // 2. What the engine knows: fan-outs in flight, and which of those heads are still the
-    //    newest (a stream not homed here keeps its head, to be safe).
+    // 2. Those groups' histories collapse (R24: final states): a snapshot of each (if its
+    //    changes go past its newest one) must be durable before the changes it covers go.
+    //    Without it (the log behind, no commit in time) they simply stay this time.
+    if !groups.is_empty() {
+        let gids: Vec<u64> = groups.into_iter().collect();
+        let mut wait = Vec::new();
+        core.im_run(|im, log, _| wait = im.write_snapshots(&gids, log));
+        let started = std::time::Instant::now();
+        while !wait
+            .iter()
+            .all(|&(gid, at)| core.im.borrow().group_snapshot(gid) >= Some(at))
+        {
+            if started.elapsed() > ROUND_WAIT || core.stopping() {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    // 3. What the engine knows: fan-outs in flight, which of those heads are still the
+    //    newest (a stream not homed here keeps its head, to be safe), and the groups'
+    //    durable snapshots.
     let mut x = {
         let im = core.im.borrow();
         ExpiredSegment {
@@ -158,9 +217,10 @@ async fn compact_one(
                 .into_iter()
                 .filter(|&(uid, seq)| im.head(uid).map_or(true, |h| h <= seq))
                 .collect(),
+            snapshots: im.group_snapshots(),
         }
     };
-    // 3. The rewrite.
+    // 4. The rewrite.
     let d = dir.to_path_buf();
     off_core(move || {
         compact_segment(&d, id, segment, |v, extra| x.keep(v, extra)).map_err(|e| e.to_string())

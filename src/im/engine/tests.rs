@@ -41,6 +41,11 @@ struct Sim {
     /// Huge-group deliveries are deferred (as in the server) and written at each flush in
     /// slices of this many member appends; 0: inline.
     bulk_slice: usize,
+    /// Over the cores' lives so far: floor rounds completed, past memberships forgotten,
+    /// group snapshots written, group records a simulated compaction dropped.
+    history: [u64; 4],
+    /// Every crash is followed by a simulated compaction (else half of them are).
+    always_compact: bool,
 }
 
 /// Cold entries read back from a copy of every core's simulated disk ([core][segment]).
@@ -96,6 +101,8 @@ impl Sim {
             next_route: 1,
             cold_recovery: false,
             bulk_slice: 0,
+            history: [0; 4],
+            always_compact: false,
         }
     }
 
@@ -284,10 +291,33 @@ impl Sim {
         panic!("the simulation did not settle");
     }
 
+    /// Core `k` starts a floor round of its groups (the answers travel with the rest).
+    fn floor_round(&mut self, k: u16) {
+        let mut fx = Effects::default();
+        self.nodes[k as usize].im.start_floor_round(&mut fx);
+        self.absorb(k, fx);
+    }
+
+    /// Core `k` writes a snapshot of each of its groups whose changes go past its newest.
+    fn snapshot(&mut self, k: u16, gids: &[u64]) -> Vec<(u64, (u64, u64))> {
+        let n = &mut self.nodes[k as usize];
+        n.im.write_snapshots(gids, &mut n.log)
+    }
+
     /// Every core dies; a torn part of each in-flight batch may reach the disk. Then every
     /// core recovers from what its disk holds.
     fn crash(&mut self, rng: &mut impl RngCore, torn: bool) {
+        // Half the time, as if compaction had run over every segment: group changes and
+        // snapshots covered by a durable snapshot are gone (R24, final states only).
+        let compacted: Vec<HashMap<u64, (u64, u64)>> =
+            if self.always_compact || rng.random_bool(0.5) {
+                self.nodes.iter().map(|n| n.im.group_snapshots()).collect()
+            } else {
+                vec![HashMap::new(); self.nodes.len()]
+            };
         self.queues.clear();
+        self.count_history();
+        let mut dropped = 0;
         let mut recovery = if self.cold_recovery {
             ImRecovery::with_hot_cutoff(self.now + 1, self.now)
         } else {
@@ -312,8 +342,17 @@ impl Sim {
                 n.files.pop();
             }
             let last = n.files.len();
+            let mut covered = crate::im::retention::ExpiredSegment {
+                snapshots: compacted[core as usize].clone(),
+                ..Default::default()
+            };
             for (id, file) in n.files.iter_mut().enumerate() {
                 let s = scan(id as u64, file, |position, v| {
+                    let group = matches!(v.kind, KIND_GROUP | KIND_GROUP_SNAPSHOT);
+                    if group && !covered.keep(&v, &mut Vec::new()) {
+                        dropped += 1;
+                        return;
+                    }
                     recovery
                         .replay(
                             v.kind,
@@ -332,6 +371,7 @@ impl Sim {
                 }
             }
         }
+        self.history[3] += dropped;
         let cores = recovery.finish(self.cores, self.now, 0).expect("recovers");
         for (n, im) in self.nodes.iter_mut().zip(cores) {
             n.im = im;
@@ -346,6 +386,16 @@ impl Sim {
             let n = &mut self.nodes[k as usize];
             n.im.start(&mut n.log, &mut fx);
             self.absorb(k, fx);
+        }
+    }
+
+    /// Adds the cores' floor rounds, forgotten memberships and snapshots to `history`.
+    fn count_history(&mut self) {
+        for n in &self.nodes {
+            let s = n.im.stats;
+            self.history[0] += s.floor_rounds;
+            self.history[1] += s.history_forgotten;
+            self.history[2] += s.snapshots;
         }
     }
 
@@ -725,8 +775,8 @@ impl Sim {
 }
 
 /// Runs one random schedule; returns (requests acknowledged, receipts and withdrawals among
-/// them, crashes, cold entries read back).
-fn run_simulation(seed: u64) -> (usize, usize, usize, u64) {
+/// them, crashes, cold entries read back, [`Sim::history`]).
+fn run_simulation(seed: u64) -> (usize, usize, usize, u64, [u64; 4]) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let cores = rng.random_range(1..=3u16);
     let backlog = if rng.random_bool(0.5) { 1 << 20 } else { 3000 };
@@ -779,8 +829,13 @@ fn run_simulation(seed: u64) -> (usize, usize, usize, u64) {
     let mut crashes = 0;
     let steps = rng.random_range(200..600);
     for _ in 0..steps {
-        match rng.random_range(0..106) {
-            104.. => {
+        match rng.random_range(0..110) {
+            106..=107 => sim.floor_round(rng.random_range(0..cores)),
+            108.. => {
+                let k = rng.random_range(0..cores);
+                sim.snapshot(k, &[500, 501, 502]);
+            }
+            104..=105 => {
                 if cold {
                     sim.cool_all();
                 }
@@ -964,7 +1019,7 @@ fn run_simulation(seed: u64) -> (usize, usize, usize, u64) {
         errors, 0,
         "seed {seed}: cold entries that could not be read back"
     );
-    (ledger.acked.len(), own, crashes, reads)
+    (ledger.acked.len(), own, crashes, reads, sim.history)
 }
 
 /// Every (message, readers) of the users' own messages.
@@ -1169,13 +1224,24 @@ fn check(
 #[test]
 fn random_schedules_with_crashes_lose_and_duplicate_nothing() {
     let (mut acked, mut own, mut crashes, mut cold) = (0, 0, 0, 0);
+    let mut history = [0u64; 4];
     for seed in 0..300 {
-        let (a, o, c, r) = run_simulation(seed);
+        let (a, o, c, r, h) = run_simulation(seed);
         acked += a;
         own += o;
         crashes += c;
         cold += r;
+        for (t, x) in history.iter_mut().zip(h) {
+            *t += x;
+        }
     }
+    // Floor rounds ran and let memberships go; snapshots were written and let a simulated
+    // compaction drop the group records they cover (the checks read every message's
+    // recipients at its version after that).
+    assert!(
+        history[0] > 300 && history[1] > 100 && history[2] > 500 && history[3] > 1000,
+        "rounds, forgotten, snapshots, dropped records: {history:?}"
+    );
     // The schedules did something: many sends, receipts and withdrawals, many crashes, and
     // many entries read back from the disks after they left memory.
     assert!(
@@ -1857,4 +1923,121 @@ fn deferred_huge_deliveries_wait_for_their_slices_and_keep_to_them() {
         assert_eq!(&*s[0].1.body, b"big");
     }
     assert!(!sim.nodes[0].im.huge_writable());
+}
+
+#[test]
+fn group_history_is_forgotten_only_below_what_messages_still_need() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
+    let mut sim = Sim::new(2, 4096);
+    sim.always_compact = true;
+    let gid = 500;
+    let g_home = home(gid, 2);
+    // The sender of the parked message lives on the other core than the group.
+    let away: Vec<u64> = (1..100).filter(|&u| home(u, 2) != g_home).collect();
+    let (owner, sender, gone, joiner) = (away[3], away[0], away[1], away[2]);
+    let read_list = |sim: &mut Sim, rng: &mut Xoshiro256PlusPlus, uid, seq| -> (u32, Vec<u64>) {
+        match sim.read_list(rng, uid, seq) {
+            ImReply::Readers { read, uids, .. } => (read, uids),
+            other => panic!("{other:?}"),
+        }
+    };
+    let sorted = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v
+    };
+    let history = |sim: &Sim| sim.nodes[g_home as usize].im.group_history(gid).unwrap();
+    sim.group(gid, owner, &[sender, gone]); // v1
+    sim.quiesce(&mut rng);
+    sim.send(owner, 1, Target::Group(gid), Class::Chat, b"at v1");
+    sim.quiesce(&mut rng);
+    sim.update(gid, owner, false, &[gone]); // v2: {owner, sender}
+    sim.quiesce(&mut rng);
+    // A message sent at v1 still needs who was a member then.
+    sim.floor_round(g_home);
+    sim.quiesce(&mut rng);
+    assert_eq!(history(&sim), (1, 1));
+    let owner_seq = sim.stream(owner)[0].0;
+    assert_eq!(
+        read_list(&mut sim, &mut rng, owner, owner_seq),
+        (0, sorted(vec![gone, sender]))
+    );
+    // Retention drops it: nothing refers to v1 any more, so the ended membership goes.
+    sim.tick(10);
+    let cutoff = sim.now;
+    for n in &mut sim.nodes {
+        n.im.expire(cutoff);
+    }
+    sim.floor_round(g_home);
+    sim.quiesce(&mut rng);
+    assert_eq!(history(&sim), (0, 2));
+    // A send parked (its log full) holds version 3 while the member who joined at 3 leaves
+    // at 4: a round meanwhile must keep that membership for it.
+    sim.update(gid, owner, true, &[joiner]); // v3
+    sim.quiesce(&mut rng);
+    let k = home(sender, 2) as usize;
+    sim.nodes[k].log.append(99, 0, 0, &[0; 4096]).unwrap();
+    let r = sim.send(sender, 2, Target::Group(gid), Class::Chat, b"parked at v3");
+    while sim.drain(&mut rng) {}
+    assert!(
+        matches!(sim.reply(r), Some(ImReply::Accepted { .. })),
+        "{:?}",
+        sim.reply(r)
+    );
+    sim.update(gid, owner, false, &[joiner]); // v4
+    while sim.step_disk(g_home) {}
+    assert_eq!(
+        sim.nodes[g_home as usize].im.group_members(gid).unwrap().0,
+        4
+    );
+    sim.floor_round(g_home);
+    while sim.drain(&mut rng) {}
+    assert_eq!(history(&sim), (1, 3), "the parked send refers to version 3");
+    sim.quiesce(&mut rng);
+    let seq = sim.stream(sender).last().unwrap().0;
+    assert_eq!(
+        read_list(&mut sim, &mut rng, sender, seq),
+        (0, sorted(vec![owner, joiner]))
+    );
+    // A snapshot, then a restart after a compaction that dropped every change it covers:
+    // the same members, history and answers.
+    let wait = sim.snapshot(g_home, &[gid, 999]);
+    assert_eq!(wait, vec![(gid, (4, 3))]);
+    sim.quiesce(&mut rng);
+    assert_eq!(
+        sim.nodes[g_home as usize].im.group_snapshot(gid),
+        Some((4, 3))
+    );
+    assert!(
+        sim.snapshot(g_home, &[gid]).is_empty(),
+        "nothing new to snapshot"
+    );
+    sim.crash(&mut rng, false);
+    sim.quiesce(&mut rng);
+    assert_eq!(sim.history[3], 4, "the four change records went");
+    assert_eq!(history(&sim), (1, 3));
+    let n = &sim.nodes[g_home as usize];
+    assert_eq!(
+        n.im.group_members(gid).unwrap(),
+        (4, sorted(vec![owner, sender]))
+    );
+    assert_eq!(
+        read_list(&mut sim, &mut rng, sender, seq),
+        (0, sorted(vec![owner, joiner]))
+    );
+    // The group goes on from the snapshot: version 5, and a snapshot at 5 covers it.
+    sim.update(gid, owner, true, &[gone]);
+    sim.quiesce(&mut rng);
+    assert_eq!(
+        sim.nodes[g_home as usize].im.group_members(gid).unwrap().0,
+        5
+    );
+    assert_eq!(sim.snapshot(g_home, &[gid]), vec![(gid, (5, 3))]);
+    sim.quiesce(&mut rng);
+    sim.crash(&mut rng, false);
+    let n = &sim.nodes[g_home as usize];
+    assert_eq!(
+        n.im.group_members(gid).unwrap(),
+        (5, sorted(vec![owner, sender, gone]))
+    );
+    assert_eq!(n.im.group_snapshot(gid), Some((5, 3)));
 }
