@@ -2041,3 +2041,41 @@ fn group_history_is_forgotten_only_below_what_messages_still_need() {
     );
     assert_eq!(n.im.group_snapshot(gid), Some((5, 3)));
 }
+
+#[test]
+fn a_big_group_snapshot_takes_several_records_and_restores_whole() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(22);
+    let mut sim = Sim::new(2, 64 << 20);
+    sim.always_compact = true;
+    let gid = 700;
+    let members: Vec<u64> = (10_000..10_000 + GROUP_MEMBERS_MAX as u64 - 1).collect();
+    sim.group(gid, 1, &members);
+    sim.quiesce(&mut rng);
+    // 1,000 leave: 50,000 members and past memberships in all, two records' worth.
+    sim.update(gid, 1, false, &members[..1000]);
+    sim.quiesce(&mut rng);
+    let k = home(gid, 2);
+    assert_eq!(sim.snapshot(k, &[gid]), vec![(gid, (2, 0))]);
+    sim.quiesce(&mut rng);
+    let parts = sim.nodes[k as usize]
+        .files
+        .iter()
+        .enumerate()
+        .map(|(id, f)| {
+            let mut n = 0;
+            scan(id as u64, f, |_, v| {
+                n += usize::from(v.kind == KIND_GROUP_SNAPSHOT)
+            })
+            .unwrap();
+            n
+        })
+        .sum::<usize>();
+    assert_eq!(parts, 2);
+    sim.crash(&mut rng, false);
+    assert_eq!(sim.history[3], 2, "both changes went");
+    let n = &sim.nodes[k as usize];
+    let (version, now) = n.im.group_members(gid).unwrap();
+    assert_eq!((version, now.len()), (2, GROUP_MEMBERS_MAX - 1000));
+    assert_eq!(n.im.group_history(gid), Some((1000, 0)));
+    assert_eq!(n.im.group_snapshot(gid), Some((2, 0)));
+}
