@@ -395,6 +395,14 @@ impl Sim {
         }
     }
 
+    /// Retention: every core drops what was sent before `cutoff`, and recovery will too.
+    fn expire_before(&mut self, cutoff: u64) {
+        self.retention_cutoff = cutoff;
+        for n in &mut self.nodes {
+            n.im.expire(cutoff);
+        }
+    }
+
     /// Adds the cores' floor rounds, forgotten memberships and snapshots to `history`.
     fn count_history(&mut self) {
         for n in &self.nodes {
@@ -2086,6 +2094,56 @@ fn a_big_group_snapshot_takes_several_records_and_restores_whole() {
     assert_eq!(n.im.group_snapshot(gid), Some((2, 0)));
 }
 
+/// `uid` joins group `gid` or is removed from it by its `owner`; the change is durable and pushed
+/// onto `timeline` (the membership at each version).
+fn toggle_member(
+    sim: &mut Sim,
+    rng: &mut impl RngCore,
+    timeline: &mut Vec<BTreeSet<u64>>,
+    (gid, owner): (u64, u64),
+    uid: u64,
+) {
+    let mut next = timeline.last().unwrap().clone();
+    let leave = !next.insert(uid);
+    if leave {
+        next.remove(&uid);
+    }
+    let r = sim.update(gid, owner, !leave, &[uid]);
+    sim.quiesce(rng);
+    assert!(
+        matches!(sim.reply(r), Some(ImReply::Group { .. })),
+        "{:?}",
+        sim.reply(r)
+    );
+    timeline.push(next);
+}
+
+/// Checks the read list of `sender`'s message `seq` sent at `version`: nobody read it, and
+/// the unread are exactly the other members at that version. False if the message expired.
+fn read_list_matches(
+    sim: &mut Sim,
+    rng: &mut impl RngCore,
+    timeline: &[BTreeSet<u64>],
+    (sender, seq, version): (u64, u64, u64),
+    seed: u64,
+) -> bool {
+    if !sim.stream(sender).iter().any(|(s, _)| *s == seq) {
+        return false;
+    }
+    let want: Vec<u64> = timeline[version as usize - 1]
+        .iter()
+        .copied()
+        .filter(|&u| u != sender)
+        .collect();
+    match sim.read_list(rng, sender, seq) {
+        ImReply::Readers { read: 0, uids, .. } => {
+            assert_eq!(uids, want, "seed {seed}: {sender}#{seq} at v{version}")
+        }
+        other => panic!("seed {seed}: {sender}#{seq} at v{version}: {other:?}"),
+    }
+    true
+}
+
 /// Random group histories under retention: members come and go, messages are sent, expire,
 /// and the group's core runs floor rounds (with sends in flight), writes snapshots and
 /// restarts after compactions. Every message still retained must keep exactly its
@@ -2125,36 +2183,15 @@ fn run_history(seed: u64) -> [u64; 4] {
             }
             30..=44 => {
                 let uid = users[rng.random_range(1..users.len())];
-                let mut next = timeline.last().unwrap().clone();
-                let leave = !next.insert(uid);
-                if leave {
-                    next.remove(&uid);
-                }
-                let r = sim.update(gid, owner, !leave, &[uid]);
-                sim.quiesce(&mut rng);
-                assert!(
-                    matches!(sim.reply(r), Some(ImReply::Group { .. })),
-                    "seed {seed}"
-                );
-                timeline.push(next);
+                toggle_member(&mut sim, &mut rng, &mut timeline, (gid, owner), uid);
             }
             45..=59 => sim.tick(rng.random_range(1..2_000)),
-            60..=69 => {
-                sim.retention_cutoff = sim.now.saturating_sub(retention_ms);
-                let cutoff = sim.retention_cutoff;
-                for n in &mut sim.nodes {
-                    n.im.expire(cutoff);
-                }
-            }
+            60..=69 => sim.expire_before(sim.now.saturating_sub(retention_ms)),
             70..=79 => {
                 if rng.random_bool(0.5) {
                     // Nothing older left to hold the floor down.
                     sim.tick(retention_ms + 1);
-                    sim.retention_cutoff = sim.now - retention_ms;
-                    let cutoff = sim.retention_cutoff;
-                    for n in &mut sim.nodes {
-                        n.im.expire(cutoff);
-                    }
+                    sim.expire_before(sim.now - retention_ms);
                 }
                 // A round with a send racing it: the send's expansion may be answered before
                 // or after the question reaches its core.
@@ -2177,15 +2214,7 @@ fn run_history(seed: u64) -> [u64; 4] {
                     } else {
                         others[rng.random_range(0..others.len())]
                     };
-                    let mut next = now.clone();
-                    let leave = !next.insert(uid);
-                    if leave {
-                        next.remove(&uid);
-                    }
-                    let c = sim.update(gid, owner, !leave, &[uid]);
-                    sim.quiesce(&mut rng);
-                    assert!(matches!(sim.reply(c), Some(ImReply::Group { .. })));
-                    timeline.push(next);
+                    toggle_member(&mut sim, &mut rng, &mut timeline, (gid, owner), uid);
                 }
                 sim.quiesce(&mut rng);
                 let seq = match sim.reply(r).cloned() {
@@ -2214,41 +2243,15 @@ fn run_history(seed: u64) -> [u64; 4] {
                 if sent.is_empty() {
                     continue;
                 }
-                let (sender, seq, version) = sent[rng.random_range(0..sent.len())];
-                if !sim.stream(sender).iter().any(|(s, _)| *s == seq) {
-                    continue; // expired
-                }
-                let want: Vec<u64> = timeline[version as usize - 1]
-                    .iter()
-                    .copied()
-                    .filter(|&u| u != sender)
-                    .collect();
-                match sim.read_list(&mut rng, sender, seq) {
-                    ImReply::Readers { read: 0, uids, .. } => {
-                        assert_eq!(uids, want, "seed {seed}: {sender}#{seq} at v{version}")
-                    }
-                    other => panic!("seed {seed}: {sender}#{seq} at v{version}: {other:?}"),
-                }
+                let m = sent[rng.random_range(0..sent.len())];
+                read_list_matches(&mut sim, &mut rng, &timeline, m, seed);
             }
         }
     }
     // Every retained message, at the end.
     sim.quiesce(&mut rng);
-    for &(sender, seq, version) in &sent {
-        if !sim.stream(sender).iter().any(|(s, _)| *s == seq) {
-            continue;
-        }
-        let want: Vec<u64> = timeline[version as usize - 1]
-            .iter()
-            .copied()
-            .filter(|&u| u != sender)
-            .collect();
-        match sim.read_list(&mut rng, sender, seq) {
-            ImReply::Readers { read: 0, uids, .. } => {
-                assert_eq!(uids, want, "seed {seed}: {sender}#{seq} at v{version}")
-            }
-            other => panic!("seed {seed}: {sender}#{seq} at v{version}: {other:?}"),
-        }
+    for &m in &sent {
+        read_list_matches(&mut sim, &mut rng, &timeline, m, seed);
     }
     sim.count_history();
     sim.history
