@@ -9,11 +9,14 @@
 //!    send to acknowledgement, and send to the PUSH at a watching member (client clocks,
 //!    HdrHistogram). Goal p99 <= 10 ms.
 //! 3. Isolation (R22): single-chat latency (send to PUSH at the recipient) at a fixed rate,
-//!    alone and while another client floods the 10,000-member group. Goal: loaded p99 within
-//!    2x of unloaded.
+//!    alone and while another client floods the 10,000-member group, in alternating rounds
+//!    (the flood's backlog drained between them), so a drift of the machine's speed weighs
+//!    on both sides alike. Goal: loaded p99 within 2x of unloaded. Also printed: each round's
+//!    p99s, send to acknowledgement, and the group commits of each side (rate, mean time and
+//!    the part of it in the system calls, bytes, share over 1 / 2 / 5 ms).
 //!
 //! Run: `cargo bench --bench im -- [--messages N] [--members M] [--bulk-hold-us US]
-//! [--preempt-us US]`. Under
+//! [--preempt-us US] [--rounds N] [--in-process-only]`. Under
 //! `cargo test --all-targets` it does a small smoke run.
 
 #[path = "common.rs"]
@@ -61,6 +64,12 @@ struct Args {
     /// The server's `server.preempt_us` (default: the server's default).
     #[arg(long)]
     preempt_us: Option<u32>,
+    /// Rounds of part 3 (each: chats alone, chats flooded; the order alternates).
+    #[arg(long, default_value_t = 5)]
+    rounds: u64,
+    /// Part 1 alone (in process; no server).
+    #[arg(long)]
+    in_process_only: bool,
     #[arg(long, hide = true)]
     bench: bool,
 }
@@ -228,18 +237,131 @@ fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
     out
 }
 
-/// Group commits between two /metrics snapshots: "N commits/s, mean X ms, Y KiB each".
-fn commits(before: &str, after: &str, seconds: f64) -> String {
-    let d = |name: &str| metric(after, name) - metric(before, name);
-    let n = d("hongbao_log_commits_total").max(1.0);
-    format!(
-        "{:.0} commits/s, mean {:.2} ms, {:.1} KiB each; bulk held for an urgent commit {:.0} times; {:.0} sends parked (log behind, R23)",
-        n / seconds,
-        d("hongbao_log_commit_seconds_sum") / n * 1e3,
-        d("hongbao_log_commit_bytes_total") / n / 1024.0,
-        d("hongbao_log_bulk_holds_total"),
-        d("hongbao_im_parked_total")
-    )
+/// Group commits over one or more measured phases, from /metrics snapshots taken around
+/// each: "N commits/s, mean X ms, Y KiB each; ...".
+#[derive(Default)]
+struct CommitStats {
+    seconds: f64,
+    commits: f64,
+    commit_seconds: f64,
+    bytes: f64,
+    holds: f64,
+    parked: f64,
+    disk_us: f64,
+    /// Commits that took over 1, 2 and 5 ms.
+    slow: [f64; 3],
+}
+
+impl CommitStats {
+    fn add(&mut self, before: &str, after: &str, seconds: f64) {
+        let d = |name: &str| metric(after, name) - metric(before, name);
+        self.seconds += seconds;
+        self.commits += d("hongbao_log_commits_total");
+        self.commit_seconds += d("hongbao_log_commit_seconds_sum");
+        self.disk_us += d("hongbao_log_disk_microseconds_total");
+        self.bytes += d("hongbao_log_commit_bytes_total");
+        self.holds += d("hongbao_log_bulk_holds_total");
+        self.parked += d("hongbao_im_parked_total");
+        let (b0, b1) = (
+            buckets(before, "hongbao_log_commit_seconds"),
+            buckets(after, "hongbao_log_commit_seconds"),
+        );
+        let total = b1.last().map_or(0.0, |x| x.1) - b0.last().map_or(0.0, |x| x.1);
+        for (i, bound) in [0.001, 0.002, 0.005].into_iter().enumerate() {
+            let within = |b: &[(f64, f64)]| b.iter().find(|x| x.0 == bound).map_or(0.0, |x| x.1);
+            self.slow[i] += total - (within(&b1) - within(&b0));
+        }
+    }
+}
+
+impl std::fmt::Display for CommitStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.commits.max(1.0);
+        write!(
+            f,
+            "{:.0} commits/s, mean {:.2} ms (in write and fdatasync {:.2} ms), {:.1} KiB each, over 1 / 2 / 5 ms: {:.1} / {:.1} / {:.2}%; bulk held for an urgent commit {:.0} times; {:.0} sends parked (log behind, R23)",
+            self.commits / self.seconds.max(1e-9),
+            self.commit_seconds / n * 1e3,
+            self.disk_us / n / 1e3,
+            self.bytes / n / 1024.0,
+            self.slow[0] / n * 100.0,
+            self.slow[1] / n * 100.0,
+            self.slow[2] / n * 100.0,
+            self.holds,
+            self.parked
+        )
+    }
+}
+
+/// Another client flooding group 7 with 8 sends in flight, on its own thread.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Flood {
+    /// Starts flooding; appinfos continue from `sent` (the messages earlier floods sent).
+    fn start(addr: SocketAddr, keys: &hongbao::token::TokenKeys, cpu: usize, sent: u64) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let keys = keys.clone();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            pin(cpu);
+            let mut f = client(addr, &keys, 3);
+            let mut n = 0u64;
+            let mut in_flight = 0;
+            while !flag.load(Ordering::Relaxed) {
+                while in_flight < 8 {
+                    f.send(
+                        hongbao::wire::im::OP_SEND,
+                        &hongbao::wire::im::encode_send(
+                            (3 << 32) + u128::from(sent + n),
+                            Target::Group(7),
+                            Class::Chat,
+                            b"flood",
+                        ),
+                    );
+                    n += 1;
+                    in_flight += 1;
+                }
+                f.flush().expect("flush");
+                f.recv_reply().expect("reply");
+                in_flight -= 1;
+            }
+            // Every send answered before the connection closes.
+            for _ in 0..in_flight {
+                f.recv_reply().expect("reply");
+            }
+            n
+        });
+        Flood { stop, thread }
+    }
+
+    /// Stops it; returns how many messages it sent.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("flood thread")
+    }
+}
+
+/// Waits until the server wrote every member copy of the flood (its huge-group backlog is
+/// empty), so the next phase starts from an idle server.
+fn drain(http: SocketAddr) {
+    // The gauge is refreshed every tick (10 ms): two zero readings 50 ms apart.
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut zeros = 0;
+    while zeros < 2 {
+        assert!(
+            Instant::now() < until,
+            "the flood's backlog did not drain in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        if metric(&metrics(http), "hongbao_im_huge_backlog") > 0.0 {
+            zeros = 0;
+        } else {
+            zeros += 1;
+        }
+    }
 }
 
 /// The upper bound of the bucket holding quantile `q` of a cumulative histogram.
@@ -311,7 +433,8 @@ fn group_round_trips(
     (ack, push)
 }
 
-/// Single chats at `rate` per second from `a` to `b` for `n` messages: send to PUSH at `b`.
+/// Single chats at `rate` per second from `a` to `b` for `n` messages: send to PUSH at `b`
+/// (returned) and send to acknowledgement (added to `acks`).
 fn chat(
     a: &mut Client,
     b: &mut Client,
@@ -319,6 +442,7 @@ fn chat(
     n: u64,
     rate: u64,
     appinfo_base: u128,
+    acks: &mut Histogram<u64>,
 ) -> Histogram<u64> {
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     let started = Instant::now();
@@ -340,6 +464,7 @@ fn chat(
             matches!(r, Reply::Im(ImDecoded::Reply(ImReply::Sent { .. }))),
             "{r:?}"
         );
+        acks.record(t.elapsed().as_micros() as u64).expect("record");
         let got = b.wait_push(Duration::from_secs(5)).expect("push");
         assert!(got.is_some(), "no push within 5 s");
         h.record(t.elapsed().as_micros() as u64).expect("record");
@@ -364,6 +489,10 @@ fn main() {
         merged / 1e6,
         args.merge
     );
+
+    if args.in_process_only {
+        return;
+    }
 
     // Part 2.
     let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("im-{}", std::process::id()));
@@ -405,54 +534,50 @@ fn main() {
         line("send to PUSH at the last member (client)", &push)
     );
 
-    // Part 3.
+    // Part 3: alone and flooded in alternating phases (alone first in even rounds, flooded
+    // first in odd ones), so a drift of this machine's speed during the part weighs on both
+    // sides alike; after each flooded phase the group's backlog drains before the next.
     let chats = if smoke { 50 } else { 2_000 };
+    let rounds = if smoke { 2 } else { args.rounds.max(1) };
+    let per = chats / rounds;
     // Two users outside the group chat with each other.
     let (ua, ub) = (members + 10, members + 11);
     let mut a = client(server.binary, &keys, ua);
     let mut b = client(server.binary, &keys, ub);
     let _ = b.im_sync(u64::MAX - 1, 1);
-    let (m0, t0) = (metrics(server.http), Instant::now());
-    let alone = chat(&mut a, &mut b, ub, chats, args.chat_rate, 2 << 32);
-    let alone_commits = commits(&m0, &metrics(server.http), t0.elapsed().as_secs_f64());
-    let stop = Arc::new(AtomicBool::new(false));
-    let flood = {
-        let stop = stop.clone();
-        let addr = server.binary;
-        let keys = keys.clone();
-        std::thread::spawn(move || {
-            pin(args.client_cpu);
-            let mut f = client(addr, &keys, 3);
-            let mut n = 0u64;
-            // Pipelined: 8 sends in flight.
-            let mut in_flight = 0;
-            while !stop.load(Ordering::Relaxed) {
-                while in_flight < 8 {
-                    f.send(
-                        hongbao::wire::im::OP_SEND,
-                        &hongbao::wire::im::encode_send(
-                            (3 << 32) + u128::from(n),
-                            Target::Group(7),
-                            Class::Chat,
-                            b"flood",
-                        ),
-                    );
-                    n += 1;
-                    in_flight += 1;
-                }
-                f.flush().expect("flush");
-                f.recv_reply().expect("reply");
-                in_flight -= 1;
+    // Per side (0 alone, 1 flooded): send to PUSH, send to ack, group commits.
+    let mut sides: [(Histogram<u64>, Histogram<u64>, CommitStats); 2] = std::array::from_fn(|_| {
+        (
+            Histogram::new(3).expect("histogram"),
+            Histogram::new(3).expect("histogram"),
+            CommitStats::default(),
+        )
+    });
+    let mut ratios = Vec::new();
+    let mut flooded = 0u64;
+    for round in 0..rounds {
+        let mut p99 = [0.0f64; 2];
+        for phase in [round % 2, 1 - round % 2] {
+            let flood = (phase == 1).then(|| {
+                let f = Flood::start(server.binary, &keys, args.client_cpu, flooded);
+                std::thread::sleep(Duration::from_millis(200));
+                f
+            });
+            let (push, acks, commits) = &mut sides[phase as usize];
+            let (m0, t0) = (metrics(server.http), Instant::now());
+            let appinfos = ((2 + 2 * phase as u128) << 32) + u128::from(round * per);
+            let h = chat(&mut a, &mut b, ub, per, args.chat_rate, appinfos, acks);
+            commits.add(&m0, &metrics(server.http), t0.elapsed().as_secs_f64());
+            p99[phase as usize] = ms(&h, 0.99);
+            push.add(&h).expect("same histogram bounds");
+            if let Some(f) = flood {
+                flooded += f.stop();
+                drain(server.http);
             }
-            n
-        })
-    };
-    std::thread::sleep(Duration::from_millis(200));
-    let (m0, t0) = (metrics(server.http), Instant::now());
-    let loaded = chat(&mut a, &mut b, ub, chats, args.chat_rate, 4 << 32);
-    let loaded_commits = commits(&m0, &metrics(server.http), t0.elapsed().as_secs_f64());
-    stop.store(true, Ordering::Relaxed);
-    let flooded = flood.join().expect("flood thread");
+        }
+        ratios.push((p99[0], p99[1]));
+    }
+    let [(alone, alone_acks, alone_commits), (loaded, loaded_acks, loaded_commits)] = sides;
     println!(
         "3. isolation: single chats at {}/s, send to PUSH: alone p99 {:.2} ms; while {flooded} messages flood the {members}-member group p99 {:.2} ms ({:.1}x; goal <= 2x)",
         args.chat_rate,
@@ -460,8 +585,21 @@ fn main() {
         ms(&loaded, 0.99),
         ms(&loaded, 0.99) / ms(&alone, 0.99).max(0.001)
     );
+    let each: Vec<String> = ratios
+        .iter()
+        .map(|(a, f)| format!("{a:.2}/{f:.2} ms ({:.1}x)", f / a.max(0.001)))
+        .collect();
+    println!(
+        "   {rounds} rounds of {per} chats alone and {per} flooded, alternating; p99 alone/flooded per round: {}",
+        each.join(" ")
+    );
     println!("   {}; {alone_commits}", line("alone", &alone));
     println!("   {}; {loaded_commits}", line("flooded", &loaded));
+    println!(
+        "   send to ack: {}; {}",
+        line("alone", &alone_acks),
+        line("flooded", &loaded_acks)
+    );
     drop(server);
     let _ = std::fs::remove_dir_all(&base);
 }

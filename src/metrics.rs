@@ -67,6 +67,7 @@ pub struct CoreMetrics {
     pub im_parked_now: AtomicU64,
     pub im_appinfo_entries: AtomicU64,
     pub im_deliveries_held: AtomicU64,
+    pub im_huge_backlog: AtomicU64,
     pub im_park_dropped: AtomicU64,
     pub im_work_refused: AtomicU64,
     pub im_group_past: AtomicU64,
@@ -178,7 +179,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 43] = [
+    let simple: [Family; 44] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -399,6 +400,12 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "gauge",
             "Delivery records waiting for room in this core's log now.",
             |m| m.im_deliveries_held.load(Relaxed),
+        ),
+        (
+            "hongbao_im_huge_backlog",
+            "gauge",
+            "Messages to huge groups accepted and durable whose member copies are not all written yet (R21): held behind the group's fan-out in flight or waiting for member-append budget.",
+            |m| m.im_huge_backlog.load(Relaxed),
         ),
         (
             "hongbao_im_park_dropped_total",

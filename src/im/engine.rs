@@ -193,6 +193,72 @@ struct Stream {
     durable: u64,
 }
 
+/// A core's streams. A stream never goes away (retention empties it, its seqs go on), so
+/// they live in one vector, found by uid through a map of 16-byte entries: a member append
+/// touches the map's small buckets and then the stream, not 170-byte buckets holding the
+/// streams themselves, and a delivery remembers where its streams are, so marking them
+/// durable takes no lookup at all.
+#[derive(Default)]
+struct Streams {
+    list: Vec<Stream>,
+    uids: Vec<u64>,
+    index: HashMap<u64, u32>,
+}
+
+impl Streams {
+    fn get(&self, uid: &u64) -> Option<&Stream> {
+        self.index.get(uid).map(|&i| &self.list[i as usize])
+    }
+
+    fn get_mut(&mut self, uid: &u64) -> Option<&mut Stream> {
+        self.index.get(uid).map(|&i| &mut self.list[i as usize])
+    }
+
+    /// Where `uid`'s stream is, if it has one.
+    fn find(&self, uid: u64) -> Option<u32> {
+        self.index.get(&uid).copied()
+    }
+
+    /// Where `uid`'s stream is, made empty if it has none.
+    fn slot(&mut self, uid: u64) -> u32 {
+        let next = self.list.len();
+        let i = *self
+            .index
+            .entry(uid)
+            .or_insert_with(|| u32::try_from(next).expect("fewer than 2^32 streams per core"));
+        if i as usize == next {
+            self.list.push(Stream::new(uid));
+            self.uids.push(uid);
+        }
+        i
+    }
+
+    fn at(&mut self, i: u32) -> &mut Stream {
+        &mut self.list[i as usize]
+    }
+
+    fn uid(&self, i: u32) -> u64 {
+        self.uids[i as usize]
+    }
+
+    fn insert(&mut self, uid: u64, stream: Stream) {
+        let i = self.slot(uid);
+        self.list[i as usize] = stream;
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Stream> {
+        self.list.iter()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Stream> {
+        self.list.iter_mut()
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+}
+
 /// A stream entry as found in memory.
 enum Found<'a> {
     Hot(&'a MessageRef),
@@ -384,8 +450,8 @@ enum Waiter {
         accepted_us: u64,
     },
     Delivery {
-        /// (uid, newest seq written for it).
-        streams: Vec<(u64, u64)>,
+        /// (where the stream is in [`Streams`], newest seq written for it).
+        streams: Vec<(u32, u64)>,
         messages: Vec<(MsgId, u16)>,
         /// (message read, reader): receipts reaching their message's sender.
         reads: Vec<(MsgId, u64)>,
@@ -448,7 +514,7 @@ pub struct ImStats {
 pub struct ImCore {
     core: u16,
     cores: u16,
-    streams: HashMap<u64, Stream>,
+    streams: Streams,
     groups: HashMap<u64, Group>,
     /// Sends of users homed here not stored yet.
     sends: HashMap<SendKey, SendState>,
@@ -515,6 +581,8 @@ pub struct ImCore {
     merge_senders: HashMap<u64, usize>,
     /// Scratch of `deliver`: (recipient, its first seq in the record).
     deliver_list: Vec<(u64, u64)>,
+    /// Where the streams of `deliver_list` are (None: not made yet).
+    deliver_slots: Vec<Option<u32>>,
     scratch: Vec<u8>,
     /// The process's heap is over `im.memory_max_mb`: new writes are refused (busy).
     memory_full: bool,
@@ -556,7 +624,7 @@ impl ImCore {
         ImCore {
             core,
             cores,
-            streams: HashMap::new(),
+            streams: Streams::default(),
             groups: HashMap::new(),
             sends: HashMap::new(),
             done: DoneIndex::default(),
@@ -598,6 +666,7 @@ impl ImCore {
             merge_lists: HashMap::new(),
             merge_senders: HashMap::new(),
             deliver_list: Vec::new(),
+            deliver_slots: Vec::new(),
             stats: ImStats::default(),
             cold_source: None,
             cold_reads: Default::default(),
@@ -1284,10 +1353,8 @@ impl ImCore {
         let (kind, refer, sent_ms, version) =
             (draft.kind, draft.refer, draft.sent_ms, draft.version);
         let req = draft.req;
-        let stream = self
-            .streams
-            .entry(req.sender)
-            .or_insert_with(|| Stream::new(req.sender));
+        let slot = self.streams.slot(req.sender);
+        let stream = self.streams.at(slot);
         let msg = Arc::new(Message {
             id: MsgId {
                 sender: req.sender,
@@ -1934,7 +2001,10 @@ impl ImCore {
         log: &mut LogWriter,
     ) -> bool {
         let mut list = std::mem::take(&mut self.deliver_list);
+        let mut slots = std::mem::take(&mut self.deliver_slots);
         list.clear();
+        slots.clear();
+        let mut appends = 0;
         for &uid in recipients.iter() {
             assert_eq!(
                 home(uid, self.cores),
@@ -1945,8 +2015,11 @@ impl ImCore {
             if n == 0 {
                 continue;
             }
-            let next = self.streams.get(&uid).map_or(1, |s| s.next_seq());
+            appends += n;
+            let slot = self.streams.find(uid);
+            let next = slot.map_or(1, |i| self.streams.at(i).next_seq());
             list.push((uid, next));
+            slots.push(slot);
         }
         self.scratch.clear();
         encode_delivery(messages, &list, &mut self.scratch);
@@ -1961,22 +2034,20 @@ impl ImCore {
                     .filter_map(|m| m.refer.map(|r| (r, m.id.sender)))
                     .filter(|(r, _)| list.iter().any(|&(uid, _)| uid == r.sender))
                     .collect();
-                for &(uid, first_seq) in &list {
-                    let s = self.streams.entry(uid).or_insert_with(|| Stream::new(uid));
+                for (&(uid, first_seq), slot) in list.iter().zip(&slots) {
+                    let i = slot.unwrap_or_else(|| self.streams.slot(uid));
+                    let s = self.streams.at(i);
                     debug_assert_eq!(s.next_seq(), first_seq);
                     for m in messages {
                         if m.id.sender != uid {
                             s.push(m.clone(), at);
                         }
                     }
-                    streams.push((uid, s.next_seq() - 1));
+                    streams.push((i, s.next_seq() - 1));
                 }
                 self.stats.delivery_records += 1;
                 self.stats.merged_messages += messages.len() as u64 - 1;
-                self.stats.stream_appends += list
-                    .iter()
-                    .map(|&(uid, _)| Delivery::count_for(messages, uid))
-                    .sum::<u64>();
+                self.stats.stream_appends += appends;
                 self.waiters.push_back((
                     appended.end,
                     Waiter::Delivery {
@@ -1991,6 +2062,7 @@ impl ImCore {
             Err(AppendError::TooLarge(_)) => unreachable!("deliveries are sized to fit"),
         };
         self.deliver_list = list;
+        self.deliver_slots = slots;
         written
     }
 
@@ -2190,10 +2262,11 @@ impl ImCore {
                             list.push(reader);
                         }
                     }
-                    for (uid, last) in streams {
-                        let s = self.streams.get_mut(&uid).expect("appended");
+                    for (i, last) in streams {
+                        let s = self.streams.at(i);
                         s.durable = s.durable.max(last);
-                        out.pushes.push((uid, s.durable));
+                        let durable = s.durable;
+                        out.pushes.push((self.streams.uid(i), durable));
                     }
                     for (id, origin) in messages {
                         out.messages.push((origin, ImMsg::Delivered { id }));
@@ -2385,6 +2458,17 @@ impl ImCore {
     /// Delivery records waiting for room in the log now.
     pub fn deliveries_held(&self) -> usize {
         self.blocked.len()
+    }
+
+    /// Messages to huge groups whose member copies are not all written yet: held behind
+    /// their group's fan-out in flight, or queued for the member-append budget (R21, R22).
+    pub fn huge_backlog(&self) -> usize {
+        self.held.values().map(VecDeque::len).sum::<usize>()
+            + self
+                .huge_queue
+                .iter()
+                .map(|r| r.messages.len())
+                .sum::<usize>()
     }
 }
 

@@ -431,6 +431,8 @@ impl Core {
                 .store(im.appinfo_entries() as u64, Ordering::Relaxed);
             m.im_deliveries_held
                 .store(im.deliveries_held() as u64, Ordering::Relaxed);
+            m.im_huge_backlog
+                .store(im.huge_backlog() as u64, Ordering::Relaxed);
             m.im_park_dropped.store(s.park_dropped, Ordering::Relaxed);
             m.im_work_refused.store(s.work_refused, Ordering::Relaxed);
             m.im_history_forgotten

@@ -1910,16 +1910,26 @@ fn deferred_huge_deliveries_wait_for_their_slices_and_keep_to_them() {
     sim.group(7, 1, &members);
     sim.quiesce(&mut rng);
     sim.nodes[0].im.set_huge_deferred(true);
+    // Runs the core without the bulk task: no slice is written.
+    let run = |sim: &mut Sim, rng: &mut Xoshiro256PlusPlus| {
+        for _ in 0..10 {
+            sim.drain(rng);
+            sim.flush(0);
+            sim.step_disk(0);
+        }
+    };
     let r = sim.send(1, 5, Target::Group(7), Class::Chat, b"big");
-    for _ in 0..10 {
-        sim.drain(&mut rng);
-        sim.flush(0);
-        sim.step_disk(0);
-    }
+    run(&mut sim, &mut rng);
     assert!(matches!(sim.reply(r), Some(ImReply::Sent { .. })));
     // Nobody wrote a slice: the members have nothing yet, and the engine says it could.
     assert!(sim.stream(100).is_empty());
     assert!(sim.nodes[0].im.huge_writable());
+    assert_eq!(sim.nodes[0].im.huge_backlog(), 1, "queued for the budget");
+    // A second message waits behind the first's fan-out: held, and counted as well.
+    let r2 = sim.send(1, 6, Target::Group(7), Class::Chat, b"bigger");
+    run(&mut sim, &mut rng);
+    assert!(matches!(sim.reply(r2), Some(ImReply::Sent { .. })));
+    assert_eq!(sim.nodes[0].im.huge_backlog(), 2, "one queued, one held");
     let n = &mut sim.nodes[0];
     let before = n.im.stats.stream_appends;
     // 500 members, the sender (user 1, the first of them) among them: it has its own copy.
@@ -1931,12 +1941,14 @@ fn deferred_huge_deliveries_wait_for_their_slices_and_keep_to_them() {
     // The rest goes in slices; every member gets the message once.
     sim.set_bulk_slice(700);
     sim.quiesce(&mut rng);
-    for &m in &members {
+    for &m in members.iter().skip(1) {
         let s = sim.stream(m);
-        assert_eq!(s.len(), 1, "member {m}");
+        assert_eq!(s.len(), 2, "member {m}");
         assert_eq!(&*s[0].1.body, b"big");
+        assert_eq!(&*s[1].1.body, b"bigger");
     }
     assert!(!sim.nodes[0].im.huge_writable());
+    assert_eq!(sim.nodes[0].im.huge_backlog(), 0, "every copy written");
 }
 
 #[test]
