@@ -12,8 +12,9 @@
 //!    alone and while another client floods the 10,000-member group, in alternating rounds
 //!    (the flood's backlog drained between them), so a drift of the machine's speed weighs
 //!    on both sides alike. Goal: loaded p99 within 2x of unloaded. Also printed: each round's
-//!    p99s, send to acknowledgement, and the group commits of each side (rate, mean time and
-//!    the part of it in the system calls, bytes, share over 1 / 2 / 5 ms).
+//!    p99s (and the flooded commits' time in the disk), send to acknowledgement, and the group
+//!    commits of each side (rate, mean time and the part of it in the system calls, bytes,
+//!    share over 1 / 2 / 5 ms).
 //!
 //! Run: `cargo bench --bench im -- [--messages N] [--members M] [--bulk-hold-us US]
 //! [--preempt-us US] [--rounds N] [--in-process-only]`. Under
@@ -554,6 +555,8 @@ fn main() {
         )
     });
     let mut ratios = Vec::new();
+    // The flooded side's mean time in write and fdatasync per commit, per round.
+    let mut disk = Vec::new();
     let mut flooded = 0u64;
     for round in 0..rounds {
         let mut p99 = [0.0f64; 2];
@@ -567,7 +570,14 @@ fn main() {
             let (m0, t0) = (metrics(server.http), Instant::now());
             let appinfos = ((2 + 2 * phase as u128) << 32) + u128::from(round * per);
             let h = chat(&mut a, &mut b, ub, per, args.chat_rate, appinfos, acks);
-            commits.add(&m0, &metrics(server.http), t0.elapsed().as_secs_f64());
+            let m1 = metrics(server.http);
+            let seconds = t0.elapsed().as_secs_f64();
+            commits.add(&m0, &m1, seconds);
+            if phase == 1 {
+                let mut this = CommitStats::default();
+                this.add(&m0, &m1, seconds);
+                disk.push(this.disk_us / this.commits.max(1.0) / 1e3);
+            }
             p99[phase as usize] = ms(&h, 0.99);
             push.add(&h).expect("same histogram bounds");
             if let Some(f) = flood {
@@ -591,6 +601,11 @@ fn main() {
         .collect();
     println!(
         "   {rounds} rounds of {per} chats alone and {per} flooded, alternating; p99 alone/flooded per round: {}",
+        each.join(" ")
+    );
+    let each: Vec<String> = disk.iter().map(|d| format!("{d:.2}")).collect();
+    println!(
+        "   flooded commits' mean time in write and fdatasync per round: {} ms",
         each.join(" ")
     );
     println!("   {}; {alone_commits}", line("alone", &alone));
