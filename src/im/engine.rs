@@ -29,6 +29,7 @@ use super::cold::{ColdRef, ColdSource};
 use super::dedupe::{DoneIndex, SendKey};
 use super::entries::Entries;
 use super::groups::{FloorRound, Group, VersionIndex};
+use super::kept::{Kept, KeptMessages};
 use super::model::*;
 use super::record::{
     decode_delivery, decode_group, decode_sent, decode_snapshot, delivery_len, encode_delivery,
@@ -174,21 +175,14 @@ impl PagePlan {
 /// shorter page (the client pulls on from its end).
 pub const COLD_PAGE_MAX: usize = 256;
 
-/// An entry of the hot part of a stream: its message (None only for an old entry recovery
-/// found among newer ones: read back like a cold one) and where its record lies.
-#[derive(Debug, Clone)]
-struct Hot {
-    msg: Option<MessageRef>,
-    at: ColdRef,
-}
-
 /// One user's stream: seqs `base..` are the cold entries (only their records' positions in
-/// memory, R24) then the hot ones.
+/// memory, R24) then the hot ones (their messages, and the positions, in the core's
+/// [`KeptMessages`]).
 struct Stream {
     /// Seq of the first entry.
     base: u64,
     cold: Entries<ColdRef>,
-    hot: Entries<Hot>,
+    hot: Entries<Kept>,
     /// Newest seq that is durable (0: none).
     durable: u64,
 }
@@ -283,38 +277,33 @@ impl Stream {
         self.base + self.len() as u64
     }
 
-    fn push(&mut self, msg: MessageRef, at: ColdRef) {
-        self.hot.push(Hot { msg: Some(msg), at });
-    }
-
     /// The entry at `seq`, if the stream has it (durable or not).
-    fn find(&self, seq: u64) -> Option<Found<'_>> {
+    fn find<'a>(&self, seq: u64, kept: &'a KeptMessages) -> Option<Found<'a>> {
         let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
         if i < self.cold.len() {
             return self.cold.get(i).map(|&at| Found::Cold(at));
         }
-        let h = self.hot.get(i - self.cold.len())?;
-        Some(match &h.msg {
-            Some(m) => Found::Hot(m),
-            None => Found::Cold(h.at),
+        let &k = self.hot.get(i - self.cold.len())?;
+        Some(match kept.get(k) {
+            (Some(m), _) => Found::Hot(m),
+            (None, at) => Found::Cold(at),
         })
     }
 
     /// Moves the durable entries sent before `cutoff_ms` from the front of the hot part to
     /// the cold part (only their positions stay); stops at the first that must stay (newer,
     /// not durable, or without a position). Returns how many moved.
-    fn cool(&mut self, cutoff_ms: u64) -> usize {
+    fn cool(&mut self, cutoff_ms: u64, kept: &mut KeptMessages) -> usize {
         let durable = (self.durable + 1).saturating_sub(self.base + self.cold.len() as u64);
-        let n = self
-            .hot
-            .iter()
-            .take(durable as usize)
-            .take_while(|h| {
-                h.at.is_some() && h.msg.as_ref().map_or(true, |m| m.sent_ms < cutoff_ms)
-            })
-            .count();
-        for h in self.hot.iter().take(n) {
-            self.cold.push(h.at);
+        let mut n = 0;
+        for &k in self.hot.iter().take(durable as usize) {
+            let (msg, at) = kept.get(k);
+            if !at.is_some() || msg.is_some_and(|m| m.sent_ms >= cutoff_ms) {
+                break;
+            }
+            self.cold.push(at);
+            kept.release(k);
+            n += 1;
         }
         self.hot.drop_front(n);
         n
@@ -323,7 +312,12 @@ impl Stream {
     /// Retention: drops from the front the durable entries that expired, cold ones by the
     /// segment their record is in (`expired(at)`: a segment whose whole content is older than
     /// the cutoff), hot ones by their send time. Returns how many went.
-    fn expire(&mut self, cutoff_ms: u64, expired: &impl Fn(ColdRef) -> bool) -> usize {
+    fn expire(
+        &mut self,
+        cutoff_ms: u64,
+        expired: &impl Fn(ColdRef) -> bool,
+        kept: &mut KeptMessages,
+    ) -> usize {
         let visible = (self.durable + 1).saturating_sub(self.base) as usize;
         let cold = self
             .cold
@@ -333,15 +327,17 @@ impl Stream {
             .count();
         let mut n = cold;
         if cold == self.cold.len() {
-            n += self
-                .hot
-                .iter()
-                .take(visible.saturating_sub(cold))
-                .take_while(|h| match &h.msg {
-                    Some(m) => m.sent_ms < cutoff_ms,
-                    None => expired(h.at),
-                })
-                .count();
+            for &k in self.hot.iter().take(visible.saturating_sub(cold)) {
+                let gone = match kept.get(k) {
+                    (Some(m), _) => m.sent_ms < cutoff_ms,
+                    (None, at) => expired(at),
+                };
+                if !gone {
+                    break;
+                }
+                kept.release(k);
+                n += 1;
+            }
         }
         if n > 0 {
             self.cold.drop_front(cold);
@@ -515,6 +511,8 @@ pub struct ImCore {
     core: u16,
     cores: u16,
     streams: Streams,
+    /// The messages of the streams' hot entries.
+    kept: KeptMessages,
     groups: HashMap<u64, Group>,
     /// Sends of users homed here not stored yet.
     sends: HashMap<SendKey, SendState>,
@@ -625,6 +623,7 @@ impl ImCore {
             core,
             cores,
             streams: Streams::default(),
+            kept: KeptMessages::default(),
             groups: HashMap::new(),
             sends: HashMap::new(),
             done: DoneIndex::default(),
@@ -926,7 +925,7 @@ impl ImCore {
     /// cold. None when the stream does not have it; an unreadable cold entry is None too, and
     /// counted ([`ImCore::cold_counts`]).
     fn entry(&self, uid: u64, seq: u64) -> Option<MessageRef> {
-        match self.streams.get(&uid)?.find(seq)? {
+        match self.streams.get(&uid)?.find(seq, &self.kept)? {
             Found::Hot(m) => Some(m.clone()),
             Found::Cold(at) => {
                 self.cold_reads.set(self.cold_reads.get() + 1);
@@ -1378,7 +1377,8 @@ impl ImCore {
         };
         match appended {
             Ok(appended) => {
-                stream.push(msg.clone(), ColdRef::new(self.core, appended.start));
+                let at = ColdRef::new(self.core, appended.start);
+                stream.hot.push(self.kept.add(Some(msg.clone()), at, 1));
                 if let (Target::Group(gid), Some(v)) = (msg.to, version) {
                     self.versions.insert(msg.id, gid, v);
                 }
@@ -2005,16 +2005,34 @@ impl ImCore {
         list.clear();
         slots.clear();
         let mut appends = 0;
+        // The record's senders: a recipient among them does not get its own messages; every
+        // other recipient gets them all.
+        let mut senders: SmallVec<[u64; 4]> = SmallVec::new();
+        for m in messages {
+            if !senders.contains(&m.id.sender) {
+                senders.push(m.id.sender);
+            }
+        }
+        // Per message: recipients in the list that sent it.
+        let mut own: SmallVec<[u32; 16]> = smallvec![0; messages.len()];
         for &uid in recipients.iter() {
             assert_eq!(
                 home(uid, self.cores),
                 self.core,
                 "delivery for user {uid} reached a core that is not its home"
             );
-            let n = Delivery::count_for(messages, uid);
-            if n == 0 {
-                continue;
-            }
+            let n = if senders.contains(&uid) {
+                let n = Delivery::count_for(messages, uid);
+                if n == 0 {
+                    continue;
+                }
+                for (o, m) in own.iter_mut().zip(messages) {
+                    *o += u32::from(m.id.sender == uid);
+                }
+                n
+            } else {
+                messages.len() as u64
+            };
             appends += n;
             let slot = self.streams.find(uid);
             let next = slot.map_or(1, |i| self.streams.at(i).next_seq());
@@ -2027,6 +2045,17 @@ impl ImCore {
         let written = match log.append(KIND_DELIVERY, first.sender, first.seq, &self.scratch) {
             Ok(appended) => {
                 let at = ColdRef::new(self.core, appended.start);
+                // One kept slot per message, held by every entry the record gives it.
+                let holders = u32::try_from(list.len()).expect("fewer than 2^32 recipients");
+                let kept: SmallVec<[Kept; 16]> = messages
+                    .iter()
+                    .zip(&own)
+                    .map(|(m, &o)| match holders - o {
+                        // Only its sender is among the recipients: no entry gets it.
+                        0 => Kept::NONE,
+                        refs => self.kept.add(Some(m.clone()), at, refs),
+                    })
+                    .collect();
                 let mut streams = Vec::with_capacity(list.len());
                 let reads: Vec<(MsgId, u64)> = messages
                     .iter()
@@ -2038,10 +2067,15 @@ impl ImCore {
                     let i = slot.unwrap_or_else(|| self.streams.slot(uid));
                     let s = self.streams.at(i);
                     debug_assert_eq!(s.next_seq(), first_seq);
-                    for m in messages {
-                        if m.id.sender != uid {
-                            s.push(m.clone(), at);
+                    if senders.contains(&uid) {
+                        for (m, &k) in messages.iter().zip(&kept) {
+                            if m.id.sender != uid {
+                                assert_ne!(k, Kept::NONE, "a message a recipient gets is kept");
+                                s.hot.push(k);
+                            }
                         }
+                    } else {
+                        s.hot.extend_from_slice(&kept);
                     }
                     streams.push((i, s.next_seq() - 1));
                 }
@@ -2323,7 +2357,10 @@ impl ImCore {
         let mut seq = from;
         let mut cold = 0;
         while seq <= s.durable && entries.len() < limit {
-            let e = match s.find(seq).expect("durable entries are in the stream") {
+            let e = match s
+                .find(seq, &self.kept)
+                .expect("durable entries are in the stream")
+            {
                 Found::Hot(m) => PageEntry::Hot(m.clone()),
                 Found::Cold(at) => {
                     if cold == COLD_PAGE_MAX {
@@ -2368,13 +2405,29 @@ impl ImCore {
     /// is `im.hot_s`): only their records' positions stay, and reads take them from the log.
     /// Returns how many moved.
     pub fn cool(&mut self, cutoff_ms: u64) -> u64 {
+        let kept = &mut self.kept;
         let moved: u64 = self
             .streams
             .values_mut()
-            .map(|s| s.cool(cutoff_ms) as u64)
+            .map(|s| s.cool(cutoff_ms, kept) as u64)
             .sum();
         self.stats.cooled += moved;
         moved
+    }
+
+    /// Checks that every kept slot is held by exactly as many hot entries as it counts, and
+    /// that no other is held (tests).
+    #[cfg(test)]
+    pub(crate) fn check_kept(&self) {
+        let mut counted: HashMap<u64, u32> = HashMap::new();
+        for s in self.streams.values() {
+            for k in s.hot.iter() {
+                *counted.entry(k.number()).or_default() += 1;
+            }
+        }
+        let held: HashMap<u64, u32> = self.kept.held().map(|(k, n)| (k.number(), n)).collect();
+        assert_eq!(counted, held, "core {}: kept counts", self.core);
+        assert_eq!(held.len(), self.kept.live());
     }
 
     /// Entries in memory and entries cold, over all streams of this core.
@@ -2409,7 +2462,7 @@ impl ImCore {
     pub fn expire_segments(&mut self, cutoff_ms: u64, expired: impl Fn(ColdRef) -> bool) -> u64 {
         let mut dropped = 0;
         for s in self.streams.values_mut() {
-            dropped += s.expire(cutoff_ms, &expired) as u64;
+            dropped += s.expire(cutoff_ms, &expired, &mut self.kept) as u64;
         }
         if dropped > 0 {
             let streams = &self.streams;
@@ -2703,6 +2756,9 @@ impl ImRecovery {
     /// [`ImCore::cool`] runs with it.
     pub fn finish(self, cores: u16, now_ms: u64, cutoff_ms: u64) -> Result<Vec<ImCore>, String> {
         let mut out: Vec<ImCore> = (0..cores).map(|k| ImCore::new(k, cores)).collect();
+        // Per core: the kept slot of each (record, message) recovered so far.
+        let mut interned: Vec<HashMap<(ColdRef, *const Message), Kept>> =
+            (0..cores).map(|_| HashMap::new()).collect();
         let mut streams = self.streams;
         for &uid in self.heads.keys() {
             streams.entry(uid).or_default();
@@ -2742,7 +2798,8 @@ impl ImRecovery {
                 .count();
             entries.drain(..expired);
             base += expired as u64;
-            let core = &mut out[home(uid, cores) as usize];
+            let k = home(uid, cores) as usize;
+            let core = &mut out[k];
             let mut stream = Stream {
                 base,
                 cold: Entries::new(),
@@ -2750,11 +2807,28 @@ impl ImRecovery {
                 durable,
             };
             for (_, e) in entries {
-                match e {
-                    Recovered::Cold { at, .. } if stream.hot.is_empty() => stream.cold.push(at),
-                    Recovered::Cold { at, .. } => stream.hot.push(Hot { msg: None, at }),
-                    Recovered::Hot(m, at) => stream.hot.push(Hot { msg: Some(m), at }),
-                }
+                let (msg, at) = match e {
+                    Recovered::Cold { at, .. } if stream.hot.is_empty() => {
+                        stream.cold.push(at);
+                        continue;
+                    }
+                    Recovered::Cold { at, .. } => (None, at),
+                    Recovered::Hot(m, at) => (Some(m), at),
+                };
+                // One slot per message and record on this core, as deliveries make them.
+                let key = (at, msg.as_ref().map_or(std::ptr::null(), Arc::as_ptr));
+                let kept = match interned[k].get(&key) {
+                    Some(&kept) => {
+                        core.kept.hold(kept);
+                        kept
+                    }
+                    None => {
+                        let kept = core.kept.add(msg, at, 1);
+                        interned[k].insert(key, kept);
+                        kept
+                    }
+                };
+                stream.hot.push(kept);
             }
             core.streams.insert(uid, stream);
         }

@@ -1,6 +1,7 @@
 //! The entries of one user's stream in memory: a sequence that grows at the back, is trimmed
 //! at the front (retention) and is read by position, stored in chunks so that it never moves
-//! as a whole. Owned by the stream's home core (`engine::ImCore`), on that core's thread.
+//! as a whole. Owned by the stream's home core (`engine::ImCore`), on that core's thread;
+//! the core's table of kept messages ([`super::kept`]) is held the same way.
 //!
 //! Why not a `Vec`: a group message appends one entry to each member's stream, so the streams
 //! of a big group's members have the same length and double their vectors at the same
@@ -66,7 +67,47 @@ impl<T> Entries<T> {
         self.len == 0
     }
 
+    #[inline]
     pub fn push(&mut self, value: T) {
+        // Room in the last chunk: a store (a big group's delivery makes one per member).
+        let max = if self.full.is_empty() {
+            self.first_max as usize
+        } else {
+            CHUNK
+        };
+        if self.last.len() < max.min(self.last.capacity()) {
+            self.last.push(value);
+            self.len += 1;
+        } else {
+            self.push_slow(value);
+        }
+    }
+
+    /// Pushes `values` in order (a merged delivery gives each member several entries).
+    #[inline]
+    pub fn extend_from_slice(&mut self, values: &[T])
+    where
+        T: Copy,
+    {
+        let max = if self.full.is_empty() {
+            self.first_max as usize
+        } else {
+            CHUNK
+        };
+        if self.last.len() + values.len() <= max.min(self.last.capacity()) {
+            self.last.extend_from_slice(values);
+            self.len += values.len();
+        } else {
+            for &v in values {
+                self.push(v);
+            }
+        }
+    }
+
+    /// [`Entries::push`] when the last chunk must grow or a new one begin.
+    #[cold]
+    #[inline(never)]
+    fn push_slow(&mut self, value: T) {
         let only = self.full.is_empty();
         let max = if only { self.first_max as usize } else { CHUNK };
         if self.last.len() >= max {
@@ -102,6 +143,27 @@ impl<T> Entries<T> {
             &self.last
         };
         chunk.get(j % CHUNK)
+    }
+
+    pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        if index >= self.len {
+            return None;
+        }
+        let Some(first) = self.full.front() else {
+            return self.last.get_mut(index);
+        };
+        let first_len = first.len();
+        if index < first_len {
+            return self.full[0].get_mut(index);
+        }
+        let j = index - first_len;
+        let k = 1 + j / CHUNK;
+        let chunk = if k < self.full.len() {
+            &mut self.full[k]
+        } else {
+            &mut self.last
+        };
+        chunk.get_mut(j % CHUNK)
     }
 
     /// Drops the first `n` entries (all of them if `n` is larger).
@@ -171,12 +233,14 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Push(u32),
+        Extend(Vec<u32>),
         Drop(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             8 => any::<u32>().prop_map(Op::Push),
+            2 => proptest::collection::vec(any::<u32>(), 0..40).prop_map(Op::Extend),
             1 => (0usize..3 * CHUNK).prop_map(Op::Drop),
         ]
     }
@@ -193,6 +257,10 @@ mod tests {
                         e.push(x);
                         v.push(x);
                     }
+                    Op::Extend(xs) => {
+                        e.extend_from_slice(&xs);
+                        v.extend_from_slice(&xs);
+                    }
                     Op::Drop(n) => {
                         e.drop_front(n);
                         v.drain(..n.min(v.len()));
@@ -204,6 +272,13 @@ mod tests {
             for (i, x) in v.iter().enumerate() {
                 prop_assert_eq!(e.get(i), Some(x));
             }
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = x.wrapping_add(1);
+                let y = e.get_mut(i).expect("in range");
+                *y = y.wrapping_add(1);
+            }
+            prop_assert!(e.iter().eq(v.iter()));
+            prop_assert_eq!(e.get_mut(v.len()), None);
             prop_assert_eq!(e.get(v.len()), None);
             // The invariant the indexing relies on.
             let chunks = e.chunks();

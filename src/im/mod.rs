@@ -7,6 +7,7 @@
 //! - [`cold`]: where each stream entry lies in the logs, and reading it back (R24's cold tier).
 //! - [`dedupe`]: the compact appinfo memory of stored sends (R18).
 //! - [`entries`]: a stream's entries in memory, in chunks that never move as a whole.
+//! - [`kept`]: the messages of the hot entries, one counted slot per message per record.
 //! - [`engine`]: one core's state machine (sans-IO) and the recovery that rebuilds every
 //!   core's state from the logs.
 //! - [`groups`]: memberships through time; floors and snapshots that collapse their history.
@@ -17,6 +18,7 @@ pub mod dedupe;
 pub mod engine;
 pub mod entries;
 pub mod groups;
+pub mod kept;
 pub mod model;
 pub mod record;
 pub mod retention;

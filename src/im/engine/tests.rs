@@ -286,6 +286,9 @@ impl Sim {
                 .iter()
                 .all(|n| n.im.is_idle() && n.in_flight.is_none());
             if !busy && idle {
+                for n in &self.nodes {
+                    n.im.check_kept();
+                }
                 return;
             }
             if !busy {
@@ -1605,10 +1608,15 @@ fn streams_go_on_after_compaction_dropped_their_start() {
 fn retention_trims_the_front_of_streams_only() {
     let mut c = recover(&[(1, 100), (2, 900), (3, 100), (4, 900)], &[], 0).unwrap();
     // Entry 3 is old but behind a retained one: the stream stays one run of seqs.
+    assert_eq!((c.kept.live(), c.kept.slots()), (4, 4));
     assert_eq!(c.expire(500), 1);
     assert_eq!(seqs(&c), (4, vec![2, 3, 4]));
+    // The expired entry's message is let go with it.
+    assert_eq!((c.kept.live(), c.kept.slots()), (3, 3));
+    c.check_kept();
     assert_eq!(c.expire(1000), 3);
     assert_eq!(seqs(&c), (4, vec![]));
+    assert_eq!((c.kept.live(), c.kept.slots()), (0, 0));
     assert_eq!(c.head(5), Some(4));
     assert_eq!(c.stats.expired, 4);
 }
