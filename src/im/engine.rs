@@ -579,8 +579,9 @@ pub struct ImCore {
     merge_senders: HashMap<u64, usize>,
     /// Scratch of `deliver`: (recipient, its first seq in the record).
     deliver_list: Vec<(u64, u64)>,
-    /// Where the streams of `deliver_list` are (None: not made yet).
-    deliver_slots: Vec<Option<u32>>,
+    /// Where the streams of `deliver_list` are (None: not made yet), and whether the recipient
+    /// sent one of the messages (it does not get its own).
+    deliver_slots: Vec<(Option<u32>, bool)>,
     scratch: Vec<u8>,
     /// The process's heap is over `im.memory_max_mb`: new writes are refused (busy).
     memory_full: bool,
@@ -2021,7 +2022,8 @@ impl ImCore {
                 self.core,
                 "delivery for user {uid} reached a core that is not its home"
             );
-            let n = if senders.contains(&uid) {
+            let sender = senders.contains(&uid);
+            let n = if sender {
                 let n = Delivery::count_for(messages, uid);
                 if n == 0 {
                     continue;
@@ -2037,7 +2039,7 @@ impl ImCore {
             let slot = self.streams.find(uid);
             let next = slot.map_or(1, |i| self.streams.at(i).next_seq());
             list.push((uid, next));
-            slots.push(slot);
+            slots.push((slot, sender));
         }
         self.scratch.clear();
         encode_delivery(messages, &list, &mut self.scratch);
@@ -2063,11 +2065,11 @@ impl ImCore {
                     .filter_map(|m| m.refer.map(|r| (r, m.id.sender)))
                     .filter(|(r, _)| list.iter().any(|&(uid, _)| uid == r.sender))
                     .collect();
-                for (&(uid, first_seq), slot) in list.iter().zip(&slots) {
+                for (&(uid, first_seq), &(slot, sender)) in list.iter().zip(&slots) {
                     let i = slot.unwrap_or_else(|| self.streams.slot(uid));
                     let s = self.streams.at(i);
                     debug_assert_eq!(s.next_seq(), first_seq);
-                    if senders.contains(&uid) {
+                    if sender {
                         for (m, &k) in messages.iter().zip(&kept) {
                             if m.id.sender != uid {
                                 assert_ne!(k, Kept::NONE, "a message a recipient gets is kept");

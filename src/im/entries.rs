@@ -67,15 +67,19 @@ impl<T> Entries<T> {
         self.len == 0
     }
 
-    #[inline]
-    pub fn push(&mut self, value: T) {
-        // Room in the last chunk: a store (a big group's delivery makes one per member).
-        let max = if self.full.is_empty() {
+    /// Where the last chunk ends: the first chunk's own end while it is the only one.
+    fn last_max(&self) -> usize {
+        if self.full.is_empty() {
             self.first_max as usize
         } else {
             CHUNK
-        };
-        if self.last.len() < max.min(self.last.capacity()) {
+        }
+    }
+
+    #[inline]
+    pub fn push(&mut self, value: T) {
+        // Room in the last chunk: a store (a big group's delivery makes one per member).
+        if self.last.len() < self.last_max().min(self.last.capacity()) {
             self.last.push(value);
             self.len += 1;
         } else {
@@ -89,12 +93,7 @@ impl<T> Entries<T> {
     where
         T: Copy,
     {
-        let max = if self.full.is_empty() {
-            self.first_max as usize
-        } else {
-            CHUNK
-        };
-        if self.last.len() + values.len() <= max.min(self.last.capacity()) {
+        if self.last.len() + values.len() <= self.last_max().min(self.last.capacity()) {
             self.last.extend_from_slice(values);
             self.len += values.len();
         } else {
@@ -109,8 +108,7 @@ impl<T> Entries<T> {
     #[inline(never)]
     fn push_slow(&mut self, value: T) {
         let only = self.full.is_empty();
-        let max = if only { self.first_max as usize } else { CHUNK };
-        if self.last.len() >= max {
+        if self.last.len() >= self.last_max() {
             if only {
                 // Give back what doubling reserved past the end (a copy of at most one chunk,
                 // once per stream).
@@ -125,45 +123,32 @@ impl<T> Entries<T> {
         self.len += 1;
     }
 
-    pub fn get(&self, index: usize) -> Option<&T> {
+    /// Where entry `index` is: the chunk (`full.len()` for `last`) and the place in it.
+    fn locate(&self, index: usize) -> Option<(usize, usize)> {
         if index >= self.len {
             return None;
         }
         let Some(first) = self.full.front() else {
-            return self.last.get(index);
+            return Some((0, index));
         };
         if index < first.len() {
-            return first.get(index);
+            return Some((0, index));
         }
         let j = index - first.len();
-        let k = 1 + j / CHUNK;
-        let chunk = if k < self.full.len() {
-            &self.full[k]
-        } else {
-            &self.last
-        };
-        chunk.get(j % CHUNK)
+        Some(((1 + j / CHUNK).min(self.full.len()), j % CHUNK))
+    }
+
+    pub fn get(&self, index: usize) -> Option<&T> {
+        let (k, i) = self.locate(index)?;
+        self.full.get(k).unwrap_or(&self.last).get(i)
     }
 
     pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
-        if index >= self.len {
-            return None;
+        let (k, i) = self.locate(index)?;
+        match self.full.get_mut(k) {
+            Some(chunk) => chunk.get_mut(i),
+            None => self.last.get_mut(i),
         }
-        let Some(first) = self.full.front() else {
-            return self.last.get_mut(index);
-        };
-        let first_len = first.len();
-        if index < first_len {
-            return self.full[0].get_mut(index);
-        }
-        let j = index - first_len;
-        let k = 1 + j / CHUNK;
-        let chunk = if k < self.full.len() {
-            &mut self.full[k]
-        } else {
-            &mut self.last
-        };
-        chunk.get_mut(j % CHUNK)
     }
 
     /// Drops the first `n` entries (all of them if `n` is larger).
