@@ -9,15 +9,18 @@
 //!    send to acknowledgement, and send to the PUSH at a watching member (client clocks,
 //!    HdrHistogram). Goal p99 <= 10 ms.
 //! 3. Isolation (R22): single-chat latency (send to PUSH at the recipient) at a fixed rate,
-//!    alone and while another client floods the 10,000-member group, in alternating rounds
-//!    (the flood's backlog drained between them), so a drift of the machine's speed weighs
-//!    on both sides alike. Goal: loaded p99 within 2x of unloaded. Also printed: each round's
-//!    p99s (and the flooded commits' time in the disk), send to acknowledgement, and the group
-//!    commits of each side (rate, mean time and the part of it in the system calls, bytes,
-//!    share over 1 / 2 / 5 ms).
+//!    alone and while another client floods the 10,000-member group, in rounds (the flood's
+//!    backlog drained after it), so a drift of the machine's speed weighs on both sides alike.
+//!    Goal: loaded p99 within 2x of unloaded. The peer in each round: the disk alone, the
+//!    same number of 256-byte writes at the same rate into a zeroed file in the server's
+//!    directory, each followed by fdatasync (what a chat's commit costs the disk, and the
+//!    floor under its latency). The three phases rotate their order from round to round.
+//!    Also printed: each round's p99s (and the flooded commits' time in the disk), send to
+//!    acknowledgement, and the group commits of each side (rate, mean time and the part of it
+//!    in the system calls, bytes, share over 1 / 2 / 5 ms).
 //!
 //! Run: `cargo bench --bench im -- [--messages N] [--members M] [--bulk-hold-us US]
-//! [--preempt-us US] [--rounds N] [--in-process-only]`. Under
+//! [--preempt-us US] [--rounds N] [--chats N] [--in-process-only]`. Under
 //! `cargo test --all-targets` it does a small smoke run.
 
 #[path = "common.rs"]
@@ -55,6 +58,9 @@ struct Args {
     /// Single-chat messages per second in part 3.
     #[arg(long, default_value_t = 500)]
     chat_rate: u64,
+    /// Single chats per side (alone, flooded) in part 3, split over the rounds.
+    #[arg(long, default_value_t = 2_000)]
+    chats: u64,
     #[arg(long, default_value_t = 0)]
     server_cpu: usize,
     #[arg(long, default_value_t = 1)]
@@ -445,6 +451,34 @@ fn group_round_trips(
     (ack, push)
 }
 
+/// Sleeps until the `i`th of a series paced at `rate` per second from `started` is due.
+fn wait_turn(started: Instant, i: u64, rate: u64) {
+    let due = Duration::from_secs_f64(i as f64 / rate as f64);
+    if let Some(wait) = due.checked_sub(started.elapsed()) {
+        std::thread::sleep(wait);
+    }
+}
+
+/// The disk alone at the chats' pace: `n` writes of 256 bytes at `rate` per second into
+/// `file` (zeroed and synced beforehand, so no write extends it: the log's small commits
+/// overwrite preallocated space the same way), each followed by fdatasync; their times.
+fn disk_alone(file: &std::fs::File, n: u64, rate: u64, at: &mut u64) -> Histogram<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut h = Histogram::<u64>::new(3).expect("histogram");
+    let len = file.metadata().expect("probe file").len();
+    let block = [0x5au8; 256];
+    let started = Instant::now();
+    for i in 0..n {
+        wait_turn(started, i, rate);
+        let t = Instant::now();
+        file.write_all_at(&block, *at).expect("probe write");
+        file.sync_data().expect("probe fdatasync");
+        h.record(t.elapsed().as_micros() as u64).expect("record");
+        *at = (*at + 256) % len;
+    }
+    h
+}
+
 /// Single chats at `rate` per second from `a` to `b` for `n` messages: send to PUSH at `b`
 /// (returned) and send to acknowledgement (added to `acks`).
 fn chat(
@@ -459,10 +493,7 @@ fn chat(
     let mut h = Histogram::<u64>::new(3).expect("histogram");
     let started = Instant::now();
     for i in 0..n {
-        let due = Duration::from_secs_f64(i as f64 / rate as f64);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
-            std::thread::sleep(wait);
-        }
+        wait_turn(started, i, rate);
         let t = Instant::now();
         let r = a
             .im_send(
@@ -546,10 +577,10 @@ fn main() {
         line("send to PUSH at the last member (client)", &push)
     );
 
-    // Part 3: alone and flooded in alternating phases (alone first in even rounds, flooded
-    // first in odd ones), so a drift of this machine's speed during the part weighs on both
-    // sides alike; after each flooded phase the group's backlog drains before the next.
-    let chats = if smoke { 50 } else { 2_000 };
+    // Part 3: alone, flooded and the disk alone in rotating order (each first in every third
+    // round), so a drift of this machine's speed during the part weighs on all sides alike;
+    // after each flooded phase the group's backlog drains before the next.
+    let chats = if smoke { 50 } else { args.chats };
     let rounds = if smoke { 2 } else { args.rounds.max(1) };
     let per = chats / rounds;
     // Two users outside the group chat with each other.
@@ -569,9 +600,30 @@ fn main() {
     // The flooded side's mean time in write and fdatasync per commit, per round.
     let mut disk = Vec::new();
     let mut flooded = 0u64;
+    // The disk peer: a zeroed, synced 4 MiB file next to the server's log.
+    let probe = {
+        let path = base.join("disk-probe");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("probe file");
+        std::io::Write::write_all(&mut &f, &vec![0u8; 4 << 20]).expect("zero the probe file");
+        f.sync_all().expect("sync the probe file");
+        f
+    };
+    let (mut probe_at, mut disk_alone_h) = (0u64, Histogram::<u64>::new(3).expect("histogram"));
     for round in 0..rounds {
-        let mut p99 = [0.0f64; 2];
-        for phase in [round % 2, 1 - round % 2] {
+        let mut p99 = [0.0f64; 3];
+        for phase in (0..3).map(|i| (round + i) % 3) {
+            if phase == 2 {
+                let h = disk_alone(&probe, per, args.chat_rate, &mut probe_at);
+                p99[2] = ms(&h, 0.99);
+                disk_alone_h.add(&h).expect("same histogram bounds");
+                continue;
+            }
             let flood = (phase == 1).then(|| {
                 let f = Flood::start(server.binary, &keys, args.client_cpu, flooded);
                 std::thread::sleep(Duration::from_millis(200));
@@ -593,7 +645,7 @@ fn main() {
                 drain(server.http);
             }
         }
-        ratios.push((p99[0], p99[1]));
+        ratios.push(p99);
     }
     let [(alone, alone_acks, alone_commits), (loaded, loaded_acks, loaded_commits)] = sides;
     println!(
@@ -605,11 +657,18 @@ fn main() {
     );
     let each: Vec<String> = ratios
         .iter()
-        .map(|(a, f)| format!("{a:.2}/{f:.2} ms ({:.1}x)", f / a.max(0.001)))
+        .map(|[a, f, d]| format!("{a:.2}/{f:.2}/{d:.2} ms ({:.1}x)", f / a.max(0.001)))
         .collect();
     println!(
-        "   {rounds} rounds of {per} chats alone and {per} flooded, alternating; p99 alone/flooded per round: {}",
+        "   {rounds} rounds of {per} chats alone, {per} flooded and {per} disk writes alone, in rotating order; p99 alone/flooded/disk per round (flooded/alone): {}",
         each.join(" ")
+    );
+    println!(
+        "   {}",
+        line(
+            "the disk alone (256-byte write + fdatasync at the same rate, same directory)",
+            &disk_alone_h
+        )
     );
     let each: Vec<String> = disk.iter().map(|d| format!("{d:.2}")).collect();
     println!(

@@ -68,6 +68,8 @@ pub struct CoreMetrics {
     pub im_appinfo_entries: AtomicU64,
     pub im_deliveries_held: AtomicU64,
     pub im_huge_backlog: AtomicU64,
+    pub im_kept_messages: AtomicU64,
+    pub im_kept_slots: AtomicU64,
     pub im_park_dropped: AtomicU64,
     pub im_work_refused: AtomicU64,
     pub im_group_past: AtomicU64,
@@ -179,7 +181,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 44] = [
+    let simple: [Family; 46] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -406,6 +408,18 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "gauge",
             "Messages to huge groups accepted and durable whose member copies are not all written yet (R21): held behind the group's fan-out in flight or waiting for member-append budget.",
             |m| m.im_huge_backlog.load(Relaxed),
+        ),
+        (
+            "hongbao_im_kept_messages",
+            "gauge",
+            "Messages held in memory for hot stream entries: one per message per delivery record on this core.",
+            |m| m.im_kept_messages.load(Relaxed),
+        ),
+        (
+            "hongbao_im_kept_slots",
+            "gauge",
+            "Slots in this core's table of kept messages, free ones waiting behind a held one included (20 bytes each); far above hongbao_im_kept_messages means an old hot entry pins the table.",
+            |m| m.im_kept_slots.load(Relaxed),
         ),
         (
             "hongbao_im_park_dropped_total",

@@ -128,6 +128,10 @@ fn single_chat_push_then_pull_and_idempotent_retries() {
     // 21 stored sends remembered for retries (gauges are published every tick).
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(metric(&server, "hongbao_im_appinfo_entries"), 21);
+    // Each send is kept twice in memory (its SENT record and its DELIVERY record), and the
+    // table has no free slots: nothing has left it.
+    assert_eq!(metric(&server, "hongbao_im_kept_messages"), 42);
+    assert_eq!(metric(&server, "hongbao_im_kept_slots"), 42);
 }
 
 #[test]
@@ -954,6 +958,16 @@ fn old_messages_leave_memory_and_read_back_from_the_log_across_a_kill_9() {
 
     // Every entry leaves memory at a retention pass after its second in the hot window.
     wait_metric(&server, "hongbao_im_cold_entries", total as u64);
+    // No message is kept in memory for them any more, and the table gave its slots back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&server, "hongbao_im_kept_messages") + metric(&server, "hongbao_im_kept_slots") > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kept messages stayed in memory"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Pages read them back from the log exactly as they were (users of both cores, asked
     // through connections of either core).
     assert_eq!(all_streams(&mut clients), before);

@@ -7,7 +7,9 @@
 //! membership version (kept in the SENT record: the message's withdrawal, unread list and
 //! redelivery after a crash go to the members at that version); the message is appended
 //! to the sender's own stream (a SENT record) and answered once that is durable; only then is
-//! it handed to every core that homes recipients. Each such core appends the messages waiting
+//! it handed to every other core that homes recipients (the sender's own core appends its
+//! recipients' DELIVERY right after the SENT record: in the same log it cannot be durable
+//! without it, and a chat within one core takes one commit). Each such core appends the messages waiting
 //! for the same recipients as one DELIVERY record (R21: backlogged messages to the same members
 //! merge into one insert), exposes the new seqs once durable, announces them (push, R17), and
 //! tells the sender's core, which logs FANOUT_DONE when every core has. After a crash, SENT
@@ -444,6 +446,9 @@ enum Waiter {
         partition: Arc<Partition>,
         /// When the send was accepted (its fan-out time is measured from here).
         accepted_us: u64,
+        /// The recipients homed on this core were handed the message when its SENT record
+        /// was appended (their DELIVERY follows it in the log, often in the same commit).
+        early: bool,
     },
     Delivery {
         /// (where the stream is in [`Streams`], newest seq written for it).
@@ -1385,6 +1390,7 @@ impl ImCore {
                 }
                 self.stats.sends += 1;
                 self.stats.stream_appends += 1;
+                let early = self.deliver_early(&msg, &partition);
                 self.waiters.push_back((
                     appended.end,
                     Waiter::Sent {
@@ -1392,6 +1398,7 @@ impl ImCore {
                         msg,
                         partition,
                         accepted_us: now_us,
+                        early,
                     },
                 ));
                 Ok(())
@@ -1415,6 +1422,26 @@ impl ImCore {
             }
             Err(AppendError::TooLarge(_)) => unreachable!("bodies are bounded"),
         }
+    }
+
+    /// Hands a message whose SENT record was just appended to its recipients homed on this
+    /// core, without waiting for the record to be durable: their DELIVERY record comes after
+    /// the SENT record in this core's log (the next [`ImCore::flush`], before the commit loop
+    /// takes the batch when it is idle), so it is never durable without it, and a single chat
+    /// to a user homed on the same core is pushed after one commit instead of two. Other
+    /// cores still get the message once it is durable (their logs are not ordered after this
+    /// one). Not for huge groups: their deliveries wait behind each other (R21) and are held
+    /// while the group's fan-out is in flight. True when the message was handed over.
+    fn deliver_early(&mut self, msg: &MessageRef, partition: &Partition) -> bool {
+        if is_huge(partition) {
+            return false;
+        }
+        let mine = &partition[self.core as usize];
+        if mine.iter().all(|&m| m == msg.id.sender) {
+            return false;
+        }
+        self.inbox.push((msg.clone(), mine.clone(), self.core));
+        true
     }
 
     /// A message from another core's engine (or this one's).
@@ -1689,9 +1716,21 @@ impl ImCore {
         log: &mut LogWriter,
         out: &mut Effects,
     ) {
-        self.fan_out_tracked(msg, partition, have, accepted_us, None, now_us, log, out);
+        self.fan_out_tracked(
+            msg,
+            partition,
+            have,
+            accepted_us,
+            None,
+            false,
+            now_us,
+            log,
+            out,
+        );
     }
 
+    /// `early`: this core's recipients have the message already ([`ImCore::deliver_early`]);
+    /// their confirmation is still awaited.
     #[allow(clippy::too_many_arguments)]
     fn fan_out_tracked(
         &mut self,
@@ -1700,6 +1739,7 @@ impl ImCore {
         have: &HashSet<u64>,
         accepted_us: Option<u64>,
         group: Option<u64>,
+        early: bool,
         now_us: u64,
         log: &mut LogWriter,
         out: &mut Effects,
@@ -1722,6 +1762,9 @@ impl ImCore {
                 continue;
             }
             remaining += 1;
+            if early && core == self.core as usize {
+                continue;
+            }
             out.messages.push((
                 core as u16,
                 ImMsg::Deliver {
@@ -1785,6 +1828,7 @@ impl ImCore {
                         &none,
                         Some(accepted),
                         Some(gid),
+                        false,
                         now_us,
                         log,
                         out,
@@ -1801,6 +1845,7 @@ impl ImCore {
         msg: MessageRef,
         partition: Arc<Partition>,
         accepted_us: u64,
+        early: bool,
         now_us: u64,
         log: &mut LogWriter,
         out: &mut Effects,
@@ -1810,6 +1855,7 @@ impl ImCore {
             _ => None,
         };
         if let Some(gid) = huge {
+            assert!(!early, "huge-group messages are not delivered early");
             if self.group_in_flight.contains_key(&gid) {
                 self.held
                     .entry(gid)
@@ -1825,6 +1871,7 @@ impl ImCore {
             &none,
             Some(accepted_us),
             huge,
+            early,
             now_us,
             log,
             out,
@@ -2267,6 +2314,7 @@ impl ImCore {
                     msg,
                     partition,
                     accepted_us,
+                    early,
                 } => {
                     let s = self.streams.get_mut(&msg.id.sender).expect("appended");
                     s.durable = s.durable.max(msg.id.seq);
@@ -2285,7 +2333,7 @@ impl ImCore {
                             ));
                         }
                     }
-                    self.fan_out_or_hold(msg, partition, accepted_us, now_us, log, out);
+                    self.fan_out_or_hold(msg, partition, accepted_us, early, now_us, log, out);
                 }
                 Waiter::Delivery {
                     streams,
@@ -2513,6 +2561,12 @@ impl ImCore {
     /// Delivery records waiting for room in the log now.
     pub fn deliveries_held(&self) -> usize {
         self.blocked.len()
+    }
+
+    /// Kept messages held by hot entries, and slots in their table (free ones behind a held
+    /// one included): see [`KeptMessages`].
+    pub fn kept(&self) -> (usize, usize) {
+        (self.kept.live(), self.kept.slots())
     }
 
     /// Messages to huge groups whose member copies are not all written yet: held behind

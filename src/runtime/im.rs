@@ -433,6 +433,9 @@ impl Core {
                 .store(im.deliveries_held() as u64, Ordering::Relaxed);
             m.im_huge_backlog
                 .store(im.huge_backlog() as u64, Ordering::Relaxed);
+            let (kept, slots) = im.kept();
+            m.im_kept_messages.store(kept as u64, Ordering::Relaxed);
+            m.im_kept_slots.store(slots as u64, Ordering::Relaxed);
             m.im_park_dropped.store(s.park_dropped, Ordering::Relaxed);
             m.im_work_refused.store(s.work_refused, Ordering::Relaxed);
             m.im_history_forgotten
