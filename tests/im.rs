@@ -892,11 +892,16 @@ fn bulk_records_ride_urgent_commits_and_still_go_alone() {
 /// Waits until a metric (summed over cores) reaches `min`; counters are published by each
 /// core's 10 ms tick.
 fn wait_metric(server: &common::Server, name: &str, min: u64) {
+    wait_metric_until(server, name, &format!(">= {min}"), |v| v >= min);
+}
+
+/// Waits up to 30 s for metric `name` (summed over cores) to satisfy `ok` (described by `what`).
+fn wait_metric_until(server: &common::Server, name: &str, what: &str, ok: impl Fn(u64) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric(server, name) < min {
+    while !ok(metric(server, name)) {
         assert!(
             std::time::Instant::now() < deadline,
-            "{name} stayed at {} (< {min}) for 30 s",
+            "{name} stayed at {} (not {what}) for 30 s",
             metric(server, name)
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -959,14 +964,8 @@ fn old_messages_leave_memory_and_read_back_from_the_log_across_a_kill_9() {
     // Every entry leaves memory at a retention pass after its second in the hot window.
     wait_metric(&server, "hongbao_im_cold_entries", total as u64);
     // No message is kept in memory for them any more, and the table gave its slots back.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric(&server, "hongbao_im_kept_messages") + metric(&server, "hongbao_im_kept_slots") > 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "kept messages stayed in memory"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    for name in ["hongbao_im_kept_messages", "hongbao_im_kept_slots"] {
+        wait_metric_until(&server, name, "0", |v| v == 0);
     }
     // Pages read them back from the log exactly as they were (users of both cores, asked
     // through connections of either core).

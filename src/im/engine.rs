@@ -9,9 +9,9 @@
 //! to the sender's own stream (a SENT record) and answered once that is durable; only then is
 //! it handed to every other core that homes recipients (the sender's own core appends its
 //! recipients' DELIVERY right after the SENT record: in the same log it cannot be durable
-//! without it, and a chat within one core takes one commit). Each such core appends the messages waiting
-//! for the same recipients as one DELIVERY record (R21: backlogged messages to the same members
-//! merge into one insert), exposes the new seqs once durable, announces them (push, R17), and
+//! without it, and a chat within one core takes one commit). Each such core appends the
+//! messages waiting for the same recipients as one DELIVERY record (R21: backlogged messages
+//! to the same members merge into one insert), exposes the new seqs once durable, announces them (push, R17), and
 //! tells the sender's core, which logs FANOUT_DONE when every core has. After a crash, SENT
 //! records without FANOUT_DONE are delivered again, to exactly the recipients whose streams
 //! lack them ([`ImRecovery`]).
