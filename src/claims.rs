@@ -56,6 +56,9 @@ pub enum ClaimsError {
     },
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    /// A core log the data directory had is gone (`cores.json`).
+    #[error("{0}")]
+    Incomplete(String),
 }
 
 /// Parses `CORE:SEGMENT:OFFSET`.
@@ -105,7 +108,13 @@ pub fn stream_claims(
 ) -> Result<(u64, BTreeMap<u16, LogPosition>), ClaimsError> {
     let mut count = 0;
     let mut ends = BTreeMap::new();
-    for (core, dir) in core_dirs(data)? {
+    let dirs = core_dirs(data)?;
+    if let Some(listed) = crate::serve::cores::read(data).map_err(ClaimsError::Incomplete)? {
+        let present: Vec<u16> = dirs.iter().map(|(k, _)| *k).collect();
+        crate::serve::cores::check_listed(data, &listed, &present)
+            .map_err(ClaimsError::Incomplete)?;
+    }
+    for (core, dir) in dirs {
         let start = from.get(&core).copied().unwrap_or(LogPosition {
             segment: 0,
             offset: 0,

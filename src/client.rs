@@ -1,6 +1,6 @@
 //! A small blocking client of the binary protocol (docs/PROTOCOL.md), with pipelining: used by
 //! the demo, the integration and crash tests, and as a reference for client writers. The load
-//! generator of issue 4 is a different, io_uring-based program.
+//! generator (`hongbao load`, src/load/) is a different, io_uring-based program.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -51,6 +51,12 @@ impl Client {
         self.next_id += 1;
         encode_request(op, id, payload, &mut self.out);
         id
+    }
+
+    /// A second handle on the connection's socket, for a thread that writes requests (encoded
+    /// with [`encode_request`]) while this client reads their replies.
+    pub fn try_clone_stream(&self) -> io::Result<TcpStream> {
+        self.stream.try_clone()
     }
 
     /// Queues raw bytes (tests of malformed input).

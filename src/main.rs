@@ -605,8 +605,10 @@ fn demo_round_trip(addr: std::net::SocketAddr, auth: &[u8]) -> Result<Vec<String
                     other => lines.push(format!("demo client: open answered {other:?}")),
                 }
                 match client.open(&token).map_err(|e| e.to_string())? {
-                    Reply::Error { message, .. } => lines.push(format!(
-                        "demo client: opening it again is refused: {message}"
+                    Reply::Open(o) if o.again => lines.push(format!(
+                        "demo client: opening it again claims nothing more: the same claim is \
+                         answered again (again = 1, worth {})",
+                        format_cents(o.amount_cents as u64)
                     )),
                     other => lines.push(format!("demo client: second open answered {other:?}")),
                 }

@@ -24,6 +24,8 @@ pub const FANOUT_BUCKETS_US: [u64; 10] = [
 pub struct CoreMetrics {
     pub shakes: [AtomicU64; ShakeOutcome::ALL.len()],
     pub opens: AtomicU64,
+    /// Repeated opens of a claimed envelope by its user, answered with the claim again.
+    pub opens_again: AtomicU64,
     pub claimed_cents: AtomicU64,
     pub errors: [AtomicU64; ALL_ERRORS.len()],
     pub forwarded_out: AtomicU64,
@@ -181,12 +183,19 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 46] = [
+    let simple: [Family; 47] = [
         (
             "hongbao_opens_total",
             "counter",
             "Envelopes opened (claim durable, answered).",
             |m| m.opens.load(Relaxed),
+        ),
+        (
+            "hongbao_opens_again_total",
+            "counter",
+            "Repeated opens of an envelope already claimed by the same user, answered with \
+             the claim again (again = 1).",
+            |m| m.opens_again.load(Relaxed),
         ),
         (
             "hongbao_claimed_cents_total",

@@ -23,6 +23,7 @@ fn options() -> StoreOptions {
         // Small segments so crashes also land around segment rolls.
         segment_bytes_max: (SEGMENT_HEADER_BYTES + 32 + (1 << 20)) as u64 + 64 * 1024,
         pending_bytes_max: 16 << 20,
+        adopt: false,
     }
 }
 

@@ -308,6 +308,7 @@ mod tests {
         let options = StoreOptions {
             segment_bytes_max: 8 << 20,
             pending_bytes_max: 1 << 20,
+            adopt: false,
         };
         let (mut log, _) = FileLog::open(&dir, 2, options, |_, _| {}).unwrap();
         let m = msg(5, 1);

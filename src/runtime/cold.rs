@@ -146,6 +146,7 @@ mod tests {
         let options = StoreOptions {
             segment_bytes_max: 64 << 20,
             pending_bytes_max: 16 << 20,
+            adopt: false,
         };
         let (mut log, _) = FileLog::open(&dir, 0, options, |_, _| {}).unwrap();
         let mut refs = Vec::new();

@@ -121,7 +121,7 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, protocol:
                 }
                 let _ = stream.set_nodelay(true);
                 use std::os::fd::AsRawFd;
-                let cut = Cut::Fd(stream.as_raw_fd());
+                let cut = super::conns::Cut::Fd(stream.as_raw_fd());
                 spawn_conn(&core, Copying::new(stream), cut, protocol);
             }
             Err(e) => {
@@ -133,43 +133,65 @@ pub(crate) async fn accept_loop(core: Rc<Core>, listener: TcpListener, protocol:
     }
 }
 
-/// How the core cuts a connection at shutdown: by descriptor (glommio's sockets) or through
-/// the network ring (its sockets are direct descriptors).
-pub(crate) enum Cut {
-    Fd(std::os::fd::RawFd),
-    Ring(super::uring::Cutter),
-}
-
-impl Cut {
-    /// `shutdown(2)` of one or both directions (`SHUT_RD`, `SHUT_RDWR`).
-    pub fn shutdown(&self, how: libc::c_int) {
-        match self {
-            // SAFETY: the connection's own descriptor, open while it is in the core's table.
-            Cut::Fd(fd) => unsafe {
-                libc::shutdown(*fd, how);
-            },
-            Cut::Ring(c) => c.shutdown(how),
-        }
-    }
-}
-
 /// Runs a connection's protocol loop as a task of the core (either network path).
 pub(crate) fn spawn_conn<S: Input + AsyncWrite + Unpin + 'static>(
     core: &Rc<Core>,
     stream: S,
-    cut: Cut,
+    cut: super::conns::Cut,
     protocol: Protocol,
 ) {
     let c = core.clone();
     glommio::spawn_local(async move {
         let id = c.add_conn(cut);
-        match protocol {
-            Protocol::Binary => binary_conn(&c, stream).await,
-            Protocol::Http => http_conn(&c, stream).await,
+        let mut stream = stream;
+        let ending = match protocol {
+            Protocol::Binary => binary_conn(&c, &mut stream, id).await,
+            Protocol::Http => http_conn(&c, &mut stream, id).await,
+        };
+        if let Some(peer_closed) = ending {
+            close_gracefully(&c, id, &mut stream, peer_closed).await;
         }
         c.remove_conn(id);
     })
     .detach();
+}
+
+/// How long a closing connection goes on reading (and dropping) what its peer still sends
+/// after the last answer was written. Closing a socket with unread input makes the kernel
+/// reset the connection and throw away output it has not yet delivered: the answers the
+/// connection just wrote, an open's among them.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes a connection without losing what it wrote: waits until the kernel has every byte
+/// of output, then (unless the peer already closed its side) sends FIN after them and reads
+/// and drops the peer's input until it closes too, or for [`LINGER`] at most. The socket
+/// itself is closed when the stream is dropped.
+async fn close_gracefully<S: Input + AsyncWrite + Unpin>(
+    core: &Core,
+    id: u64,
+    stream: &mut S,
+    peer_closed: bool,
+) {
+    if stream.flush().await.is_err() || peer_closed {
+        return;
+    }
+    core.conns.cut(id, libc::SHUT_WR);
+    let mut sink = BytesMut::new();
+    futures_lite::future::or(
+        async {
+            loop {
+                sink.clear();
+                match std::future::poll_fn(|cx| stream.poll_input(cx, &mut sink)).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        },
+        async {
+            glommio::timer::sleep(LINGER).await;
+        },
+    )
+    .await;
 }
 
 fn auth_error(e: TokenError) -> ErrorCode {
@@ -341,7 +363,13 @@ fn binary_im(
     }
 }
 
-async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S) {
+/// A binary connection's loop, until it closes: `Some(peer_closed)` when everything it started
+/// was answered and written (then it is closed gracefully), `None` when it failed.
+async fn binary_conn<S: Input + AsyncWrite + Unpin>(
+    core: &Rc<Core>,
+    stream: &mut S,
+    id: u64,
+) -> Option<bool> {
     let mut decoder = FrameDecoder::new();
     let mut auth: Option<Auth> = None;
     let mut watching = Watching { core, watch: None };
@@ -349,12 +377,13 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream:
     let mut tags = TagQueue::default();
     let mut slots: VecDeque<BinarySlot> = VecDeque::new();
     let mut close = false;
+    let mut peer_closed = false;
     // Whole requests may be waiting in the decoder (a read brought more than PENDING_MAX).
     let mut backlog = false;
     loop {
         if !answer_ready(
             core,
-            &mut stream,
+            stream,
             &mut slots,
             encode_binary_slot,
             &mut out,
@@ -362,14 +391,15 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream:
         )
         .await
         {
-            return;
+            return None;
         }
+        let ends = Ends { core, id, close };
         match next_event(
-            &mut stream,
+            stream,
             decoder.input(),
             &mut slots,
             binary_head,
-            close,
+            ends,
             backlog,
             watching.watch.as_deref(),
         )
@@ -384,7 +414,16 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream:
                 }
                 continue;
             }
-            Wake::Done => return,
+            Wake::Stop => {
+                close = true;
+                continue;
+            }
+            Wake::Eof => {
+                (close, peer_closed) = (true, true);
+                continue;
+            }
+            Wake::Done => return Some(peer_closed),
+            Wake::Failed => return None,
         }
         // One clock read per read: every request of a pipelined batch arrived at once.
         let now = now_ms();
@@ -760,19 +799,25 @@ fn http_head(s: &mut HttpSlot) -> Option<&mut Slot> {
     }
 }
 
-async fn http_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S) {
+/// An HTTP connection's loop, until it closes (as [`binary_conn`]).
+async fn http_conn<S: Input + AsyncWrite + Unpin>(
+    core: &Rc<Core>,
+    stream: &mut S,
+    id: u64,
+) -> Option<bool> {
     let mut decoder = HttpDecoder::new();
     let mut cache: AuthCache = None;
     let mut out = BytesMut::new();
     let mut tags = TagQueue::default();
     let mut slots: VecDeque<HttpSlot> = VecDeque::new();
     let mut close = false;
+    let mut peer_closed = false;
     // Whole requests may be waiting in the decoder (a read brought more than PENDING_MAX).
     let mut backlog = false;
     loop {
         if !answer_ready(
             core,
-            &mut stream,
+            stream,
             &mut slots,
             encode_http_slot,
             &mut out,
@@ -780,14 +825,15 @@ async fn http_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S
         )
         .await
         {
-            return;
+            return None;
         }
+        let ends = Ends { core, id, close };
         match next_event(
-            &mut stream,
+            stream,
             decoder.input(),
             &mut slots,
             http_head,
-            close,
+            ends,
             backlog,
             None,
         )
@@ -795,7 +841,16 @@ async fn http_conn<S: Input + AsyncWrite + Unpin>(core: &Rc<Core>, mut stream: S
         {
             Wake::Read => backlog = false,
             Wake::Answer | Wake::Push(_) => continue,
-            Wake::Done => return,
+            Wake::Stop => {
+                close = true;
+                continue;
+            }
+            Wake::Eof => {
+                (close, peer_closed) = (true, true);
+                continue;
+            }
+            Wake::Done => return Some(peer_closed),
+            Wake::Failed => return None,
         }
         // One clock read per read: every request of a pipelined batch arrived at once.
         let now = now_ms();
@@ -919,55 +974,84 @@ enum Wake {
     Answer,
     /// The watched stream grew to this seq: write a PUSH.
     Push(u64),
-    /// The peer closed or failed, or the connection is closing and everything is answered.
+    /// The server is stopping: read no more, answer what was started, then close.
+    Stop,
+    /// The peer closed its side: answer what was started, then close.
+    Eof,
+    /// The connection is closing and everything it started is answered.
     Done,
+    /// Reading failed (the peer reset the connection): nothing more can be written.
+    Failed,
 }
 
-/// Waits for input (while `reading`) or for the answer at the head of the pipeline, whichever
+/// What ends a connection's reading: the peer, the server's stop (the core's table of
+/// connections), or the connection itself (`close`: a request asked to close, or a framing
+/// error that cannot be skipped).
+#[derive(Clone, Copy)]
+struct Ends<'a> {
+    core: &'a Core,
+    id: u64,
+    close: bool,
+}
+
+/// Waits for input (while reading) or for the answer at the head of the pipeline, whichever
 /// comes first: a connection keeps reading and starting requests while earlier ones wait for
 /// their group commit, so a client's next requests join the next batch instead of waiting for
 /// the answers before them to be written. Input is appended to `into` only when the read
-/// completes, so dropping the read for an answer loses nothing. The connection reads while it
-/// is not closing and has fewer than `PENDING_MAX` requests in flight; requests already in the
-/// decoder (`backlog`) come before a new read.
+/// completes, so dropping the read for an answer (or for the server's stop) loses nothing.
+/// The connection reads while it is not closing and has fewer than `PENDING_MAX` requests in
+/// flight; requests already in the decoder (`backlog`) come before a new read.
 async fn next_event<S: Input, T>(
     stream: &mut S,
     into: &mut BytesMut,
     slots: &mut VecDeque<T>,
     head: fn(&mut T) -> Option<&mut Slot>,
-    close: bool,
+    ends: Ends<'_>,
     backlog: bool,
     watch: Option<&Watch>,
 ) -> Wake {
-    let reading = !close && slots.len() < PENDING_MAX;
+    let reading = !ends.close && slots.len() < PENDING_MAX;
     if reading && backlog {
         return Wake::Read;
     }
     if let Some(w) = watch {
-        if close {
+        if ends.close {
             // A closing connection gets no more pushes.
-            return Box::pin(next_event(stream, into, slots, head, close, false, None)).await;
+            return Box::pin(next_event(stream, into, slots, head, ends, false, None)).await;
         }
         return futures_lite::future::or(
             async { Wake::Push(std::future::poll_fn(|cx| w.poll_push(cx)).await) },
-            Box::pin(next_event(stream, into, slots, head, close, false, None)),
+            Box::pin(next_event(stream, into, slots, head, ends, false, None)),
         )
         .await;
     }
     let head = slots.front_mut().and_then(head);
-    let read = |r: std::io::Result<usize>| match r {
-        Ok(0) | Err(_) => Wake::Done,
-        Ok(_) => Wake::Read,
+    // A read, or the server's stop, whichever comes first.
+    let read = async {
+        futures_lite::future::or(
+            async {
+                match std::future::poll_fn(|cx| stream.poll_input(cx, into)).await {
+                    Ok(0) => Wake::Eof,
+                    Ok(_) => Wake::Read,
+                    Err(_) => Wake::Failed,
+                }
+            },
+            async {
+                std::future::poll_fn(|cx| ends.core.conns.poll_stop(ends.id, cx)).await;
+                Wake::Stop
+            },
+        )
+        .await
     };
     match (reading, head) {
-        (true, None) => read(std::future::poll_fn(|cx| stream.poll_input(cx, into)).await),
+        (true, None) => read.await,
         (true, Some(slot)) => {
             futures_lite::future::or(
                 async {
                     slot.ready().await;
                     Wake::Answer
                 },
-                async { read(std::future::poll_fn(|cx| stream.poll_input(cx, into)).await) },
+                read,
             )
             .await
         }

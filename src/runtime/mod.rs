@@ -12,6 +12,7 @@
 mod answers;
 mod cold;
 mod conn;
+mod conns;
 mod im;
 mod retention;
 mod uring;
@@ -223,9 +224,8 @@ pub(crate) struct Core {
     /// Set while that task runs the engine (it does not wake itself).
     bulk_running: Cell<bool>,
     pub lists: RefCell<KeyLists>,
-    conns: RefCell<HashMap<u64, conn::Cut>>,
-    next_conn: Cell<u64>,
-    stopping: Cell<bool>,
+    /// Open connections, and the signal that tells them the server stops.
+    conns: conns::Conns,
     /// Segment files open for reading cold stream entries (R24).
     cold: cold::ColdPages,
 }
@@ -394,10 +394,8 @@ impl Core {
         }
     }
 
-    pub(crate) fn add_conn(&self, cut: conn::Cut) -> u64 {
-        let id = self.next_conn.get();
-        self.next_conn.set(id + 1);
-        self.conns.borrow_mut().insert(id, cut);
+    pub(crate) fn add_conn(&self, cut: conns::Cut) -> u64 {
+        let id = self.conns.add(cut);
         let m = self.metrics();
         m.connections_accepted.fetch_add(1, Ordering::Relaxed);
         m.connections_open.fetch_add(1, Ordering::Relaxed);
@@ -405,7 +403,7 @@ impl Core {
     }
 
     pub fn remove_conn(&self, id: u64) {
-        if self.conns.borrow_mut().remove(&id).is_some() {
+        if self.conns.remove(id) {
             self.metrics()
                 .connections_open
                 .fetch_sub(1, Ordering::Relaxed);
@@ -413,11 +411,11 @@ impl Core {
     }
 
     pub fn conn_count(&self) -> usize {
-        self.conns.borrow().len()
+        self.conns.len()
     }
 
     pub fn stopping(&self) -> bool {
-        self.stopping.get()
+        self.conns.stopping()
     }
 }
 
@@ -736,9 +734,7 @@ async fn core_main(
         bulk_wake,
         bulk_running: Cell::new(false),
         lists: RefCell::new(own.lists),
-        conns: RefCell::new(HashMap::new()),
-        next_conn: Cell::new(0),
-        stopping: Cell::new(false),
+        conns: conns::Conns::new(),
         cold: cold::ColdPages::new(
             setup
                 .log_dir
@@ -874,7 +870,7 @@ async fn core_main(
                         // Over the bound: close at once rather than grow without limit.
                         return;
                     }
-                    let cut = conn::Cut::Ring(stream.cutter());
+                    let cut = conns::Cut::Ring(stream.cutter());
                     conn::spawn_conn(&c, stream, cut, protocol);
                 }),
             );
@@ -908,20 +904,18 @@ async fn core_main(
     stage(5);
     let _ = ready.send(Ok(()));
     starting.set(false);
-    glommio::spawn_local(retention::retention_loop(core.clone(), log_dir)).detach();
+    glommio::spawn_local(retention::retention_loop(core.clone(), log_dir.clone())).detach();
 
     // Run until asked to stop.
     ticker(core.clone()).await;
 
-    // Shutdown: stop accepting, let connections finish what they read, cut their reads.
-    core.stopping.set(true);
+    // Shutdown: stop accepting; every connection stops reading, writes the answers of what it
+    // started (opens wait for their commit) and closes gracefully (conn.rs).
     drop(accept_tasks);
     if let Some(ring) = &ring {
         ring.stop_accepting();
     }
-    for cut in core.conns.borrow().values() {
-        cut.shutdown(libc::SHUT_RD);
-    }
+    core.conns.stop_all();
     let started = Instant::now();
     while core.conn_count() > 0 {
         if started.elapsed() > DRAIN_TIMEOUT {
@@ -930,9 +924,7 @@ async fn core_main(
                 core.conn_count(),
                 DRAIN_TIMEOUT
             );
-            for cut in core.conns.borrow().values() {
-                cut.shutdown(libc::SHUT_RDWR);
-            }
+            core.conns.cut_all(libc::SHUT_RDWR);
             break;
         }
         glommio::timer::sleep(TICK).await;
@@ -948,6 +940,18 @@ async fn core_main(
     }
     if let Some(ring) = &ring {
         ring.stop();
+    }
+    // Everything appended is durable and nothing more will be: record the clean stop, so
+    // that a log found shorter at the next start is refused (store::state).
+    let end = core.engine.borrow().durable_position();
+    let sealed = glommio::executor()
+        .spawn_blocking(move || crate::store::state::seal(&log_dir, id, end))
+        .await;
+    if let Err(e) = sealed {
+        eprintln!(
+            "core {id}: the clean stop could not be recorded in its log state ({e}); the next \
+             start checks the log's end by checksums alone"
+        );
     }
 }
 

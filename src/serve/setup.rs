@@ -306,28 +306,25 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
     }
 
     // Recover every core log present (also of cores no longer run), replaying into ledgers.
-    let options = StoreOptions {
-        segment_bytes_max: config.segment_bytes,
-        pending_bytes_max: config.pending_bytes,
-    };
+
     let mut claims_by_uid: HashMap<u64, u32> = HashMap::new();
     let mut im = crate::im::ImRecovery::with_hot_cutoff(
         now_ms().saturating_sub(config.hot_s.saturating_mul(1000)),
         now_ms(),
     );
     let mut writers: Vec<Option<LogWriter>> = (0..cores).map(|_| None).collect();
-    let mut present: Vec<u16> = crate::claims::core_dirs(&data)
+    let present: Vec<u16> = crate::claims::core_dirs(&data)
         .map_err(|e| e.to_string())?
         .into_iter()
         .map(|(k, _)| k)
         .collect();
-    for k in 0..cores as u16 {
-        if !present.contains(&k) {
-            present.push(k);
-        }
-    }
-    present.sort();
-    for k in present {
+    let (logs, adopt) = super::cores::prepare(&data, &present, cores)?;
+    let options = StoreOptions {
+        segment_bytes_max: config.segment_bytes,
+        pending_bytes_max: config.pending_bytes,
+        adopt,
+    };
+    for k in logs {
         let dir = core_dir(&data, k);
         let mut failure: Option<String> = None;
         let (log, recovery) = FileLog::open(&dir, k, options, |position, view| {
@@ -371,6 +368,18 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
             report.push(format!(
                 "core-{k}: recovered {} records in {} segment(s), resuming at {}",
                 recovery.records, recovery.segments, recovery.end
+            ));
+        }
+        if recovery.adopted {
+            report.push(format!(
+                "core-{k}: the log was written by a build without log state files; its \
+                 segments and end are recorded now and checked from the next start on"
+            ));
+        }
+        if recovery.clean == Some(false) {
+            report.push(format!(
+                "core-{k}: the last stop was not clean (a crash or kill -9); its end is checked \
+                 by checksums alone (docs/SAFETY.md)"
             ));
         }
         if let Some((path, offset, bytes, reason)) = &recovery.truncated {

@@ -84,8 +84,20 @@ pub struct EngineParts {
 }
 
 enum Waiter {
-    Reservation { shard: usize, end: u32 },
-    Claim { route: Route, reply: OpenReply },
+    Reservation {
+        shard: usize,
+        end: u32,
+    },
+    Claim {
+        route: Route,
+        reply: OpenReply,
+    },
+    /// A repeated open of a claimed envelope, answered once everything appended before it
+    /// (the claim itself, if it is not durable yet) is durable.
+    Again {
+        route: Route,
+        reply: OpenReply,
+    },
 }
 
 struct PendingShake {
@@ -372,9 +384,7 @@ impl Engine {
         }
         match shard.ledger.claim(envelope) {
             Ok(()) => {}
-            Err(LedgerError::AlreadyClaimed(_)) => {
-                return Some(OpResult::error(ErrorCode::AlreadyClaimed))
-            }
+            Err(LedgerError::AlreadyClaimed(_)) => return self.open_again(&req, route),
             Err(LedgerError::NotIssued(_)) => return Some(OpResult::error(ErrorCode::NotIssued)),
             Err(_) => return Some(OpResult::error(ErrorCode::UnknownShard)),
         }
@@ -404,6 +414,7 @@ impl Engine {
                             amount_cents: req.ticket.amount_cents,
                             batch_id: req.ticket.batch_id,
                             claimed_unix: req.now_unix,
+                            again: false,
                         },
                     },
                 ));
@@ -425,6 +436,40 @@ impl Engine {
         }
     }
 
+    /// A repeated open of an envelope that is claimed: the answer the user may have lost
+    /// (a connection cut before the reply, a server stopped or killed after the claim was
+    /// durable). It is this user's claim: an envelope is issued once, in one shake token,
+    /// which names its user (`issue`); the token's MAC and the runtime's `wrong_user` check
+    /// mean only that user can present it, so only that user can have claimed it. The
+    /// amount and batch are the ticket's own (its record matched the shard above). The answer
+    /// waits until everything appended so far is durable, so it never runs ahead of the
+    /// claim it repeats (which may still be on its way to the disk).
+    fn open_again(&mut self, req: &OpenRequest, route: Route) -> Option<OpResult> {
+        let reply = OpenReply {
+            envelope_id: req.ticket.envelope_id.0,
+            amount_cents: req.ticket.amount_cents,
+            batch_id: req.ticket.batch_id,
+            // The claim's own time is in its record (`hongbao claims`), not in memory.
+            claimed_unix: 0,
+            again: true,
+        };
+        let at = self.log.appended_end();
+        let behind = Appended { start: at, end: at };
+        match self.log.durable(&behind, reply) {
+            Some(durable) => {
+                self.metrics
+                    .opens_again
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(OpResult::Open(durable.into_inner()))
+            }
+            None => {
+                self.waiters
+                    .push_back((behind, Waiter::Again { route, reply }));
+                None
+            }
+        }
+    }
+
     /// Is the envelope claimed (durably or pending)? For tests and tools.
     pub fn is_claimed(&self, envelope: EnvelopeId) -> bool {
         self.by_ordinal
@@ -442,9 +487,13 @@ impl Engine {
         self.log.take_batch()
     }
 
-    /// Work waiting for the disk (appended records not yet durable, or answers pending).
+    /// Work waiting for the disk (appended records not yet durable, a batch in flight, or
+    /// answers pending).
     pub fn has_pending(&self) -> bool {
-        !self.waiters.is_empty() || !self.pending_shakes.is_empty() || self.log.backlog_bytes() > 0
+        !self.waiters.is_empty()
+            || !self.pending_shakes.is_empty()
+            || self.log.backlog_bytes() > 0
+            || self.log.appended_end() > self.log.durable_position()
     }
 
     pub fn durable_position(&self) -> LogPosition {
@@ -480,6 +529,16 @@ impl Engine {
                         std::sync::atomic::Ordering::Relaxed,
                     );
                     out.push((route, OpResult::Open(reply)));
+                }
+                Waiter::Again { route, reply } => {
+                    let durable = self
+                        .log
+                        .durable(&appended, reply)
+                        .expect("repeated open answered before the log behind it was durable");
+                    self.metrics
+                        .opens_again
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    out.push((route, OpResult::Open(durable.into_inner())));
                 }
             }
         }
@@ -657,23 +716,40 @@ mod tests {
         // Open: not answered until the claim is durable.
         let req = open_req(&f, &e, &token, 42);
         assert_eq!(e.open(req, Route::Remote { core: 1, id: 9 }), None);
-        // A second open of the same token in the same batch is refused at once.
-        assert_eq!(
-            e.open(req, Route::Local(3)),
-            Some(OpResult::error(ErrorCode::AlreadyClaimed))
-        );
+        // A second open of the same token in the same batch waits for the same commit and
+        // answers the claim again (never before the claim is durable).
+        assert_eq!(e.open(req, Route::Local(3)), None);
+        let claim = OpenReply {
+            envelope_id: req.ticket.envelope_id.0,
+            amount_cents: req.ticket.amount_cents,
+            batch_id: 3,
+            claimed_unix: 5,
+            again: false,
+        };
+        let again = OpenReply {
+            claimed_unix: 0,
+            again: true,
+            ..claim
+        };
         let out = drain(&mut e, &mut disk, 2_000);
         assert_eq!(
             out,
-            vec![(
-                Route::Remote { core: 1, id: 9 },
-                OpResult::Open(OpenReply {
-                    envelope_id: req.ticket.envelope_id.0,
-                    amount_cents: req.ticket.amount_cents,
-                    batch_id: 3,
-                    claimed_unix: 5
-                })
-            )]
+            vec![
+                (Route::Remote { core: 1, id: 9 }, OpResult::Open(claim)),
+                (Route::Local(3), OpResult::Open(again)),
+            ]
+        );
+        // Once durable, a repeat is answered at once.
+        assert_eq!(e.open(req, Route::Local(4)), Some(OpResult::Open(again)));
+        assert_eq!(
+            e.metrics().opens.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            e.metrics()
+                .opens_again
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
         );
         // The disk holds the reservation and the claim, in order, intact.
         let mut kinds = Vec::new();

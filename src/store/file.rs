@@ -7,7 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::record::RecordView;
-use super::segment::{scan, SegmentHeader, Tail, SEGMENT_HEADER_BYTES};
+use super::segment::{scan, Scan, SegmentHeader, Tail, SEGMENT_HEADER_BYTES};
+use super::state;
 use super::writer::{AppendError, Appended, Durable, LogWriter, WriteBatch};
 use super::LogPosition;
 
@@ -58,6 +59,10 @@ pub const PENDING_BYTES_DEFAULT: usize = 64 << 20;
 pub struct StoreOptions {
     pub segment_bytes_max: u64,
     pub pending_bytes_max: usize,
+    /// Open a log that has segments but no state file (written by a build from before state
+    /// files), and start its state from what is found. Otherwise such a log is refused: its
+    /// state file was lost, and with it what the log's end must be.
+    pub adopt: bool,
 }
 
 impl Default for StoreOptions {
@@ -65,6 +70,7 @@ impl Default for StoreOptions {
         StoreOptions {
             segment_bytes_max: SEGMENT_BYTES_DEFAULT,
             pending_bytes_max: PENDING_BYTES_DEFAULT,
+            adopt: false,
         }
     }
 }
@@ -96,6 +102,19 @@ pub enum StoreError {
     /// A segment header is damaged or belongs elsewhere (another core, another id).
     #[error("{path}: {message}")]
     BadSegment { path: PathBuf, message: String },
+    /// The segments or the state file do not make a complete log (log.state).
+    #[error("{dir}: {message}; refusing to start: acknowledged records may be in what is missing. See docs/formats/log.md, \"When the store refuses to start\"")]
+    Incomplete { dir: PathBuf, message: String },
+    /// The newest segment's data ends before the floor of the state file: records that were
+    /// in the log when it was last opened or cleanly stopped are gone or damaged.
+    #[error("{path}: the log's data ends at byte {end} ({reason}), but it held records up to byte {floor} when it was last {}; refusing to start: acknowledged records were lost or damaged. See docs/formats/log.md, \"When the store refuses to start\"", if *clean { "stopped (cleanly)" } else { "started" })]
+    LostEnd {
+        path: PathBuf,
+        end: u64,
+        floor: u64,
+        clean: bool,
+        reason: &'static str,
+    },
     /// Segment numbers are not consecutive: a segment file is missing.
     #[error(
         "{dir}: segment {missing:016x}.log is missing between existing segments; refusing to start"
@@ -113,8 +132,15 @@ pub struct Recovery {
     /// Where appending resumes.
     pub end: LogPosition,
     /// A torn tail that was cut off: file, offset cut at, bytes discarded, why.
-    pub truncated: Option<(PathBuf, u64, u64, &'static str)>,
+    pub truncated: Option<Truncated>,
+    /// The log had segments but no state file, and was opened with `adopt`.
+    pub adopted: bool,
+    /// Whether the log's last stop was clean (`None`: no state file before this opening).
+    pub clean: Option<bool>,
 }
+
+/// A cut tail: file, offset cut at, bytes discarded, why.
+pub type Truncated = (PathBuf, u64, u64, &'static str);
 
 pub struct FileLog {
     dir: PathBuf,
@@ -180,6 +206,9 @@ pub fn segment_path(dir: &Path, segment: u64) -> PathBuf {
 /// batches; a batch for another segment opens its file there (creates it, for a new segment:
 /// the previous segment's last batch completed before this one was handed out). Used by
 /// [`FileLog`] and by the server's commit helper.
+///
+/// A batch that creates a segment is recorded in the log's state file
+/// ([`state::record_segment`]) once durable, before it returns.
 ///
 /// A batch of at most [`PREALLOC_BATCH_MAX`] that reaches past the zeroed space of the file
 /// extends it by [`PREALLOC_BYTES`] of zeros in the same commit. Before a new segment is
@@ -248,6 +277,12 @@ pub fn write_batch_durably(
     segment.file.sync_data().map_err(io)?;
     if batch.create {
         crate::fsutil::sync_parent(&path).map_err(io)?;
+        // Before anything in the new segment is acknowledged: from now on the log must
+        // have it.
+        state::record_segment(dir, batch.core, batch.segment).map_err(|source| StoreError::Io {
+            path: dir.join(state::STATE_FILE),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -301,15 +336,28 @@ pub(crate) fn check_header(
 /// Reads the log of `core` in `dir` without changing anything, calling `visit` for every
 /// record at or after `from`, and returns the position just after the last valid record.
 /// Safe while the owner is appending: an incomplete or torn end of the newest segment is where
-/// the reading stops (the writer may be in the middle of a batch). Damage anywhere else is
-/// refused exactly as at recovery.
+/// the reading stops (the writer may be in the middle of a batch). Damage anywhere else, a
+/// segment the state file names missing, or a newest segment ending before its floor is
+/// refused as at recovery.
 pub fn read_log(
     dir: &Path,
     core: u16,
     from: LogPosition,
     mut visit: impl FnMut(LogPosition, RecordView<'_>),
 ) -> Result<LogPosition, StoreError> {
+    // The state first: a segment the owner creates after this reading is newer than `last`.
+    let incomplete = |message| StoreError::Incomplete {
+        dir: dir.to_path_buf(),
+        message,
+    };
+    let recorded = state::read(dir).map_err(incomplete)?;
     let ids = list_consecutive_segments(dir)?;
+    if let Some(s) = &recorded {
+        // The segments the state names must all be there (newer ones may follow: the owner
+        // may be running).
+        let known: Vec<u64> = ids.iter().copied().filter(|&id| id <= s.last).collect();
+        state::check_segments(Some(s), core, &known, false).map_err(incomplete)?;
+    }
     let mut end = from;
     for (i, &id) in ids.iter().enumerate() {
         if id < from.segment {
@@ -343,6 +391,17 @@ pub fn read_log(
                 reason: format!("{:?}", scanned.tail),
             });
         }
+        if let Some(s) = recorded.filter(|s| newest && s.floor.segment == id) {
+            if scanned.valid_end < s.floor.offset {
+                return Err(StoreError::LostEnd {
+                    path,
+                    end: scanned.valid_end,
+                    floor: s.floor.offset,
+                    clean: s.clean,
+                    reason: tail_reason(scanned.tail),
+                });
+            }
+        }
         end = end.max(LogPosition {
             segment: id,
             offset: scanned.valid_end,
@@ -365,10 +424,48 @@ fn list_consecutive_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     Ok(ids)
 }
 
+/// What ends a segment's data, in words.
+fn tail_reason(tail: Tail) -> &'static str {
+    match tail {
+        Tail::Torn { reason } => reason,
+        Tail::Zeros => "zeroed space follows",
+        Tail::Clean => "the file ends",
+    }
+}
+
+/// Cuts whatever follows the data of the newest segment (file truncated and fsynced); what
+/// was cut is reported unless it is the preallocated space of a version 2 segment.
+fn cut_tail(path: &Path, scanned: Scan, len: u64) -> Result<Option<Truncated>, StoreError> {
+    let report = match scanned.tail {
+        Tail::Torn { reason } => Some(reason),
+        Tail::Zeros if scanned.version < 2 => Some("zeroed space after the last record"),
+        Tail::Zeros | Tail::Clean => None,
+    };
+    if scanned.tail != Tail::Clean {
+        let io = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+        file.set_len(scanned.valid_end).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    Ok(report.map(|reason| {
+        (
+            path.to_path_buf(),
+            scanned.valid_end,
+            len - scanned.valid_end,
+            reason,
+        )
+    }))
+}
+
 impl FileLog {
-    /// Opens (creating if needed) the log of `core` in `dir`: checks every segment, calls
-    /// `visit` for every durable record in log order, truncates a torn tail of the newest
-    /// segment, and refuses to open on any other damage.
+    /// Opens (creating if needed) the log of `core` in `dir`: checks that the segments the
+    /// log's state file names are all there ([`state`](super::state)), checks every segment,
+    /// calls `visit` for every durable record in log order, truncates a torn tail of the newest
+    /// segment (never below the state's floor), refuses to open on any other damage, and
+    /// records the recovered end as the new floor.
     pub fn open(
         dir: &Path,
         core: u16,
@@ -380,7 +477,13 @@ impl FileLog {
             move |source| StoreError::Io { path, source }
         };
         fs::create_dir_all(dir).map_err(io(dir))?;
+        let incomplete = |message| StoreError::Incomplete {
+            dir: dir.to_path_buf(),
+            message,
+        };
+        let before = state::read(dir).map_err(incomplete)?;
         let ids = list_consecutive_segments(dir)?;
+        state::check_segments(before.as_ref(), core, &ids, options.adopt).map_err(incomplete)?;
         let mut recovery = Recovery {
             segments: ids.len(),
             records: 0,
@@ -389,8 +492,12 @@ impl FileLog {
                 offset: 0,
             },
             truncated: None,
+            adopted: before.is_none() && !ids.is_empty(),
+            clean: before.map(|s| s.clean),
         };
         let mut resume: Option<(u64, u64)> = None;
+        // The end of the data of the newest segment that stays.
+        let mut data_end: Option<LogPosition> = None;
         for (i, &id) in ids.iter().enumerate() {
             let newest = i + 1 == ids.len();
             let path = segment_path(dir, id);
@@ -403,11 +510,13 @@ impl FileLog {
                 Err(StoreError::BadSegment { message, .. }) => {
                     // A newest segment whose creation was cut short holds nothing durable: its
                     // first batch (header included) never completed, so no record in it was
-                    // acknowledged. Anything else with a bad header is damage.
+                    // acknowledged, and the state file never named it. Anything else with a
+                    // bad header is damage.
                     let empty = scan(id, &bytes, |_, _| {}).map(|s| s.records == 0);
                     let len = bytes.len() as u64;
                     drop(bytes);
-                    if newest && matches!(empty, Ok(true)) {
+                    let recorded = before.is_some_and(|s| id <= s.last);
+                    if newest && !recorded && matches!(empty, Ok(true)) {
                         fs::remove_file(&path).map_err(io(&path))?;
                         recovery.truncated = Some((path, 0, len, "segment creation cut short"));
                         recovery.segments -= 1;
@@ -435,34 +544,36 @@ impl FileLog {
             let len = bytes.len() as u64;
             // No mapped page may outlive a truncation below.
             drop(bytes);
+            data_end = Some(LogPosition {
+                segment: id,
+                offset: scanned.valid_end,
+            });
             if newest {
-                // Whatever follows the data is cut; reported unless it is the preallocated
-                // space of a version 2 segment.
-                let report = match scanned.tail {
-                    Tail::Torn { reason } => Some(reason),
-                    Tail::Zeros if scanned.version < 2 => {
-                        Some("zeroed space after the last record")
+                if let Some(floor) = before.map(|s| s.floor).filter(|f| f.segment == id) {
+                    if scanned.valid_end < floor.offset {
+                        return Err(StoreError::LostEnd {
+                            path,
+                            end: scanned.valid_end,
+                            floor: floor.offset,
+                            clean: before.is_some_and(|s| s.clean),
+                            reason: tail_reason(scanned.tail),
+                        });
                     }
-                    Tail::Zeros | Tail::Clean => None,
-                };
-                if scanned.tail != Tail::Clean {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io(&path))?;
-                    file.set_len(scanned.valid_end).map_err(io(&path))?;
-                    file.sync_all().map_err(io(&path))?;
-                    recovery.truncated = report.map(|reason| {
-                        (
-                            path.clone(),
-                            scanned.valid_end,
-                            len - scanned.valid_end,
-                            reason,
-                        )
-                    });
                 }
+                recovery.truncated = cut_tail(&path, scanned, len)?;
                 resume = Some((id, scanned.valid_end));
             }
+        }
+        if let Some(end) = data_end {
+            // The recovered end is the log now: nothing before it may go missing.
+            let after = state::LogState {
+                core,
+                first: ids[0],
+                last: end.segment,
+                floor: end,
+                clean: false,
+            };
+            state::write(dir, &after).map_err(io(&dir.join(state::STATE_FILE)))?;
         }
         let (segment, end) = resume.unwrap_or((0, 0));
         let current = if end > 0 {
@@ -532,6 +643,17 @@ impl FileLog {
     pub fn durable_position(&self) -> LogPosition {
         self.writer.durable_position()
     }
+
+    /// Commits everything and records a clean stop ([`state::seal`]): a later opening refuses
+    /// a log whose data ends before this point.
+    pub fn close(mut self) -> Result<LogPosition, StoreError> {
+        let end = self.commit()?;
+        state::seal(&self.dir, self.writer.core(), end).map_err(|source| StoreError::Io {
+            path: self.dir.join(state::STATE_FILE),
+            source,
+        })?;
+        Ok(end)
+    }
 }
 
 #[cfg(test)]
@@ -547,6 +669,7 @@ mod tests {
                 as u64
                 + 4096,
             pending_bytes_max: 8 << 20,
+            adopt: false,
         }
     }
 
@@ -650,8 +773,12 @@ mod tests {
         assert_eq!(list_segments(dir.path()).unwrap(), vec![0, 1, 2]);
         let other = tempfile::tempdir().unwrap();
         fs::copy(segment_path(dir.path(), 0), segment_path(other.path(), 0)).unwrap();
+        let adopting = StoreOptions {
+            adopt: true,
+            ..small()
+        };
         assert!(matches!(
-            FileLog::open(other.path(), 1, small(), |_, _| {}),
+            FileLog::open(other.path(), 1, adopting, |_, _| {}),
             Err(StoreError::BadSegment { .. })
         ));
         fs::remove_file(segment_path(dir.path(), 1)).unwrap();
@@ -750,8 +877,18 @@ mod tests {
         super::super::record::encode(0, 1, 0, 0, b"old build", &mut bytes);
         let path = segment_path(dir.path(), 0);
         fs::write(&path, &bytes).unwrap();
-        let (mut log, r) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        // Written before state files: refused unless adopted.
+        assert!(matches!(
+            reopen(dir.path()),
+            Err(StoreError::Incomplete { .. })
+        ));
+        let adopting = StoreOptions {
+            adopt: true,
+            ..small()
+        };
+        let (mut log, r) = FileLog::open(dir.path(), 0, adopting, |_, _| {}).unwrap();
         assert_eq!(r.records, 1);
+        assert!(r.adopted);
         log.append(1, 0, 1, b"new build").unwrap();
         let end = log.commit().unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), end.offset);
@@ -778,5 +915,115 @@ mod tests {
         assert_eq!(seen.len(), 1);
         assert!(r.truncated.is_some());
         assert!(!segment_path(dir.path(), 1).exists());
+    }
+
+    /// Three segments, cleanly stopped: (end of each segment's data).
+    fn three_segments_stopped(dir: &Path) -> LogPosition {
+        let (mut log, _) = FileLog::open(dir, 0, small(), |_, _| {}).unwrap();
+        let big = vec![1u8; super::super::record::RECORD_PAYLOAD_MAX];
+        for seq in 0..3 {
+            log.append(1, 0, seq, &big).unwrap();
+            log.commit().unwrap();
+        }
+        for seq in 3..8 {
+            log.append(3, 0, seq, b"a claim").unwrap();
+        }
+        let end = log.close().unwrap();
+        assert_eq!(list_segments(dir).unwrap(), vec![0, 1, 2]);
+        end
+    }
+
+    #[test]
+    fn a_missing_newest_or_first_segment_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        three_segments_stopped(dir.path());
+        let newest = segment_path(dir.path(), 2);
+        fs::rename(&newest, dir.path().join("aside")).unwrap();
+        let e = reopen(dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Incomplete { message, .. } if message.contains("0000000000000002.log is missing")),
+            "{e}"
+        );
+        fs::rename(dir.path().join("aside"), &newest).unwrap();
+        fs::remove_file(segment_path(dir.path(), 0)).unwrap();
+        let e = reopen(dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Incomplete { message, .. } if message.contains("0000000000000000.log is missing")),
+            "{e}"
+        );
+        // The state file itself gone: refused too.
+        let dir = tempfile::tempdir().unwrap();
+        three_segments_stopped(dir.path());
+        fs::remove_file(dir.path().join(state::STATE_FILE)).unwrap();
+        assert!(matches!(
+            reopen(dir.path()),
+            Err(StoreError::Incomplete { .. })
+        ));
+    }
+
+    #[test]
+    fn a_damaged_or_cut_end_after_a_clean_stop_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let end = three_segments_stopped(dir.path());
+        let path = segment_path(dir.path(), end.segment);
+        let clean = fs::read(&path).unwrap();
+        // A flipped byte in the final record: it looks like a torn tail, but the log was
+        // stopped cleanly after it.
+        let mut bytes = clean.clone();
+        bytes[end.offset as usize - 3] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let e = reopen(dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::LostEnd { floor, clean: true, .. } if *floor == end.offset),
+            "{e}"
+        );
+        assert!(e.to_string().contains("0000000000000002.log"), "{e}");
+        // Nothing was cut.
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        // Cut at a record boundary: every record left is valid, yet the end is gone.
+        fs::write(&path, &clean[..end.offset as usize - 39]).unwrap();
+        assert!(matches!(
+            reopen(dir.path()),
+            Err(StoreError::LostEnd { .. })
+        ));
+        // Restored, it opens; a crash's torn tail after the floor is still cut.
+        fs::write(&path, &clean).unwrap();
+        let (mut log, r) = FileLog::open(dir.path(), 0, small(), |_, _| {}).unwrap();
+        assert_eq!(r.clean, Some(true));
+        log.append(3, 0, 8, b"another claim").unwrap();
+        let at = log.commit().unwrap().offset;
+        drop(log); // a crash: no clean stop
+        let mut half = Vec::new();
+        super::super::record::encode(2, 3, 0, 9, b"never acknowledged", &mut half);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&half[..20], at).unwrap();
+        let (seen, r) = reopen(dir.path()).unwrap();
+        assert_eq!(seen.len(), 9);
+        assert_eq!(r.clean, Some(false));
+        assert!(r.truncated.is_some());
+    }
+
+    #[test]
+    fn a_segment_created_but_not_yet_recorded_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let end = three_segments_stopped(dir.path());
+        // A crash between a new segment's first durable batch and the state's update: the
+        // state names segment 2 as the newest (cut to its data, as the writer does before
+        // creating the next), segment 3 is there.
+        OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), 2))
+            .unwrap()
+            .set_len(end.offset)
+            .unwrap();
+        let mut bytes = SegmentHeader::new(0, 3, 0).as_bytes().to_vec();
+        super::super::record::encode(3, 3, 0, 8, b"unanswered", &mut bytes);
+        fs::write(segment_path(dir.path(), 3), &bytes).unwrap();
+        let (seen, r) = reopen(dir.path()).unwrap();
+        assert_eq!(seen.len(), 9);
+        assert_eq!(r.end.segment, 3);
+        let s = state::read(dir.path()).unwrap().unwrap();
+        assert_eq!((s.last, s.clean), (3, false));
+        assert!(s.floor > end);
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Each server core owns one store directory and never touches another core's. The codec
 //! ([`record`]), the recovery scan ([`segment`]) and group commit ([`writer`]) are sans-IO
-//! state machines; [`file`](mod@file) is a blocking driver for tools, tests and recovery, and the server's
+//! state machines; [`state`] records what a complete log is (its segments and its end); [`file`](mod@file) is a blocking driver for tools, tests and recovery, and the server's
 //! glommio driver will run the same state machines. docs/formats/log.md is the byte reference;
 //! docs/SAFETY.md says what durability each step guarantees.
 
@@ -12,6 +12,7 @@ pub mod compact;
 pub mod file;
 pub mod record;
 pub mod segment;
+pub mod state;
 pub mod writer;
 
 pub use file::{FileLog, Recovery, StoreError, StoreOptions};

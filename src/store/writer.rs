@@ -40,6 +40,8 @@ impl<T> Durable<T> {
 /// first when `create`), then make it durable, then call [`LogWriter::complete`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteBatch {
+    /// The core whose log this is.
+    pub core: u16,
     pub segment: u64,
     pub offset: u64,
     pub create: bool,
@@ -146,6 +148,11 @@ impl LogWriter {
         self.end = SEGMENT_HEADER_BYTES as u64;
     }
 
+    /// The core whose log this is.
+    pub fn core(&self) -> u16 {
+        self.core
+    }
+
     /// The backlog bound given at creation.
     pub fn pending_bytes_max(&self) -> usize {
         self.pending_bytes_max
@@ -231,6 +238,7 @@ impl LogWriter {
             offset: self.pending_offset + bytes.len() as u64,
         };
         self.queued.push_back(WriteBatch {
+            core: self.core,
             segment: self.segment,
             offset: self.pending_offset,
             create: self.pending_create,
@@ -291,6 +299,14 @@ impl LogWriter {
         );
         self.in_flight = None;
         self.durable = end;
+    }
+
+    /// The end of everything appended so far (durable once a batch ending here completes).
+    pub fn appended_end(&self) -> LogPosition {
+        LogPosition {
+            segment: self.segment,
+            offset: self.end,
+        }
     }
 
     /// Everything before this position is durable.

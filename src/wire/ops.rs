@@ -242,7 +242,10 @@ pub struct OpenReply {
     pub envelope_id: u64,
     pub amount_cents: u32,
     pub batch_id: u16,
+    /// Unix seconds of the claim; 0 in a repeated answer (`again`).
     pub claimed_unix: u32,
+    /// The envelope was claimed by this user before: this answers that claim again.
+    pub again: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +331,7 @@ pub fn encode_binary(
             payload[..8].copy_from_slice(&o.envelope_id.to_le_bytes());
             payload[8..12].copy_from_slice(&o.amount_cents.to_le_bytes());
             payload[12..14].copy_from_slice(&o.batch_id.to_le_bytes());
+            payload[14] = o.again as u8;
             payload[16..20].copy_from_slice(&o.claimed_unix.to_le_bytes());
             encode_frame(op | OP_REPLY, 0, request_id, &payload[..20], out);
         }
@@ -393,6 +397,7 @@ pub fn decode_reply(op: u8, payload: &[u8]) -> Option<Reply> {
             amount_cents: u32_at(8),
             batch_id: u16_at(12),
             claimed_unix: u32_at(16),
+            again: payload[14] == 1,
         })),
         x if x == OP_PING | OP_REPLY => Some(Reply::Pong(payload.to_vec())),
         x if super::im::decode_reply(x, payload).is_some() => {
@@ -473,7 +478,11 @@ pub fn encode_http(
                 c.format(o.batch_id).as_bytes(),
                 b",\"claimed_unix\":",
                 d.format(o.claimed_unix).as_bytes(),
-                b"}\n",
+                if o.again {
+                    b",\"again\":true}\n"
+                } else {
+                    b",\"again\":false}\n"
+                },
             ];
             encode_response_parts(200, JSON, &[], &parts, close, out);
         }
@@ -585,7 +594,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn binary_replies_roundtrip(uid: u64, exp: u32, core: u16, amount: u32, batch: u16, backoff: u32, code_i in 0usize..ALL_ERRORS.len()) {
+        fn binary_replies_roundtrip(uid: u64, exp: u32, core: u16, amount: u32, batch: u16, backoff: u32, again: bool, code_i in 0usize..ALL_ERRORS.len()) {
             let h = HelloReply { uid, expires_unix: exp, core, cores: core.wrapping_add(1) };
             prop_assert_eq!(roundtrip(OP_HELLO, OpResult::Hello(h)), Reply::Hello(h));
             let (keys, body) = token_body(uid);
@@ -595,7 +604,7 @@ mod tests {
             let s = ShakeReply { outcome: ShakeOutcome::Sponsor, backoff_ms: backoff, token: None };
             let r = ShakeReply { outcome: s.outcome, backoff_ms: backoff, token: None };
             prop_assert_eq!(roundtrip(OP_SHAKE, OpResult::Shake(s)), Reply::Shake(r));
-            let o = OpenReply { envelope_id: uid, amount_cents: amount, batch_id: batch, claimed_unix: exp };
+            let o = OpenReply { envelope_id: uid, amount_cents: amount, batch_id: batch, claimed_unix: exp, again };
             prop_assert_eq!(roundtrip(OP_OPEN, OpResult::Open(o)), Reply::Open(o));
             let code = ALL_ERRORS[code_i];
             match roundtrip(OP_OPEN, OpResult::Error { code, backoff_ms: backoff }) {
