@@ -168,7 +168,7 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct ServeArgs {
     /// Settings file (TOML, docs/formats/serve-config.md); flags override it.
     #[arg(long)]
@@ -390,8 +390,12 @@ fn run(command: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => {
-            let config = serve_config(*args)?;
-            serve(config)
+            // Before anything slow (recovery): no signal may kill the server by default.
+            let signals = hongbao::runtime::Signals::install()?;
+            let config = serve_config((*args).clone())?;
+            // A SIGHUP reads the settings file again, with the same flags over it.
+            let reload = move || serve_config((*args).clone());
+            serve(config, signals, &reload)
         }
         Command::AuthKeys { out } => {
             hongbao::serve::keys::create_key_file(&out).map_err(|e| e.to_string())?;
@@ -473,7 +477,11 @@ macro_rules! say {
     }};
 }
 
-fn serve(config: hongbao::serve::config::ServeConfig) -> Result<ExitCode, String> {
+fn serve(
+    config: hongbao::serve::config::ServeConfig,
+    signals: hongbao::runtime::Signals,
+    reload: &dyn Fn() -> Result<hongbao::serve::config::ServeConfig, String>,
+) -> Result<ExitCode, String> {
     install_fail_stop_panic_hook();
     let cpus = core_count();
     let prepared = hongbao::serve::setup::prepare(&config, cpus)?;
@@ -482,12 +490,18 @@ fn serve(config: hongbao::serve::config::ServeConfig) -> Result<ExitCode, String
     }
     let event = prepared.event.clone();
     let host = prepared.host.clone();
-    let finished = hongbao::runtime::run(&config, prepared, |binary, http, cores| {
-        use std::io::Write;
-        // One line, parsed by scripts and tests: keep its shape.
-        say!("hongbao serve: ready binary {binary} http {http} cores {cores} event {event} host {host}");
-        let _ = std::io::stdout().flush();
-    })?;
+    let finished = hongbao::runtime::run(
+        &config,
+        prepared,
+        signals,
+        Some(reload),
+        |binary, http, cores| {
+            use std::io::Write;
+            // One line, parsed by scripts and tests: keep its shape.
+            say!("hongbao serve: ready binary {binary} http {http} cores {cores} event {event} host {host}");
+            let _ = std::io::stdout().flush();
+        },
+    )?;
     print_stopped(&finished);
     Ok(ExitCode::SUCCESS)
 }
@@ -536,6 +550,7 @@ fn demo_serve(
     let friend_bytes = friend.encode(&auth_keys);
     let friend_hex = friend.encode_hex(&auth_keys);
     install_fail_stop_panic_hook();
+    let signals = hongbao::runtime::Signals::install()?;
     let prepared = hongbao::serve::setup::prepare(&config, core_count())?;
     for line in &prepared.report {
         say!("{line}");
@@ -543,34 +558,40 @@ fn demo_serve(
     let me = std::env::args().next().unwrap_or_else(|| "hongbao".into());
     let auth_display = auth_path.display().to_string();
     let data_display = dir.join("data").display().to_string();
-    let finished = hongbao::runtime::run(&config, prepared, move |binary, http, cores| {
-        say!("hongbao serve: ready binary {binary} http {http} cores {cores}");
-        std::thread::spawn(move || {
-            match demo_round_trip(binary, &auth_bytes) {
-                Ok(lines) => lines.iter().for_each(|l| say!("{l}")),
-                Err(e) => say!("demo client: {e}"),
-            }
-            match demo_im(binary, &auth_bytes, &friend_bytes) {
-                Ok(lines) => lines.iter().for_each(|l| say!("{l}")),
-                Err(e) => say!("demo IM client: {e}"),
-            }
-            say!("try it yourself (user {uid}):");
-            say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' http://{http}/shake");
-            say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' --data <token> http://{http}/open");
-            say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' --data 'hello' 'http://{http}/im/send?to=user:{}&appinfo=1234'", uid + 1);
-            say!("  curl -s -H 'Authorization: Bearer {friend_hex}' 'http://{http}/im/sync?after=0'   # as user {}", uid + 1);
-            say!("  curl -s http://{http}/metrics | grep hongbao_shakes_total");
-            say!("  tokens for other users: {me} auth-token --auth-keys {auth_display} --uid 2000 --count 10");
-            match serve_for {
-                Some(s) => {
-                    say!("serving for {s} s (claims: {me} claims --data {data_display})")
+    let finished = hongbao::runtime::run(
+        &config,
+        prepared,
+        signals,
+        None,
+        move |binary, http, cores| {
+            say!("hongbao serve: ready binary {binary} http {http} cores {cores}");
+            std::thread::spawn(move || {
+                match demo_round_trip(binary, &auth_bytes) {
+                    Ok(lines) => lines.iter().for_each(|l| say!("{l}")),
+                    Err(e) => say!("demo client: {e}"),
                 }
-                None => {
-                    say!("serving until Ctrl-C (claims: {me} claims --data {data_display})")
+                match demo_im(binary, &auth_bytes, &friend_bytes) {
+                    Ok(lines) => lines.iter().for_each(|l| say!("{l}")),
+                    Err(e) => say!("demo IM client: {e}"),
                 }
-            }
-        });
-    })?;
+                say!("try it yourself (user {uid}):");
+                say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' http://{http}/shake");
+                say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' --data <token> http://{http}/open");
+                say!("  curl -s -X POST -H 'Authorization: Bearer {auth_hex}' --data 'hello' 'http://{http}/im/send?to=user:{}&appinfo=1234'", uid + 1);
+                say!("  curl -s -H 'Authorization: Bearer {friend_hex}' 'http://{http}/im/sync?after=0'   # as user {}", uid + 1);
+                say!("  curl -s http://{http}/metrics | grep hongbao_shakes_total");
+                say!("  tokens for other users: {me} auth-token --auth-keys {auth_display} --uid 2000 --count 10");
+                match serve_for {
+                    Some(s) => {
+                        say!("serving for {s} s (claims: {me} claims --data {data_display})")
+                    }
+                    None => {
+                        say!("serving until Ctrl-C (claims: {me} claims --data {data_display})")
+                    }
+                }
+            });
+        },
+    )?;
     print_stopped(&finished);
     Ok(ExitCode::SUCCESS)
 }

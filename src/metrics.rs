@@ -58,6 +58,10 @@ pub struct CoreMetrics {
     pub im_merged_messages: AtomicU64,
     pub im_held_deliveries: AtomicU64,
     pub im_memory_refused: AtomicU64,
+    /// Writes refused while the disk was below its watermark: log appends (opens, IM
+    /// writes already accepted, which wait) and new IM writes answered busy.
+    pub disk_refused_log: AtomicU64,
+    pub disk_refused_im: AtomicU64,
     pub im_streams: AtomicU64,
     pub im_pushes: AtomicU64,
     pub im_expired: AtomicU64,
@@ -158,8 +162,18 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Gauges of the whole process, without a core label.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessGauges {
+    /// Free space on the data directory's file system, and the watermark below which writes
+    /// are refused (`store.disk_free_min_mb`), in bytes.
+    pub disk_free_bytes: u64,
+    pub disk_free_min_bytes: u64,
+    pub disk_low: bool,
+}
+
 /// The Prometheus text format (version 0.0.4) for all cores.
-pub fn render(cores: &[&CoreMetrics]) -> String {
+pub fn render(cores: &[&CoreMetrics], process: &ProcessGauges) -> String {
     let mut out = String::with_capacity(4096);
     family(
         &mut out,
@@ -183,7 +197,7 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         &'static str,
         fn(&CoreMetrics) -> u64,
     );
-    let simple: [Family; 47] = [
+    let simple: [Family; 48] = [
         (
             "hongbao_opens_total",
             "counter",
@@ -345,6 +359,14 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
             "counter",
             "New IM writes refused (busy) while the heap was over im.memory_max_mb.",
             |m| m.im_memory_refused.load(Relaxed),
+        ),
+        (
+            "hongbao_disk_refused_total",
+            "counter",
+            "Writes refused while the data directory's free space was below \
+             store.disk_free_min_mb: opens and new IM writes answered busy, and appends of \
+             accepted IM work that waits.",
+            |m| m.disk_refused_log.load(Relaxed) + m.disk_refused_im.load(Relaxed),
         ),
         (
             "hongbao_im_streams",
@@ -518,6 +540,26 @@ pub fn render(cores: &[&CoreMetrics]) -> String {
         "Heap in use by the whole process (allocated, not freed), in bytes.",
     );
     let _ = writeln!(out, "hongbao_heap_bytes {}", crate::heap::in_use());
+    for (name, help, value) in [
+        (
+            "hongbao_disk_free_bytes",
+            "Free space on the data directory's file system, in bytes (checked every 100 ms).",
+            process.disk_free_bytes,
+        ),
+        (
+            "hongbao_disk_free_min_bytes",
+            "The watermark below which opens and IM writes are refused (store.disk_free_min_mb).",
+            process.disk_free_min_bytes,
+        ),
+        (
+            "hongbao_disk_low",
+            "1 while the free space is below the watermark: opens and IM writes answered busy.",
+            process.disk_low as u64,
+        ),
+    ] {
+        family(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     out
 }
 
@@ -534,7 +576,7 @@ mod tests {
         a.commit(100, 90, 80);
         a.commit(100, 400, 300);
         a.commit(100, 1_000_000, 10);
-        let text = render(&[&a, &b]);
+        let text = render(&[&a, &b], &ProcessGauges::default());
         assert!(text.contains("hongbao_shakes_total{core=\"0\",outcome=\"envelope\"} 1"));
         assert!(text.contains("hongbao_errors_total{core=\"1\",error=\"already_claimed\"} 1"));
         assert!(text.contains("hongbao_log_commit_seconds_bucket{core=\"0\",le=\"0.00005\"} 0"));
@@ -542,7 +584,7 @@ mod tests {
         assert!(text.contains("hongbao_log_commit_seconds_bucket{core=\"0\",le=\"0.0005\"} 2"));
         assert!(text.contains("hongbao_log_commit_seconds_bucket{core=\"0\",le=\"+Inf\"} 3"));
         b.im_fanout(3_000);
-        let text = render(&[&a, &b]);
+        let text = render(&[&a, &b], &ProcessGauges::default());
         assert!(text.contains("hongbao_im_fanout_seconds_bucket{core=\"1\",le=\"0.002\"} 0"));
         assert!(text.contains("hongbao_im_fanout_seconds_bucket{core=\"1\",le=\"0.005\"} 1"));
         assert!(text.contains("hongbao_im_fanout_seconds_sum{core=\"1\"} 0.003"));

@@ -503,6 +503,8 @@ pub struct ImStats {
     pub work_refused: u64,
     /// New sends and group changes refused while the process's heap was over its limit.
     pub memory_refused: u64,
+    /// New writes refused while the disk was below its watermark.
+    pub disk_refused: u64,
     /// Entries moved to the cold part (R24).
     pub cooled: u64,
     /// Floor rounds of the groups homed here completed, the past memberships they let go,
@@ -590,6 +592,8 @@ pub struct ImCore {
     scratch: Vec<u8>,
     /// The process's heap is over `im.memory_max_mb`: new writes are refused (busy).
     memory_full: bool,
+    /// The disk is below its free-space watermark (set by the runtime).
+    disk_low: bool,
     pub stats: ImStats,
     /// Reads single cold entries back (R24); None: cold entries cannot be read (an error).
     cold_source: Option<Box<dyn ColdSource + Send>>,
@@ -666,6 +670,7 @@ impl ImCore {
             empty: Arc::from(Vec::new()),
             scratch: Vec::new(),
             memory_full: false,
+            disk_low: false,
             chat_partitions: vec![None; 1 << CHAT_PARTITIONS_BITS],
             merge_runs: Vec::new(),
             merge_lists: HashMap::new(),
@@ -718,13 +723,24 @@ impl ImCore {
         std::mem::replace(&mut self.memory_full, full)
     }
 
-    /// Refuses a new write while memory is full.
+    /// Whether the disk is below its free-space watermark (set by the runtime): new writes
+    /// are answered busy as while memory is full (what is already accepted goes on, as the
+    /// log lets it).
+    pub fn set_disk_low(&mut self, low: bool) {
+        self.disk_low = low;
+    }
+
+    /// Refuses a new write while memory is full or the disk is low.
     fn memory_refuses(&mut self, route: Route, out: &mut Effects) -> bool {
         if self.memory_full {
             self.stats.memory_refused += 1;
-            out.replies.push((route, ImReply::Error(ImError::Busy)));
+        } else if self.disk_low {
+            self.stats.disk_refused += 1;
+        } else {
+            return false;
         }
-        self.memory_full
+        out.replies.push((route, ImReply::Error(ImError::Busy)));
+        true
     }
 
     /// Sends parked by soft failure, waiting for the log.
@@ -1403,7 +1419,7 @@ impl ImCore {
                 ));
                 Ok(())
             }
-            Err(AppendError::Backlog(_)) => {
+            Err(AppendError::Backlog(_) | AppendError::DiskLow) => {
                 let m = Arc::try_unwrap(msg).expect("not shared before it is logged");
                 let draft = Draft {
                     req: SendRequest {
@@ -1620,7 +1636,7 @@ impl ImCore {
                 let scratch = &self.scratch;
                 match log.bulk(|log| log.append(KIND_GROUP_SNAPSHOT, gid, version, scratch)) {
                     Ok(a) => end = Some(a.end),
-                    Err(AppendError::Backlog(_)) => {
+                    Err(AppendError::Backlog(_) | AppendError::DiskLow) => {
                         end = None;
                         break;
                     }
@@ -2141,7 +2157,7 @@ impl ImCore {
                 ));
                 true
             }
-            Err(AppendError::Backlog(_)) => false,
+            Err(AppendError::Backlog(_) | AppendError::DiskLow) => false,
             Err(AppendError::TooLarge(_)) => unreachable!("deliveries are sized to fit"),
         };
         self.deliver_list = list;
@@ -2276,7 +2292,7 @@ impl ImCore {
                 ));
                 true
             }
-            Err(AppendError::Backlog(_)) => {
+            Err(AppendError::Backlog(_) | AppendError::DiskLow) => {
                 out.replies.push((route, ImReply::Error(ImError::Busy)));
                 false
             }

@@ -611,7 +611,7 @@ fn http_request(core: &Rc<Core>, req: &Request<'_>, cache: &mut AuthCache, now: 
             HttpSlot::Raw(
                 200,
                 "text/plain; version=0.0.4",
-                crate::metrics::render(&all).into_bytes(),
+                crate::metrics::render(&all, &core.shared.disk.gauges()).into_bytes(),
                 close,
             )
         }

@@ -443,6 +443,7 @@ impl Core {
             m.im_group_snapshots.store(s.snapshots, Ordering::Relaxed);
             m.im_memory_refused
                 .store(s.memory_refused, Ordering::Relaxed);
+            m.disk_refused_im.store(s.disk_refused, Ordering::Relaxed);
         }
         // The heap is the whole process's: every core reads the same sum (64 loads).
         let heap = crate::heap::in_use();

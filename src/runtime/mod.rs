@@ -13,11 +13,17 @@ mod answers;
 mod cold;
 mod conn;
 mod conns;
+mod disk;
 mod im;
+mod reload;
 mod retention;
+mod signals;
 mod uring;
+mod watch;
 
 pub use im::{GroupOp, OwnOp};
+pub use reload::Reloadable;
+pub use signals::Signals;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -49,8 +55,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ticker period: retries of answers that did not fit a full queue, shutdown checks, gauges.
 /// Longer costs shutdown latency and retry latency under overload; shorter costs idle CPU.
 const TICK: Duration = Duration::from_millis(10);
-/// Key lists are re-read (when changed) this often.
-const KEY_LISTS_POLL: Duration = Duration::from_secs(1);
 /// Locked memory glommio may use per executor for its io_uring buffers; the log uses buffered
 /// I/O, so little is needed (and the default RLIMIT_MEMLOCK is 8 MiB).
 const IO_MEMORY: usize = 512 << 10;
@@ -172,6 +176,10 @@ pub struct Shared {
     pub compact_every: std::time::Duration,
     /// `im.memory_max_mb` in bytes: above it the IM engines refuse new writes.
     pub im_memory_max: u64,
+    /// The data directory's free space against its watermark (read by the main thread).
+    pub disk: disk::DiskWatch,
+    /// SIGHUP reloads.
+    pub reloads: reload::Reloads,
 }
 
 /// A request in a connection's pipeline, in request order.
@@ -610,14 +618,10 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Retries full queues, updates gauges, reloads key lists, and runs the shutdown sequence.
+/// Retries full queues, updates gauges, applies reloads and the disk's verdict, and returns
+/// when the server stops.
 async fn ticker(core: Rc<Core>) {
-    let mut lists_mtime = core
-        .shared
-        .key_lists_path
-        .as_ref()
-        .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    let mut last_lists_check = Instant::now();
+    let mut watcher = reload::Watcher::new(&core);
     loop {
         glommio::timer::sleep(TICK).await;
         // Messages another core queued for this one are drained when its doorbell rings; a
@@ -626,6 +630,9 @@ async fn ticker(core: Rc<Core>) {
         if core.drain_inbound() > 0 {
             core.wake_commit();
         }
+        let disk_low = core.shared.disk.low();
+        core.engine.borrow_mut().log_mut().set_disk_low(disk_low);
+        core.im.borrow_mut().set_disk_low(disk_low);
         core.im_tick();
         core.flush();
         {
@@ -637,35 +644,10 @@ async fn ticker(core: Rc<Core>) {
                 .store(engine.caps_users() as u64, Ordering::Relaxed);
             m.tickets_remaining
                 .store(engine.remaining_at(now_ms()), Ordering::Relaxed);
+            m.disk_refused_log
+                .store(engine.log().disk_refused(), Ordering::Relaxed);
         }
-        if let Some(path) = &core.shared.key_lists_path {
-            if last_lists_check.elapsed() >= KEY_LISTS_POLL {
-                last_lists_check = Instant::now();
-                let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-                if mtime != lists_mtime {
-                    lists_mtime = mtime;
-                    match KeyLists::load(path) {
-                        Ok(lists) => {
-                            *core.lists.borrow_mut() = lists;
-                            core.metrics()
-                                .key_list_reloads
-                                .fetch_add(1, Ordering::Relaxed);
-                            if core.id == 0 {
-                                eprintln!("key lists reloaded from {}", path.display());
-                            }
-                        }
-                        Err(e) => {
-                            core.metrics()
-                                .key_list_errors
-                                .fetch_add(1, Ordering::Relaxed);
-                            if core.id == 0 {
-                                eprintln!("key lists not reloaded (keeping the old ones): {e}");
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        watcher.tick(&core);
         if core.shared.shutdown.load(Ordering::Relaxed) {
             return;
         }
@@ -795,7 +777,7 @@ async fn core_main(
                 break a;
             }
             if shared.shutdown.load(Ordering::Relaxed) {
-                return;
+                return record_stop(&core, log_dir).await;
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
@@ -841,11 +823,11 @@ async fn core_main(
         (Ok(b), Ok(h)) => (b, h),
         (Err(e), _) => {
             let _ = ready.send(Err(format!("binary listener {}: {e}", addrs.0)));
-            return;
+            return record_stop(&core, log_dir).await;
         }
         (_, Err(e)) => {
             let _ = ready.send(Err(format!("HTTP listener {}: {e}", addrs.1)));
-            return;
+            return record_stop(&core, log_dir).await;
         }
     };
     if id == 0 {
@@ -876,7 +858,7 @@ async fn core_main(
             );
             if let Err(e) = listening {
                 let _ = ready.send(Err(format!("accepting on {addr}: {e}")));
-                return;
+                return record_stop(&core, log_dir).await;
             }
         }
     } else {
@@ -896,7 +878,7 @@ async fn core_main(
                 ))),
                 Err(e) => {
                     let _ = ready.send(Err(format!("listener: {e}")));
-                    return;
+                    return record_stop(&core, log_dir).await;
                 }
             }
         }
@@ -941,9 +923,19 @@ async fn core_main(
     if let Some(ring) = &ring {
         ring.stop();
     }
-    // Everything appended is durable and nothing more will be: record the clean stop, so
-    // that a log found shorter at the next start is refused (store::state).
-    let end = core.engine.borrow().durable_position();
+    record_stop(&core, log_dir).await;
+}
+
+/// The end of a core: once everything appended is durable (or the drain time is over),
+/// records the clean stop at the durable end, so that a log found shorter at the next start
+/// is refused (`store::state`). Also for a core that stops before serving (its ports taken).
+async fn record_stop(core: &Rc<Core>, log_dir: std::path::PathBuf) {
+    let started = Instant::now();
+    while core.engine.borrow().has_pending() && started.elapsed() < DRAIN_TIMEOUT {
+        core.wake_commit();
+        glommio::timer::sleep(TICK).await;
+    }
+    let (id, end) = (core.id, core.engine.borrow().durable_position());
     let sealed = glommio::executor()
         .spawn_blocking(move || crate::store::state::seal(&log_dir, id, end))
         .await;
@@ -993,9 +985,14 @@ pub struct Finished {
 
 /// Runs the server until SIGINT/SIGTERM (or `config.run_for`), then shuts down gracefully.
 /// `on_ready` gets the bound addresses once every core listens.
+/// `signals` are installed before start-up recovery (a stop signal then stops the server as
+/// soon as it is up); `reload` reads the settings again for a SIGHUP (None: only the key lists
+/// are reloaded).
 pub fn run(
     config: &ServeConfig,
     prepared: Prepared,
+    signals: Signals,
+    reload: Option<&dyn Fn() -> Result<ServeConfig, String>>,
     on_ready: impl FnOnce(SocketAddr, SocketAddr, usize),
 ) -> Result<Finished, String> {
     // Held until every core has stopped and its log is durable.
@@ -1007,13 +1004,16 @@ pub fn run(
             .map(|ids| ids.into_iter().map(|c| c.id).collect())
             .unwrap_or_default(),
     };
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while shutting down exits at once.
-        signal_hook::flag::register_conditional_shutdown(signal, 1, shutdown.clone())
-            .map_err(|e| format!("signal handler: {e}"))?;
-        signal_hook::flag::register(signal, shutdown.clone())
-            .map_err(|e| format!("signal handler: {e}"))?;
+    let shutdown = signals.shutdown.clone();
+    let disk_free_min = config.disk_free_min.unwrap_or_else(|| {
+        crate::serve::config::disk_free_min_default(cores, config.pending_bytes)
+    });
+    let disk = disk::DiskWatch::new(config.data.clone(), disk_free_min);
+    if disk.low() {
+        eprintln!(
+            "warning: {}: opens and IM writes are refused (busy) until space is freed",
+            disk.describe()
+        );
     }
     let shared = Arc::new(Shared {
         cores,
@@ -1044,6 +1044,8 @@ pub fn run(
         hot: std::time::Duration::from_secs(config.hot_s),
         compact_every: std::time::Duration::from_secs(config.compact_every_s),
         im_memory_max: config.im_memory_max,
+        disk,
+        reloads: reload::Reloads::default(),
     });
     // Doorbells: bells[src][dst].
     let mut bells_out: Vec<Vec<Option<SharedSender<()>>>> = (0..cores)
@@ -1158,13 +1160,7 @@ pub fn run(
             .expect("not poisoned")
             .expect("core 0 bound");
         on_ready(b, h, cores);
-        let deadline = config.run_for.map(|d| Instant::now() + d);
-        while !shutdown.load(Ordering::Relaxed) {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        watch::serve_until_stopped(&shared, &signals, reload, config.run_for);
     }
     shutdown.store(true, Ordering::Relaxed);
     for (k, h) in handles.into_iter().enumerate() {

@@ -220,7 +220,18 @@ async fn compact_one(
             snapshots: im.group_snapshots(),
         }
     };
-    // 4. The rewrite.
+    // 4. The rewrite. Its copy of the segment is written before the old file goes, so it
+    //    needs that much room above the disk's watermark.
+    let bytes =
+        std::fs::metadata(crate::store::file::segment_path(dir, segment)).map_or(0, |m| m.len());
+    if !core.shared.disk.has_room_for(bytes) {
+        return Err(format!(
+            "compacting segment {segment:016x}.log needs {} MiB more than the watermark leaves \
+             ({})",
+            bytes >> 20,
+            core.shared.disk.describe()
+        ));
+    }
     let d = dir.to_path_buf();
     off_core(move || {
         compact_segment(&d, id, segment, |v, extra| x.keep(v, extra)).map_err(|e| e.to_string())

@@ -51,6 +51,13 @@ pub struct ImSection {
 
 /// `im.retention_s` by default: 180 days.
 pub const RETENTION_S_DEFAULT: u64 = 180 * 86_400;
+/// The free-space watermark when `store.disk_free_min_mb` is not set: 256 MiB, plus what each
+/// core may still have waiting for the disk when the watermark is crossed (its
+/// `store.pending_bytes`), so that the writes already on their way fit.
+pub fn disk_free_min_default(cores: usize, pending_bytes: usize) -> u64 {
+    (256 << 20) + cores as u64 * pending_bytes as u64
+}
+
 /// `store.bulk_hold_us` by default: bulk records ride the next urgent commit if one comes
 /// within 5 ms (docs/ARCHITECTURE.md, "Priority on the disk").
 pub const BULK_HOLD_US_DEFAULT: u32 = 5_000;
@@ -123,6 +130,9 @@ pub struct StoreSection {
     /// Longest time bulk records (huge-group messages, fan-out bookkeeping) wait for a commit
     /// of urgent ones to ride on, in microseconds (0: never wait).
     pub bulk_hold_us: Option<u32>,
+    /// Free space (MiB) on the data directory's file system below which opens and IM writes
+    /// are refused busy (default: [`disk_free_min_default`]).
+    pub disk_free_min_mb: Option<u64>,
 }
 
 /// Everything `serve` runs with, after defaults and overrides.
@@ -152,6 +162,8 @@ pub struct ServeConfig {
     pub segment_bytes: u64,
     pub pending_bytes: usize,
     pub bulk_hold_us: u32,
+    /// `store.disk_free_min_mb` in bytes, if set (else [`disk_free_min_default`]).
+    pub disk_free_min: Option<u64>,
     pub retention_s: u64,
     /// `im.hot_s`.
     pub hot_s: u64,
@@ -341,6 +353,10 @@ impl ConfigFile {
             segment_bytes,
             pending_bytes,
             bulk_hold_us,
+            disk_free_min: self
+                .store
+                .disk_free_min_mb
+                .map(|mb| mb.saturating_mul(1 << 20)),
             retention_s,
             hot_s,
             compact_every_s,

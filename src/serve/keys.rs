@@ -18,7 +18,7 @@ const KEY_FILE_BYTES_MAX: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("{path}: {source}")]
+    #[error("{}", crate::fsutil::describe_write_error(path, source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -115,16 +115,21 @@ pub fn create_key_file(path: &Path) -> Result<TokenKeys, KeyFileError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        // Nothing half-written stays behind (a full disk, say).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     // Link, not rename: fails when the file appeared meanwhile, so a key is never replaced.
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
@@ -139,8 +144,12 @@ pub fn create_key_file(path: &Path) -> Result<TokenKeys, KeyFileError> {
     Ok(TokenKeys::new(&[(1, key)], 1).expect("slot 1 has a key"))
 }
 
-/// Loads the key file, creating it first when it does not exist.
+/// Loads the key file, creating it first when it does not exist (a file that exists is only
+/// read: nothing is written on a restart, even on a full disk).
 pub fn load_or_create_key_file(path: &Path) -> Result<TokenKeys, KeyFileError> {
+    if path.exists() {
+        return Ok(load_key_file(path)?.0);
+    }
     match create_key_file(path) {
         Ok(keys) => Ok(keys),
         Err(KeyFileError::Exists(_)) => Ok(load_key_file(path)?.0),

@@ -261,7 +261,7 @@ pub fn prepare(config: &ServeConfig, available_cpus: usize) -> Result<Prepared, 
             let mut text = serde_json::to_string_pretty(&identity).expect("serializes");
             text.push('\n');
             crate::fsutil::write_atomic(&event_path, text.as_bytes())
-                .map_err(|e| format!("{}: {e}", event_path.display()))?;
+                .map_err(|e| crate::fsutil::describe_write_error(&event_path, &e))?;
         }
         Err(e) => return Err(format!("{}: {e}", event_path.display())),
     }
@@ -505,10 +505,12 @@ pub fn lock_data_dir(data: &Path) -> Result<std::fs::File, String> {
         }
         return Err(format!("locking {}: {err}", path.display()));
     }
-    file.set_len(0)
+    // The pid is for the operator; the lock is what counts. On a full disk it may not be
+    // written, and the server goes on to say what it can and cannot do.
+    let _ = file
+        .set_len(0)
         .and_then(|_| file.rewind())
-        .and_then(|_| writeln!(file, "{}", std::process::id()))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .and_then(|_| writeln!(file, "{}", std::process::id()));
     Ok(file)
 }
 

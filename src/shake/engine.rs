@@ -420,7 +420,7 @@ impl Engine {
                 ));
                 None
             }
-            Err(AppendError::Backlog(_) | AppendError::TooLarge(_)) => {
+            Err(AppendError::Backlog(_) | AppendError::DiskLow | AppendError::TooLarge(_)) => {
                 // Nothing was appended: undo, so the user's retry can succeed.
                 self.shards[i].ledger.unclaim(envelope);
                 let backoff_ms = self
@@ -479,6 +479,10 @@ impl Engine {
 
     /// The next write for the runtime, if none is in flight and anything was appended.
     /// The core's log, for the other state machines of the core (IM) that append to it.
+    pub fn log(&self) -> &LogWriter {
+        &self.log
+    }
+
     pub fn log_mut(&mut self) -> &mut LogWriter {
         &mut self.log
     }

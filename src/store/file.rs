@@ -78,7 +78,7 @@ impl Default for StoreOptions {
 /// Why the store cannot open or write. Refusals name the file and the byte offset.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    #[error("{}", crate::fsutil::describe_write_error(path, source))]
     Io {
         path: PathBuf,
         source: std::io::Error,

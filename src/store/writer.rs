@@ -61,6 +61,9 @@ pub enum AppendError {
     /// Appended-but-not-durable bytes reached the bound: the disk is not keeping up; shed load.
     #[error("{0} bytes are waiting for the disk; refusing more until a batch completes")]
     Backlog(usize),
+    /// The disk's free space is below its watermark; shed load until space is freed.
+    #[error("the disk's free space is below its watermark (store.disk_free_min_mb)")]
+    DiskLow,
 }
 
 pub struct LogWriter {
@@ -85,6 +88,10 @@ pub struct LogWriter {
     bulk: bool,
     /// `pending` holds a record that is not bulk.
     pending_urgent: bool,
+    /// The disk is below its free-space watermark: [`LogWriter::append`] refuses.
+    disk_low: bool,
+    /// Appends refused because of it.
+    disk_refused: u64,
 }
 
 impl LogWriter {
@@ -120,6 +127,8 @@ impl LogWriter {
             clock: None,
             bulk: false,
             pending_urgent: false,
+            disk_low: false,
+            disk_refused: 0,
         };
         if end == 0 {
             writer.start_segment(segment);
@@ -163,7 +172,8 @@ impl LogWriter {
         self.pending.len() + self.queued.iter().map(|b| b.bytes.len()).sum::<usize>()
     }
 
-    /// Appends a record; it becomes durable with the batch that carries it.
+    /// Appends a record; it becomes durable with the batch that carries it. Refused (the
+    /// log unchanged) while the backlog is at its bound, or while the disk is low.
     pub fn append(
         &mut self,
         kind: u8,
@@ -175,7 +185,23 @@ impl LogWriter {
         if backlog >= self.pending_bytes_max {
             return Err(AppendError::Backlog(backlog));
         }
+        if self.disk_low {
+            self.disk_refused += 1;
+            return Err(AppendError::DiskLow);
+        }
         self.append_control(kind, stream, seq, payload)
+    }
+
+    /// The runtime's verdict on the disk's free space (below the watermark: `true`). While
+    /// it is low, [`LogWriter::append`] refuses and callers shed load as for a full backlog;
+    /// control records still go ([`LogWriter::append_control`]).
+    pub fn set_disk_low(&mut self, low: bool) {
+        self.disk_low = low;
+    }
+
+    /// Appends refused because the disk was low, since the start.
+    pub fn disk_refused(&self) -> u64 {
+        self.disk_refused
     }
 
     /// Appends a small control record even over the backlog bound: records the server needs

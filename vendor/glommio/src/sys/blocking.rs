@@ -171,7 +171,10 @@ impl BlockingThread {
                 let resp = BlockingThreadResp { id, res };
 
                 if tx.send(resp).is_err() {
-                    panic!("failed to send response");
+                    // hongbao patch: the executor finished while this job ran, and nobody
+                    // waits for its answer any more: end the worker instead of panicking
+                    // (vendor/PATCHES.md).
+                    break;
                 }
                 reactor_sleep_notifier.notify(el.latency_sensitive);
             }
