@@ -7,7 +7,10 @@
 //! - tokens handed out before a crash still open after it (or, when their claim became durable
 //!   but the answer was lost with the process, opening again answers that claim: `again`).
 //!
-//! `HONGBAO_CRASH_ROUNDS` (default 8) and `HONGBAO_CRASH_SEED` control the run.
+//! One round in four ends with SIGTERM instead: then every claim made durable in the round must
+//! have been answered. `HONGBAO_CRASH_ROUNDS` (default 8), `HONGBAO_CRASH_EPOCH` (rounds per
+//! data directory, default 20) and `HONGBAO_CRASH_SEED` control the run; `bench/crash-loop.sh N`
+//! runs N rounds.
 
 mod common;
 
@@ -98,31 +101,53 @@ fn worker(addr: SocketAddr, auth: [u8; 32], uid: u64, batch: usize) -> Seen {
     }
 }
 
-#[test]
-fn kill9_under_load_never_loses_or_duplicates_money() {
-    let rounds: usize = std::env::var("HONGBAO_CRASH_ROUNDS")
+/// What the rounds of one data directory found.
+#[derive(Default)]
+struct Tally {
+    rounds: usize,
+    stops: usize,
+    issued: usize,
+    acknowledged: usize,
+    learnt_again: usize,
+    claims: usize,
+    duplicates: usize,
+    lost: usize,
+    unissued: usize,
+    unanswered_at_stop: usize,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    let seed: u64 = std::env::var("HONGBAO_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("crash test: {rounds} rounds, HONGBAO_CRASH_SEED={seed}");
-    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
-    let event = Event::new();
+        .unwrap_or(default)
+}
+
+/// Durable claims as (envelope, uid); counted into the tally, nothing asserted yet.
+fn check_claims(event: &Event, data: &str, issued: &HashMap<u64, u64>, t: &mut Tally) -> HashSet<u64> {
+    let claims = event.claims(data);
+    let mut claimed = HashSet::new();
+    for (envelope, uid) in &claims {
+        if !claimed.insert(*envelope) {
+            t.duplicates += 1;
+        }
+        if issued.get(envelope) != Some(uid) {
+            t.unissued += 1;
+        }
+    }
+    t.claims = claims.len();
+    claimed
+}
+
+/// `rounds` rounds on one data directory: each starts the server on it, loads it, and ends
+/// it with SIGKILL (or, one round in four, SIGTERM) at a random moment.
+fn rounds_on(event: &Event, data: &str, rounds: usize, rng: &mut impl Rng, t: &mut Tally) {
     let mut issued: HashMap<u64, u64> = HashMap::new();
     let mut acknowledged: HashMap<u64, u64> = HashMap::new();
     let mut unanswered: Vec<(u64, [u8; 64])> = Vec::new();
     let mut tokens: HashMap<u64, [u8; 64]> = HashMap::new();
-    let mut lost_answers = 0usize;
     for round in 0..rounds {
-        let mut server = event.serve("data", &["--cores", "2", "--no-pacing"]);
+        let mut server = event.serve(data, &["--cores", "2", "--no-pacing"]);
         // Tokens from before the crash: they open now, or their claim was already durable
         // and its answer was lost with the process: opening again tells it (`again`).
         for (uid, token) in unanswered.drain(..) {
@@ -131,9 +156,7 @@ fn kill9_under_load_never_loses_or_duplicates_money() {
                 Reply::Open(o) => {
                     assert_eq!(o.envelope_id, envelope_of(&token));
                     assert!(acknowledged.insert(o.envelope_id, uid).is_none());
-                    if o.again {
-                        lost_answers += 1;
-                    }
+                    t.learnt_again += o.again as usize;
                 }
                 other => panic!("round {round}: {other:?}"),
             }
@@ -157,7 +180,13 @@ fn kill9_under_load_never_loses_or_duplicates_money() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(rng.random_range(100..700)));
-        server.kill9();
+        let graceful = rng.random_range(0..4) == 0;
+        if graceful {
+            let status = server.terminate();
+            assert!(status.success(), "{status:?}: {}", server.stderr());
+        } else {
+            server.kill9();
+        }
         let mut round_acks = HashSet::new();
         let mut round_tokens = Vec::new();
         let mut nothing = 0;
@@ -167,7 +196,7 @@ fn kill9_under_load_never_loses_or_duplicates_money() {
             for (envelope, uid, token) in seen.issued {
                 assert!(
                     issued.insert(envelope, uid).is_none(),
-                    "round {round}: envelope {envelope:x} issued twice (seed {seed})"
+                    "round {round}: envelope {envelope:x} issued twice"
                 );
                 round_tokens.push((envelope, uid, token));
             }
@@ -178,8 +207,18 @@ fn kill9_under_load_never_loses_or_duplicates_money() {
         }
         assert!(
             !round_tokens.is_empty(),
-            "round {round}: no work done before the kill ({nothing} shakes won nothing)"
+            "round {round}: no work done before the end ({nothing} shakes won nothing)"
         );
+        if graceful {
+            // A graceful stop answers every claim it made.
+            t.stops += 1;
+            let mut at_stop = Tally::default();
+            let claimed = check_claims(event, data, &issued, &mut at_stop);
+            t.unanswered_at_stop += round_tokens
+                .iter()
+                .filter(|(e, _, _)| claimed.contains(e) && !round_acks.contains(e))
+                .count();
+        }
         for (envelope, _, token) in &round_tokens {
             tokens.insert(*envelope, *token);
         }
@@ -190,34 +229,73 @@ fn kill9_under_load_never_loses_or_duplicates_money() {
                 .take(50)
                 .map(|(_, uid, token)| (uid, token)),
         );
+        t.rounds += 1;
     }
     // Recover once more (truncating the last torn tail), stop cleanly, and read the claims.
-    let mut server = event.serve("data", &["--cores", "2", "--no-pacing"]);
+    let mut server = event.serve(data, &["--cores", "2", "--no-pacing"]);
     assert!(server.terminate().success(), "{}", server.stderr());
-    let claims = event.claims("data");
-    let mut claimed = HashSet::new();
-    for (envelope, uid) in &claims {
-        assert!(
-            claimed.insert(*envelope),
-            "envelope {envelope:x} claimed twice"
-        );
-        assert_eq!(
-            issued.get(envelope),
-            Some(uid),
-            "claim of an envelope not issued to its user"
-        );
-    }
-    for (envelope, uid) in &acknowledged {
-        assert!(
-            claims.contains(&(*envelope, *uid)),
-            "acknowledged claim {envelope:x} lost (seed {seed})"
-        );
+    let mut tally = Tally::default();
+    let claimed = check_claims(event, data, &issued, &mut tally);
+    t.claims += tally.claims;
+    t.duplicates += tally.duplicates;
+    t.unissued += tally.unissued;
+    t.issued += issued.len();
+    t.acknowledged += acknowledged.len();
+    t.lost += acknowledged.keys().filter(|e| !claimed.contains(e)).count();
+}
+
+/// `HONGBAO_CRASH_ROUNDS` rounds (default 8), `HONGBAO_CRASH_EPOCH` per data directory
+/// (default 20: the demo event's first slot holds enough tickets for about that many), then
+/// every count checked. `bench/crash-loop.sh N` runs it long.
+#[test]
+fn kill9_under_load_never_loses_or_duplicates_money() {
+    let rounds: usize = env_or("HONGBAO_CRASH_ROUNDS", 8);
+    let epoch: usize = env_or("HONGBAO_CRASH_EPOCH", 20).max(1);
+    let seed: u64 = env_or(
+        "HONGBAO_CRASH_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    eprintln!("crash test: {rounds} rounds, {epoch} per data directory, HONGBAO_CRASH_SEED={seed}");
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let event = Event::new();
+    let mut t = Tally::default();
+    let mut done = 0;
+    while done < rounds {
+        let n = epoch.min(rounds - done);
+        let data = format!("data-{done}");
+        rounds_on(&event, &data, n, &mut rng, &mut t);
+        std::fs::remove_dir_all(event.path().join(&data)).unwrap();
+        done += n;
+        if rounds > epoch {
+            eprintln!(
+                "crash test: {done}/{rounds} rounds, {} acknowledged opens, {} claims, {} lost, \
+                 {} duplicated so far",
+                t.acknowledged, t.claims, t.lost, t.duplicates
+            );
+        }
     }
     eprintln!(
-        "crash test: {} tickets issued, {} opens acknowledged ({lost_answers} of them learnt \
-         again after their answer died with the process), {} claims durable, over {rounds} kills",
-        issued.len(),
-        acknowledged.len(),
-        claims.len()
+        "crash test: {} rounds ({} ended by SIGTERM, {} by SIGKILL), {} tickets issued, {} opens \
+         acknowledged ({} of them learnt again after their answer died with the process), {} \
+         claims durable; duplicated claims {}, acknowledged opens lost {}, claims of envelopes \
+         not issued to their user {}, claims unanswered at a SIGTERM {} (seed {seed})",
+        t.rounds,
+        t.stops,
+        t.rounds - t.stops,
+        t.issued,
+        t.acknowledged,
+        t.learnt_again,
+        t.claims,
+        t.duplicates,
+        t.lost,
+        t.unissued,
+        t.unanswered_at_stop
     );
+    assert_eq!(t.duplicates, 0, "envelopes claimed twice (seed {seed})");
+    assert_eq!(t.lost, 0, "acknowledged opens lost (seed {seed})");
+    assert_eq!(t.unissued, 0, "claims of envelopes not issued to their user (seed {seed})");
+    assert_eq!(t.unanswered_at_stop, 0, "claims left unanswered by SIGTERM (seed {seed})");
 }
