@@ -12,9 +12,8 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use common::{http, run, serve_args, Event};
+use common::{run, serve_args, wait_until, Event};
 use hongbao::im::{Class, Target};
 use hongbao::wire::ops::{ErrorCode, Reply, ShakeOutcome};
 
@@ -68,22 +67,6 @@ fn fill_to(fs: &Path, filler: &Path, left: u64) {
     f.sync_all().ok();
 }
 
-fn metric(server: &common::Server, name: &str) -> u64 {
-    let (_, m) = http(server.http, "GET", "/metrics", None, "");
-    m.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
-        .sum()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < Duration::from_secs(20), "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn token(c: &mut hongbao::client::Client) -> [u8; 64] {
     match c.shake().unwrap() {
         Reply::Shake(s) if s.outcome == ShakeOutcome::Envelope => s.token.unwrap(),
@@ -118,13 +101,13 @@ fn the_watermark_refuses_writes_before_the_disk_is_full_and_shakes_go_on() {
         Reply::Open(o) => acknowledged.push((o.envelope_id, 5)),
         other => panic!("{other:?}"),
     }
-    assert_eq!(metric(&server, "hongbao_disk_low"), 0);
+    assert_eq!(server.metric("hongbao_disk_low"), 0);
 
     // Below the watermark (20 MiB free of 24): refused, retryably; shakes go on.
     let filler = fs.path.join("filler");
     fill_to(&fs.path, &filler, 20 << 20);
     wait_until("the watermark not noticed", || {
-        metric(&server, "hongbao_disk_low") == 1
+        server.metric("hongbao_disk_low") == 1
     });
     let waiting = token(&mut c);
     for _ in 0..200 {
@@ -147,7 +130,7 @@ fn the_watermark_refuses_writes_before_the_disk_is_full_and_shakes_go_on() {
         other => panic!("an IM send was stored below the watermark: {other:?}"),
     }
     wait_until("refusals not counted", || {
-        metric(&server, "hongbao_disk_refused_total") >= 201
+        server.metric("hongbao_disk_refused_total") >= 201
     });
     assert!(
         server.child.try_wait().unwrap().is_none(),
@@ -163,7 +146,7 @@ fn the_watermark_refuses_writes_before_the_disk_is_full_and_shakes_go_on() {
     // Space freed: the same token opens.
     std::fs::remove_file(&filler).unwrap();
     wait_until("the watermark not cleared", || {
-        metric(&server, "hongbao_disk_low") == 0
+        server.metric("hongbao_disk_low") == 0
     });
     match c.open(&waiting).unwrap() {
         Reply::Open(o) => {

@@ -127,11 +127,11 @@ fn single_chat_push_then_pull_and_idempotent_retries() {
     assert!(mine.iter().all(|e| e.sender == 1));
     // 21 stored sends remembered for retries (gauges are published every tick).
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(metric(&server, "hongbao_im_appinfo_entries"), 21);
+    assert_eq!(server.metric("hongbao_im_appinfo_entries"), 21);
     // Each send is kept twice in memory (its SENT record and its DELIVERY record), and the
     // table has no free slots: nothing has left it.
-    assert_eq!(metric(&server, "hongbao_im_kept_messages"), 42);
-    assert_eq!(metric(&server, "hongbao_im_kept_slots"), 42);
+    assert_eq!(server.metric("hongbao_im_kept_messages"), 42);
+    assert_eq!(server.metric("hongbao_im_kept_slots"), 42);
 }
 
 #[test]
@@ -667,14 +667,6 @@ fn one_core_with(event: &Event, file: &str, settings: &str) -> common::Server {
     event.serve("data", &["--cores", "1", "--config", cfg.as_str()])
 }
 
-fn metric(server: &common::Server, name: &str) -> u64 {
-    let (_, text) = http(server.http, "GET", "/metrics", None, "");
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[test]
 fn retention_drops_old_messages_and_compaction_keeps_money_and_seqs() {
     use hongbao::wire::ops::ShakeOutcome;
@@ -728,8 +720,8 @@ fn retention_drops_old_messages_and_compaction_keeps_money_and_seqs() {
     // Retention passes run every second; the first two segments expire 3 s after the next
     // ones were started.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric(&server, "hongbao_log_compactions_total") < 2
-        || metric(&server, "hongbao_im_expired_entries_total") < 301
+    while server.metric("hongbao_log_compactions_total") < 2
+        || server.metric("hongbao_im_expired_entries_total") < 301
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -818,7 +810,7 @@ fn sends_beyond_what_the_log_takes_are_accepted_and_stored_in_order() {
         ),
         (u64::from(n), true)
     );
-    assert!(metric(&server, "hongbao_im_parked_total") >= accepted);
+    assert!(server.metric("hongbao_im_parked_total") >= accepted);
 }
 
 #[test]
@@ -840,7 +832,7 @@ fn over_the_memory_limit_sends_are_busy_and_the_server_goes_on() {
         .unwrap();
     assert_eq!(error(r), ErrorCode::Busy as u16);
     std::thread::sleep(Duration::from_millis(50)); // counters are published every tick
-    assert!(metric(&server, "hongbao_im_memory_refused_total") >= 1);
+    assert!(server.metric("hongbao_im_memory_refused_total") >= 1);
     // Pulls, and the money side, go on.
     assert_eq!(page(&mut a), (0, Vec::new()));
     assert!(matches!(a.shake().unwrap(), Reply::Shake(_)));
@@ -880,7 +872,7 @@ fn bulk_records_ride_urgent_commits_and_still_go_alone() {
         assert!(got.iter().all(|e| &e.body[..] == b"group"));
         let mut chat = server.client(&event.auth(2));
         assert_eq!(pull_until(&mut chat, 5).len(), 5);
-        let holds = metric(&server, "hongbao_log_bulk_holds_total");
+        let holds = server.metric("hongbao_log_bulk_holds_total");
         if hold == 0 {
             assert_eq!(holds, 0);
         } else {
@@ -889,23 +881,9 @@ fn bulk_records_ride_urgent_commits_and_still_go_alone() {
     }
 }
 
-/// Waits until a metric (summed over cores) reaches `min`; counters are published by each
-/// core's 10 ms tick.
+/// Waits until a metric (summed over cores) reaches `min`.
 fn wait_metric(server: &common::Server, name: &str, min: u64) {
-    wait_metric_until(server, name, &format!(">= {min}"), |v| v >= min);
-}
-
-/// Waits up to 30 s for metric `name` (summed over cores) to satisfy `ok` (described by `what`).
-fn wait_metric_until(server: &common::Server, name: &str, what: &str, ok: impl Fn(u64) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !ok(metric(server, name)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} stayed at {} (not {what}) for 30 s",
-            metric(server, name)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_metric(name, &format!(">= {min}"), |v| v >= min);
 }
 
 /// Every stream of these users, read through the server.
@@ -965,7 +943,7 @@ fn old_messages_leave_memory_and_read_back_from_the_log_across_a_kill_9() {
     wait_metric(&server, "hongbao_im_cold_entries", total as u64);
     // No message is kept in memory for them any more, and the table gave its slots back.
     for name in ["hongbao_im_kept_messages", "hongbao_im_kept_slots"] {
-        wait_metric_until(&server, name, "0", |v| v == 0);
+        server.wait_metric(name, "0", |v| v == 0);
     }
     // Pages read them back from the log exactly as they were (users of both cores, asked
     // through connections of either core).
@@ -1000,7 +978,7 @@ fn old_messages_leave_memory_and_read_back_from_the_log_across_a_kill_9() {
             other => panic!("no read list with the reader: {other:?}"),
         }
     }
-    assert_eq!(metric(&server, "hongbao_im_cold_read_errors_total"), 0);
+    assert_eq!(server.metric("hongbao_im_cold_read_errors_total"), 0);
 
     // A damaged record: the page that needs it is refused `unreadable`, the server goes on.
     let segment = event.path().join("data/core-0/0000000000000000.log");
@@ -1088,8 +1066,8 @@ fn segments_started_long_after_the_server_do_not_expire_young_messages() {
     assert_eq!(pull_until(&mut b, 320).len(), 320);
     // Two retention passes later, less than the retention after the sends: nothing went.
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(metric(&server, "hongbao_im_expired_entries_total"), 0);
-    assert_eq!(metric(&server, "hongbao_log_compactions_total"), 0);
+    assert_eq!(server.metric("hongbao_im_expired_entries_total"), 0);
+    assert_eq!(server.metric("hongbao_log_compactions_total"), 0);
     let all = pull_all(&mut b);
     assert_eq!(all.len(), 320);
     assert_contiguous(&all);
@@ -1152,7 +1130,7 @@ fn group_history_collapses_to_a_snapshot_and_a_kill_9_restarts_from_it() {
         other => panic!("{other:?}"),
     };
     assert_eq!(read_list(&mut o, 1), 5, "the five members at version 1");
-    assert_eq!(metric(&server, "hongbao_im_group_past_memberships"), 0);
+    assert_eq!(server.metric("hongbao_im_group_past_memberships"), 0);
     // About 5 MiB between two users of that core: its first segment fills and expires.
     let mut a = server.client(&event.auth(local[7]));
     let big = vec![b'h'; hongbao::im::BODY_MAX];
@@ -1165,9 +1143,9 @@ fn group_history_collapses_to_a_snapshot_and_a_kill_9_restarts_from_it() {
     // The message at version 1 expires, so the memberships that ended go (floor round);
     // the first segment is compacted after a snapshot of the group is durable.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while metric(&server, "hongbao_im_group_history_forgotten_total") < 2
-        || metric(&server, "hongbao_im_group_snapshots_total") < 1
-        || metric(&server, "hongbao_log_compactions_total") < 1
+    while server.metric("hongbao_im_group_history_forgotten_total") < 2
+        || server.metric("hongbao_im_group_snapshots_total") < 1
+        || server.metric("hongbao_log_compactions_total") < 1
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -1175,7 +1153,7 @@ fn group_history_collapses_to_a_snapshot_and_a_kill_9_restarts_from_it() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(metric(&server, "hongbao_im_group_past_memberships"), 0);
+    assert_eq!(server.metric("hongbao_im_group_past_memberships"), 0);
     // Members see the group as before; a message goes to exactly them.
     let members = |c: &mut Client| match c.group_members(gid, 0).unwrap() {
         Reply::Im(ImDecoded::Members { members, .. }) => {

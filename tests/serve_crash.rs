@@ -124,7 +124,12 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// Durable claims as (envelope, uid); counted into the tally, nothing asserted yet.
-fn check_claims(event: &Event, data: &str, issued: &HashMap<u64, u64>, t: &mut Tally) -> HashSet<u64> {
+fn check_claims(
+    event: &Event,
+    data: &str,
+    issued: &HashMap<u64, u64>,
+    t: &mut Tally,
+) -> HashSet<u64> {
     let claims = event.claims(data);
     let mut claimed = HashSet::new();
     for (envelope, uid) in &claims {
@@ -296,6 +301,12 @@ fn kill9_under_load_never_loses_or_duplicates_money() {
     );
     assert_eq!(t.duplicates, 0, "envelopes claimed twice (seed {seed})");
     assert_eq!(t.lost, 0, "acknowledged opens lost (seed {seed})");
-    assert_eq!(t.unissued, 0, "claims of envelopes not issued to their user (seed {seed})");
-    assert_eq!(t.unanswered_at_stop, 0, "claims left unanswered by SIGTERM (seed {seed})");
+    assert_eq!(
+        t.unissued, 0,
+        "claims of envelopes not issued to their user (seed {seed})"
+    );
+    assert_eq!(
+        t.unanswered_at_stop, 0,
+        "claims left unanswered by SIGTERM (seed {seed})"
+    );
 }

@@ -5,31 +5,15 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{http, Event};
+use common::{wait_until, Event};
 use hongbao::wire::ops::{ErrorCode, Reply, ShakeOutcome};
-
-fn metric(server: &common::Server, name: &str) -> u64 {
-    let (_, m) = http(server.http, "GET", "/metrics", None, "");
-    m.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
-        .sum()
-}
 
 fn signal(server: &common::Server, sig: i32) {
     // SAFETY: a signal to our own child.
     unsafe {
         libc::kill(server.child.id() as i32, sig);
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < Duration::from_secs(20), "{what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -88,16 +72,16 @@ fn signals_reload_report_are_ignored_or_stop_gracefully() {
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(metric(&server, "hongbao_key_list_reloads_total"), 0);
+    assert_eq!(server.metric("hongbao_key_list_reloads_total"), 0);
     signal(&server, libc::SIGHUP);
     wait_until("key lists not reloaded on SIGHUP", || {
-        metric(&server, "hongbao_key_list_reloads_total") == 1
+        server.metric("hongbao_key_list_reloads_total") == 1
     });
     wait_until("the watermark not reloaded on SIGHUP", || {
-        metric(&server, "hongbao_disk_low") == 1
+        server.metric("hongbao_disk_low") == 1
     });
     assert_eq!(
-        metric(&server, "hongbao_disk_free_min_bytes"),
+        server.metric("hongbao_disk_free_min_bytes"),
         1073741824u64 << 20
     );
     match c.open(&token).unwrap() {
@@ -122,7 +106,7 @@ fn signals_reload_report_are_ignored_or_stop_gracefully() {
     wait_until("no word of the bad settings file", || {
         server.stderr().contains("settings not reloaded")
     });
-    assert_eq!(metric(&server, "hongbao_disk_low"), 1);
+    assert_eq!(server.metric("hongbao_disk_low"), 1);
 
     // SIGQUIT: a graceful stop.
     signal(&server, libc::SIGQUIT);

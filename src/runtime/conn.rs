@@ -405,8 +405,6 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(
         )
         .await
         {
-            Wake::Read => backlog = false,
-            Wake::Answer => continue,
             Wake::Push(seq) => {
                 if let Some(w) = &watching.watch {
                     encode_push(w.uid, seq, &mut out);
@@ -414,16 +412,11 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(
                 }
                 continue;
             }
-            Wake::Stop => {
-                close = true;
-                continue;
-            }
-            Wake::Eof => {
-                (close, peer_closed) = (true, true);
-                continue;
-            }
-            Wake::Done => return Some(peer_closed),
-            Wake::Failed => return None,
+            wake => match step(wake, &mut close, &mut peer_closed) {
+                Step::Decode => backlog = false,
+                Step::Again => continue,
+                Step::End(ending) => return ending,
+            },
         }
         // One clock read per read: every request of a pipelined batch arrived at once.
         let now = now_ms();
@@ -828,7 +821,7 @@ async fn http_conn<S: Input + AsyncWrite + Unpin>(
             return None;
         }
         let ends = Ends { core, id, close };
-        match next_event(
+        let wake = next_event(
             stream,
             decoder.input(),
             &mut slots,
@@ -837,20 +830,11 @@ async fn http_conn<S: Input + AsyncWrite + Unpin>(
             backlog,
             None,
         )
-        .await
-        {
-            Wake::Read => backlog = false,
-            Wake::Answer | Wake::Push(_) => continue,
-            Wake::Stop => {
-                close = true;
-                continue;
-            }
-            Wake::Eof => {
-                (close, peer_closed) = (true, true);
-                continue;
-            }
-            Wake::Done => return Some(peer_closed),
-            Wake::Failed => return None,
+        .await;
+        match step(wake, &mut close, &mut peer_closed) {
+            Step::Decode => backlog = false,
+            Step::Again => continue,
+            Step::End(ending) => return ending,
         }
         // One clock read per read: every request of a pipelined batch arrived at once.
         let now = now_ms();
@@ -982,6 +966,34 @@ enum Wake {
     Done,
     /// Reading failed (the peer reset the connection): nothing more can be written.
     Failed,
+}
+
+/// What a wake-up means for a connection's loop (the PUSH aside, which only the binary
+/// protocol has).
+enum Step {
+    /// Decode and start the requests that arrived.
+    Decode,
+    /// Write what is answered and wait again.
+    Again,
+    /// The loop is over: `Some(peer_closed)` to close gracefully, `None` when it failed.
+    End(Option<bool>),
+}
+
+fn step(wake: Wake, close: &mut bool, peer_closed: &mut bool) -> Step {
+    match wake {
+        Wake::Read => Step::Decode,
+        Wake::Answer | Wake::Push(_) => Step::Again,
+        Wake::Stop => {
+            *close = true;
+            Step::Again
+        }
+        Wake::Eof => {
+            (*close, *peer_closed) = (true, true);
+            Step::Again
+        }
+        Wake::Done => Step::End(Some(*peer_closed)),
+        Wake::Failed => Step::End(None),
+    }
 }
 
 /// What ends a connection's reading: the peer, the server's stop (the core's table of

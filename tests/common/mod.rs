@@ -198,6 +198,38 @@ impl Server {
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// A metric of `/metrics`, summed over its series (cores, labels).
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, text) = http(self.http, "GET", "/metrics", None, "");
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Waits up to 30 s for metric `name` to satisfy `ok` (described by `what`); counters are
+    /// published by each core's 10 ms tick.
+    pub fn wait_metric(&self, name: &str, what: &str, ok: impl Fn(u64) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ok(self.metric(name)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} stayed at {} (not {what}) for 30 s",
+                self.metric(name)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Waits up to 30 s for `done`; `what` says what did not happen.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what} (30 s)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Drop for Server {
