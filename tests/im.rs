@@ -1199,3 +1199,74 @@ fn group_history_collapses_to_a_snapshot_and_a_kill_9_restarts_from_it() {
     assert_eq!(got.last().unwrap().body, b"at v5");
     assert!(group_records(&event, core, gid).contains(&(KIND_GROUP, 5)));
 }
+
+/// The same 16 appinfo bytes are the same message over both protocols (HTTP's `appinfo=` is
+/// those bytes in order, as hex), and a group change that changes nothing writes no new
+/// version.
+#[test]
+fn appinfo_means_the_same_over_both_protocols_and_no_op_group_changes_keep_the_version() {
+    let event = Event::new();
+    let server = event.serve("data", &["--cores", "2"]);
+    let mut a = server.client(&event.auth(41));
+    let bytes: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+    let appinfo = u128::from_le_bytes(bytes);
+    let (seq, dup) = sent(
+        a.im_send(appinfo, Target::User(42), Class::Chat, b"once")
+            .unwrap(),
+    );
+    assert!(!dup);
+    let hex = "0102030405060708090a0b0c0d0e0f10";
+    let (status, body) = http(
+        server.http,
+        "POST",
+        &format!("/im/send?to=user:42&appinfo={hex}"),
+        Some(&event.auth_hex(41)),
+        "once",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["seq"].as_u64(), v["duplicate"].as_bool()),
+        (Some(seq), Some(true)),
+        "{body}"
+    );
+    let (_, body) = http(
+        server.http,
+        "GET",
+        "/im/sync?after=0",
+        Some(&event.auth_hex(41)),
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["entries"][0]["appinfo"], hex, "{body}");
+    assert_eq!(
+        v["entries"].as_array().unwrap().len(),
+        1,
+        "stored once: {body}"
+    );
+
+    let version = |r: Reply| match r {
+        Reply::Im(ImDecoded::Reply(ImReply::Group {
+            version, members, ..
+        })) => (version, members),
+        other => panic!("{other:?}"),
+    };
+    // The creator is a member (created with 2 others: 3 members).
+    assert_eq!(version(a.group_create(77, &[42, 43]).unwrap()), (1, 3));
+    assert_eq!(
+        version(a.group_add(77, &[42]).unwrap()),
+        (1, 3),
+        "add of a member"
+    );
+    assert_eq!(
+        version(a.group_remove(77, &[44]).unwrap()),
+        (1, 3),
+        "removal of a non-member"
+    );
+    assert_eq!(
+        version(a.group_add(77, &[42, 44]).unwrap()),
+        (2, 4),
+        "only 44 is new"
+    );
+    assert_eq!(version(a.group_remove(77, &[44, 45]).unwrap()), (3, 3));
+}

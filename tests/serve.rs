@@ -229,11 +229,43 @@ fn bad_input_is_answered_and_the_server_keeps_serving() {
         let _ = s.read_to_string(&mut text);
         let status: u16 = text[9..12].parse().unwrap();
         assert!((400..500).contains(&status), "{text}");
+        // The error body every other answer has: name, code and back-off.
+        let body: serde_json::Value =
+            serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+        let (name, code) = if status == 413 || status == 431 {
+            ("too_large", ErrorCode::TooLarge)
+        } else {
+            ("malformed", ErrorCode::Malformed)
+        };
+        assert_eq!(body["error"], name, "{text}");
+        assert_eq!(body["code"], code as u16, "{text}");
+        assert_eq!(body["backoff_ms"], 0, "{text}");
     }
+    // Request smuggling: two different lengths are refused and the connection closed, so
+    // the bytes after the first length are never taken for a request of their own.
+    let mut s = TcpStream::connect(server.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /nope HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcdeGET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
     let (status, body) = http(server.http, "POST", "/shake", None, "");
     assert_eq!(status, 401, "{body}");
-    let (status, _) = http(server.http, "POST", "/shake", Some("zz"), "");
-    assert_eq!(status, 401);
+    // A token that is not 64 hex digits does not have the request's layout, as over the
+    // binary protocol (HELLO with a short token above).
+    let (status, body) = http(server.http, "POST", "/shake", Some("zz"), "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"malformed\""), "{body}");
+    let (status, body) = http(
+        server.http,
+        "POST",
+        "/open",
+        Some(&event.auth_hex(10)),
+        "abc",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"malformed\""), "{body}");
     let (status, _) = http(server.http, "GET", "/nowhere", None, "");
     assert_eq!(status, 404);
     // Still serving, on fresh connections.

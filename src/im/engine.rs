@@ -466,6 +466,9 @@ enum Waiter {
     },
     /// A group snapshot's last part: (version, floor) durable.
     Snapshot { gid: u64, at: (u64, u64) },
+    /// A group change that changes nothing (adding members, removing non-members): answered
+    /// with the durable membership once the changes appended before it are durable.
+    GroupSame { gid: u64, route: Route },
 }
 
 /// Messages to a huge group's members homed here, written `next..` onwards.
@@ -2203,6 +2206,19 @@ impl ImCore {
         }
     }
 
+    /// A group's durable version and member count, as a group reply.
+    fn group_reply(gid: u64, g: &Group) -> ImReply {
+        match &g.durable {
+            Some((version, _, members)) => ImReply::Group {
+                gid,
+                version: *version,
+                members: *members as u32,
+            },
+            // Not durable yet (the creation is on its way): nothing to answer from.
+            None => ImReply::Error(ImError::Busy),
+        }
+    }
+
     /// Adds or removes members of a group homed here (`change` is `Add` or `Remove`). Any
     /// member may add; the owner may remove others; a member may remove itself (leave); the
     /// owner stays.
@@ -2249,6 +2265,18 @@ impl ImCore {
         let mut list = members;
         list.sort_unstable();
         list.dedup();
+        // Only what changes is written: adding a member or removing a non-member is no new
+        // version.
+        list.retain(|m| g.members.contains_key(m) != add);
+        if list.is_empty() {
+            if log.appended_end() <= log.durable_position() {
+                out.replies.push((route, Self::group_reply(gid, g)));
+            } else {
+                self.waiters
+                    .push_back((log.appended_end(), Waiter::GroupSame { gid, route }));
+            }
+            return;
+        }
         let change = if add {
             GroupChange::Add {
                 actor,
@@ -2393,6 +2421,13 @@ impl ImCore {
                 Waiter::Snapshot { gid, at } => {
                     let g = self.groups.get_mut(&gid).expect("appended");
                     g.snap_durable = g.snap_durable.max(Some(at));
+                }
+                Waiter::GroupSame { gid, route } => {
+                    let reply = match self.groups.get(&gid) {
+                        Some(g) => Self::group_reply(gid, g),
+                        None => ImReply::Error(ImError::NoSuchGroup),
+                    };
+                    out.replies.push((route, reply));
                 }
             }
         }

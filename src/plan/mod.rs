@@ -264,18 +264,12 @@ impl Plan {
             for shard in &mut allocation.shards {
                 let reserved = keys_upper_bound(
                     shard.amount_cents,
+                    shard.count,
                     self.key_cap_cents,
                     shard.parts.iter().map(|p| p.max_cents).max().unwrap_or(0),
                 );
                 if key_next + reserved > KEYS_MAX + 1 {
-                    return Err(PlanError::Invalid(vec![Problem {
-                        field: "event.key_cap_cents".into(),
-                        message: format!(
-                            "the event needs more than {KEYS_MAX} keys at a cap of {} cents per key \
-                             (key ids are 16-bit); raise key_cap_cents or split the event",
-                            self.key_cap_cents
-                        ),
-                    }]));
+                    return Err(PlanError::Invalid(vec![self.too_many_keys()]));
                 }
                 // The bounds check above keeps both values within u16.
                 shard.key_first = key_next as u16;
@@ -285,6 +279,35 @@ impl Plan {
             allocations.push(allocation);
         }
         Ok(allocations)
+    }
+
+    /// Why the key ids run out, with what would help: the reservation of every shard, summed
+    /// over all shards and variants.
+    fn too_many_keys(&self) -> Problem {
+        let mut need: u128 = 0;
+        let mut envelopes: u128 = 0;
+        for (i, variant) in self.variants.iter().enumerate() {
+            if let Ok(a) = self.allocate_variant(i, variant) {
+                for shard in &a.shards {
+                    let max = shard.parts.iter().map(|p| p.max_cents).max().unwrap_or(0);
+                    need +=
+                        keys_upper_bound(shard.amount_cents, shard.count, self.key_cap_cents, max)
+                            as u128;
+                    envelopes += shard.count as u128;
+                }
+            }
+        }
+        Problem {
+            field: "event.key_cap_cents".into(),
+            message: format!(
+                "the event may need up to {need} keys ({} variant(s), {envelopes} envelopes, a cap \
+                 of {} cents per key), more than the {KEYS_MAX} key ids there are (16-bit); \
+                 raise key_cap_cents (each key then covers more money), generate fewer variants \
+                 at once, or split the event",
+                self.variants.len(),
+                self.key_cap_cents
+            ),
+        }
     }
 
     fn allocate_variant(
@@ -389,18 +412,27 @@ impl Plan {
     }
 }
 
-/// Upper bound on keys used by greedy packing of `money` into keys of `cap`, when no single
-/// amount exceeds `amount_max`.
+/// Upper bound on the keys the generator uses for `count` envelopes holding `money` in all,
+/// none above `amount_max`, packed greedily in their order into keys of at most `cap` (a key
+/// is closed when the next amount would take it over the cap: next fit). The least of three
+/// bounds, each proven below; the tightest one depends on the numbers:
 ///
-/// A key is closed only when the next amount `a` would push it over the cap, so a closed key
-/// holds more than `cap - a >= cap - amount_max` cents. With K keys used, K - 1 are closed:
-/// `(K - 1) * (cap - amount_max + 1) <= money`.
-pub fn keys_upper_bound(money: u64, cap: u64, amount_max: u64) -> u64 {
-    if money == 0 {
+/// 1. Every key holds at least one envelope: `K <= count`.
+/// 2. A closed key holds more than `cap - a >= cap - amount_max` cents (`a`, the amount that
+///    did not fit); K - 1 keys are closed: `(K - 1) * (cap - amount_max + 1) <= money`.
+/// 3. A key and the next one together hold more than the cap (the next one starts with the
+///    amount that did not fit in the first): each of the `K / 2` disjoint pairs holds at least
+///    `cap + 1`, so `(K / 2) * (cap + 1) <= money`: `K <= 2 * (money / (cap + 1)) + 1`.
+///
+/// (2) alone reserved a key per cent when amounts may reach the cap (the default maximum).
+pub fn keys_upper_bound(money: u64, count: u64, cap: u64, amount_max: u64) -> u64 {
+    if money == 0 || count == 0 {
         return 0;
     }
     assert!(amount_max <= cap, "an envelope larger than the key cap");
-    money / (cap - amount_max + 1) + 1
+    let closed_keys = money / (cap - amount_max + 1) + 1;
+    let pairs = (money / cap.saturating_add(1)).saturating_mul(2) + 1;
+    count.min(closed_keys).min(pairs)
 }
 
 /// Splits `total` into parts proportional to `weights`, exactly, by largest remainder
@@ -1197,6 +1229,78 @@ max_cents = 100
             let parts = apportion_money(money, &counts, min, max);
             prop_assert_eq!(parts.iter().sum::<u64>(), money);
         }
+    }
+
+    /// Next fit of `amounts` into keys of `cap`, as the generator packs them.
+    fn next_fit(amounts: &[u64], cap: u64) -> u64 {
+        let (mut keys, mut load) = (0, 0);
+        for &a in amounts {
+            if keys == 0 || load + a > cap {
+                keys += 1;
+                load = 0;
+            }
+            load += a;
+        }
+        keys
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// The bound holds for any amounts in any order (the generator asserts it too).
+        #[test]
+        fn keys_upper_bound_holds_for_any_packing(
+            cap in 1u64..1000,
+            amounts in proptest::collection::vec(1u64..1000, 1..300),
+        ) {
+            let amounts: Vec<u64> = amounts.into_iter().map(|a| a.min(cap)).collect();
+            let money: u64 = amounts.iter().sum();
+            let max = *amounts.iter().max().unwrap();
+            let bound = keys_upper_bound(money, amounts.len() as u64, cap, max);
+            prop_assert!(next_fit(&amounts, cap) <= bound, "{} > {bound}", next_fit(&amounts, cap));
+        }
+    }
+
+    #[test]
+    fn key_counts_at_the_edges_are_not_refused() {
+        // 300,000.00 CNY with max_cents left at its default (the cap, 250,000.00): at most
+        // 3 keys, not one per cent.
+        let text = plan_with(
+            &[(30_000_000, Some(1_000), None, None)],
+            25_000_000,
+        );
+        assert!(Plan::from_toml(&text).is_ok(), "{:?}", problems_of(&text));
+        for max in [25_000_000, 24_999_999] {
+            let text = plan_with(&[(30_000_000, Some(1_000), None, Some(max))], 25_000_000);
+            assert!(
+                Plan::from_toml(&text).is_ok(),
+                "max {max}: {:?}",
+                problems_of(&text)
+            );
+        }
+        // Exactly 65,535 keys: every envelope is the cap, one per key.
+        let exact =
+            |count: u64| plan_with(&[(count * 100, Some(count), Some(100), Some(100))], 100);
+        let plan = Plan::from_toml(&exact(65_535)).unwrap();
+        let reserved: u64 = plan.allocate().unwrap()[0]
+            .shards
+            .iter()
+            .map(|s| s.key_reserved as u64)
+            .sum();
+        assert_eq!(reserved, 65_535);
+        let p = problems_of(&exact(65_536));
+        assert!(
+            p.iter().any(|p| p.message.contains("more than 65535 keys")),
+            "{p:?}"
+        );
+        // Fewer keys than ids at the least, but the reservation (what any order of amounts
+        // could need) does not fit: refused, saying how many and what helps.
+        let text = plan_with(&[(4_000_000, Some(100_000), Some(1), Some(100))], 100);
+        let p = problems_of(&text);
+        assert!(
+            p.iter().any(|p| p.message.contains("may need up to")
+                && p.message.contains("raise key_cap_cents")),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -194,9 +194,13 @@ async fn close_gracefully<S: Input + AsyncWrite + Unpin>(
     .await;
 }
 
+/// How a refused auth token is answered: a token of the wrong size or not hex is `malformed`
+/// over both protocols (the request does not have the op's layout); one that fails its check
+/// is `auth_invalid`.
 fn auth_error(e: TokenError) -> ErrorCode {
     match e {
         TokenError::Expired { .. } => ErrorCode::AuthExpired,
+        TokenError::Length { .. } | TokenError::NotHex => ErrorCode::Malformed,
         _ => ErrorCode::AuthInvalid,
     }
 }
@@ -626,7 +630,7 @@ fn http_request(core: &Rc<Core>, req: &Request<'_>, cache: &mut AuthCache, now: 
                     || hex::decode_to_slice(text, &mut token).is_err()
                 {
                     HttpSlot::Fail(
-                        ErrorCode::TokenInvalid,
+                        ErrorCode::Malformed,
                         format!(
                             "the body must be the {}-hex-digit token of a shake",
                             2 * SHAKE_TOKEN_BYTES
@@ -704,10 +708,12 @@ fn http_im(core: &Rc<Core>, req: &Request<'_>, uid: u64) -> Result<Slot, (ErrorC
             }
             .map_err(|_| malformed("the id in ?to= is not a number"))?;
             let appinfo = query(req, "appinfo")
-                .filter(|a| !a.is_empty() && a.len() <= 32)
-                .and_then(|a| u128::from_str_radix(a, 16).ok())
+                .and_then(crate::wire::im::appinfo_from_hex)
                 .ok_or_else(|| {
-                    malformed("give ?appinfo= with up to 32 hex digits, unique per message")
+                    malformed(
+                        "give ?appinfo= with 1 to 32 hex digits (the 16 bytes of the binary \
+                         SEND in order), unique per message",
+                    )
                 })?;
             let class = match query(req, "class").unwrap_or("chat") {
                 "chat" => Class::Chat,
@@ -867,15 +873,19 @@ async fn http_conn<S: Input + AsyncWrite + Unpin>(
                 Ok(None) => break,
                 Err(e) => {
                     let status = e.status();
-                    let body = format!(
-                        "{{\"error\":\"bad_request\",\"status\":{status},\"message\":{}}}\n",
-                        serde_json::Value::String(e.to_string())
-                    );
-                    core.metrics().error(if status == 413 || status == 431 {
+                    let code = if status == 413 || status == 431 {
                         ErrorCode::TooLarge
                     } else {
                         ErrorCode::Malformed
-                    });
+                    };
+                    // The error body of every other answer, with the HTTP status beside it.
+                    let body = format!(
+                        "{{\"error\":\"{}\",\"code\":{},\"backoff_ms\":0,\"status\":{status},\"message\":{}}}\n",
+                        code.name(),
+                        code as u16,
+                        serde_json::Value::String(e.to_string())
+                    );
+                    core.metrics().error(code);
                     slots.push_back(HttpSlot::Raw(
                         status,
                         "application/json",

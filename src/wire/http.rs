@@ -11,8 +11,8 @@ use bytes::{Buf, BytesMut};
 pub const HEAD_BYTES_MAX: usize = 8 * 1024;
 /// Largest request body (a shake token in hex is 128 bytes).
 pub const BODY_BYTES_MAX: usize = 4 * 1024;
-/// Most headers parsed per request.
-pub const HEADERS_MAX: usize = 32;
+/// Most headers parsed per request (more: 400).
+pub const HEADERS_MAX: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -134,7 +134,8 @@ impl HttpDecoder {
         let http10 = parsed.version == Some(0);
         let mut close = http10;
         let mut auth = None;
-        let mut body_len: u64 = 0;
+        let mut body_len: Option<u64> = None;
+        let mut transfer_encoding = false;
         // Only the headers that matter are looked at (and must be UTF-8); others pass as is.
         for h in parsed.headers.iter() {
             let name = h.name.as_bytes();
@@ -147,10 +148,15 @@ impl HttpDecoder {
                         .map(<[u8]>::trim_ascii);
                 }
                 14 if name.eq_ignore_ascii_case(b"content-length") => {
-                    let value = header_text(h)?;
-                    body_len = value
-                        .parse()
-                        .map_err(|_| HttpError::Malformed(format!("Content-Length {value:?}")))?;
+                    let length = content_length(header_text(h)?)?;
+                    // Two lengths that differ would let this server and another on the way
+                    // see different requests (request smuggling, RFC 9112 6.3).
+                    if body_len.is_some_and(|l| l != length) {
+                        return Err(HttpError::Malformed(
+                            "two different Content-Length headers".into(),
+                        ));
+                    }
+                    body_len = Some(length);
                 }
                 10 if name.eq_ignore_ascii_case(b"connection") => {
                     let value = header_text(h)?;
@@ -161,12 +167,18 @@ impl HttpDecoder {
                     }
                 }
                 6 if name.eq_ignore_ascii_case(b"x-auth") => auth = Some(h.value.trim_ascii()),
-                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                    return Err(HttpError::Chunked)
-                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => transfer_encoding = true,
                 _ => {}
             }
         }
+        if transfer_encoding {
+            return Err(if body_len.is_some() {
+                HttpError::Malformed("both Transfer-Encoding and Content-Length".into())
+            } else {
+                HttpError::Chunked
+            });
+        }
+        let body_len = body_len.unwrap_or(0);
         if body_len > BODY_BYTES_MAX as u64 {
             return Err(HttpError::BodyTooLarge(body_len));
         }
@@ -190,6 +202,15 @@ impl HttpDecoder {
     pub fn consume(&mut self, span: usize) {
         self.buffer.advance(span);
     }
+}
+
+/// A Content-Length value: digits only (RFC 9112 6.3; no sign, no list, no spaces inside).
+fn content_length(value: &str) -> Result<u64, HttpError> {
+    let bad = || HttpError::Malformed(format!("Content-Length {value:?} is not a number of bytes"));
+    if value.is_empty() || value.len() > 19 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    value.parse().map_err(|_| bad())
 }
 
 /// The trimmed value of a header that matters; it must be UTF-8.
@@ -361,6 +382,39 @@ mod tests {
                 411,
             ),
             (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+            // Framing ambiguities (RFC 9112 6.3): a server and a proxy must never disagree
+            // on where a request ends.
+            (
+                b"POST /nope HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+                400,
+            ),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3, 5\r\n\r\nabcde", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3,3\r\n\r\nabc", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: 0x3\r\n\r\nabc", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: 3 3\r\n\r\nabc", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n", 400),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
+                400,
+            ),
+            // Obsolete line folding: a header value continued on the next line.
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\n 5\r\n\r\nabcde",
+                400,
+            ),
+            (b"POST / HTTP/1.1\r\nX-Auth: a\r\n\tb\r\n\r\n", 400),
+            // Whitespace before the colon.
+            (b"POST / HTTP/1.1\r\nContent-Length : 3\r\n\r\nabc", 400),
         ];
         for (bytes, status) in cases {
             let mut d = HttpDecoder::new();
@@ -372,6 +426,10 @@ mod tests {
         d.extend(b"GET / HTTP/1.1\r\n");
         d.extend(&vec![b'a'; HEAD_BYTES_MAX]);
         assert_eq!(take(&mut d), Err(HttpError::HeadTooLarge));
+        // The same length twice is one length (RFC 9112 allows it), with spaces around it.
+        let mut d = HttpDecoder::new();
+        d.extend(b"POST / HTTP/1.1\r\nContent-Length:  3 \r\ncontent-length: 3\r\n\r\nabc");
+        assert_eq!(take(&mut d).unwrap().unwrap().body, b"abc");
     }
 
     #[test]

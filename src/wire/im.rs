@@ -159,6 +159,28 @@ pub fn decode_sync(p: &[u8]) -> Result<(u64, u32), String> {
     Ok((u64_at(p, 0), limit))
 }
 
+/// The HTTP form of an appinfo: the 16 bytes of the binary form (little-endian u128), in
+/// order, as hex. Fewer than 32 digits are the first bytes, the rest zero (an odd count gets
+/// a leading 0): `appinfo=1` is the bytes 01 00 .. 00, the same key as the binary 1.
+pub fn appinfo_from_hex(text: &str) -> Option<u128> {
+    if text.is_empty() || text.len() > 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let even = if text.len() % 2 == 1 {
+        format!("0{text}")
+    } else {
+        text.to_string()
+    };
+    let mut bytes = [0u8; 16];
+    hex::decode_to_slice(&even, &mut bytes[..even.len() / 2]).ok()?;
+    Some(u128::from_le_bytes(bytes))
+}
+
+/// The 32 hex digits of an appinfo's 16 bytes, in order (as [`appinfo_from_hex`] reads them).
+pub fn appinfo_hex(appinfo: u128) -> String {
+    hex::encode(appinfo.to_le_bytes())
+}
+
 pub fn encode_sync(after: u64, limit: u32) -> Vec<u8> {
     let mut p = Vec::with_capacity(16);
     p.extend_from_slice(&after.to_le_bytes());
@@ -339,7 +361,7 @@ pub fn json(answer: &ImAnswer) -> String {
                         "sender": m.id.sender,
                         "sender_seq": m.id.seq,
                         "sent_ms": m.sent_ms,
-                        "appinfo": format!("{:032x}", m.appinfo),
+                        "appinfo": appinfo_hex(m.appinfo),
                         "to": match m.to { Target::User(_) => "user", Target::Group(_) => "group" },
                         "to_id": m.to.id(),
                         "class": m.class as u8,
@@ -548,6 +570,24 @@ mod tests {
         d.extend(out);
         let f = d.next_frame().unwrap().unwrap();
         (f.op, f.payload.to_vec())
+    }
+
+    #[test]
+    fn appinfo_is_the_same_bytes_over_both_protocols() {
+        let bytes: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        let binary = u128::from_le_bytes(bytes);
+        assert_eq!(
+            appinfo_from_hex("0102030405060708090a0b0c0d0e0f10"),
+            Some(binary)
+        );
+        assert_eq!(appinfo_hex(binary), "0102030405060708090a0b0c0d0e0f10");
+        assert_eq!(appinfo_from_hex("1"), Some(1));
+        assert_eq!(appinfo_from_hex("01"), Some(1));
+        assert_eq!(appinfo_from_hex("0100"), Some(1));
+        assert_eq!(appinfo_from_hex("0001"), Some(256));
+        for bad in ["", "x", "0102030405060708090a0b0c0d0e0f1011", "+1", " 1"] {
+            assert_eq!(appinfo_from_hex(bad), None, "{bad:?}");
+        }
     }
 
     proptest! {

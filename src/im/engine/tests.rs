@@ -761,6 +761,40 @@ fn group_changes_follow_the_rules() {
     let big: Vec<u64> = (1000..1000 + GROUP_MEMBERS_MAX as u64).collect();
     let full = sim.update(9, 1, true, &big);
     assert_eq!(sim.reply(full), Some(&ImReply::Error(ImError::GroupFull)));
+    // A change that changes nothing writes no version. Behind a change still on its way to
+    // the disk, it is answered once that change is durable, with its version.
+    let again = sim.update(9, 1, true, &[2]);
+    assert!(matches!(
+        sim.reply(again),
+        Some(ImReply::Group {
+            version: 4,
+            members: 3,
+            ..
+        })
+    ));
+    let add = sim.update(9, 1, true, &[7]);
+    let same = sim.update(9, 1, true, &[7, 2]);
+    let gone = sim.update(9, 1, false, &[8]);
+    assert_eq!(sim.reply(same), None, "not before the add is durable");
+    sim.quiesce(&mut rng);
+    for r in [add, same, gone] {
+        assert!(
+            matches!(
+                sim.reply(r),
+                Some(ImReply::Group {
+                    version: 5,
+                    members: 4,
+                    ..
+                })
+            ),
+            "{:?}",
+            sim.reply(r)
+        );
+    }
+    assert_eq!(
+        sim.nodes[home].im.group_members(9),
+        Some((5, vec![1, 2, 5, 7]))
+    );
 }
 
 #[test]
