@@ -202,17 +202,16 @@ fn prepare_output(plan: &Plan, opts: &GenOptions) -> Result<(), GenError> {
         path: path.to_path_buf(),
         message,
     };
-    fs::create_dir_all(&opts.out).map_err(|e| output(&opts.out, e.to_string()))?;
-    let out = fs::canonicalize(&opts.out).map_err(|e| output(&opts.out, e.to_string()))?;
-    let keyring_dir = opts
+    // Every check first, on paths resolved without creating anything: a refusal leaves no
+    // empty directory behind.
+    let out = resolved(&opts.out).map_err(|e| output(&opts.out, e.to_string()))?;
+    let keyring_parent = opts
         .keyring
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    crate::fsutil::create_private_dir_all(keyring_dir)
-        .map_err(|e| output(keyring_dir, e.to_string()))?;
     let keyring_dir =
-        fs::canonicalize(keyring_dir).map_err(|e| output(keyring_dir, e.to_string()))?;
+        resolved(keyring_parent).map_err(|e| output(keyring_parent, e.to_string()))?;
     if keyring_dir.starts_with(&out) {
         return Err(output(
             &opts.keyring,
@@ -255,9 +254,45 @@ fn prepare_output(plan: &Plan, opts: &GenOptions) -> Result<(), GenError> {
                     .into(),
             ));
         }
-        fs::remove_dir_all(&dir).map_err(|e| output(&dir, e.to_string()))?;
     }
+    // Checked: now the directories are made, and an earlier generation replaced (--force).
+    for variant in &plan.variants {
+        let dir = opts.out.join(&variant.name);
+        if dir.exists() && fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+            fs::remove_dir_all(&dir).map_err(|e| output(&dir, e.to_string()))?;
+        }
+    }
+    fs::create_dir_all(&opts.out).map_err(|e| output(&opts.out, e.to_string()))?;
+    crate::fsutil::create_private_dir_all(keyring_parent)
+        .map_err(|e| output(keyring_parent, e.to_string()))?;
     Ok(())
+}
+
+/// `path` made absolute, with the links of the part that exists resolved, without creating
+/// anything (so two paths can be compared before either directory is made).
+fn resolved(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    use std::path::Component;
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut missing = Vec::new();
+    while !existing.exists() {
+        let Some(parent) = existing.parent() else {
+            break;
+        };
+        missing.extend(existing.components().next_back());
+        existing = parent;
+    }
+    let mut out = fs::canonicalize(existing)?;
+    for c in missing.into_iter().rev() {
+        match c {
+            Component::Normal(name) => out.push(name),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Streams one shard file: interleave, split, seal in chunks, write, publish.

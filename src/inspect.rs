@@ -50,7 +50,9 @@ const PERCENTILES: [f64; 5] = [1.0, 10.0, 50.0, 90.0, 99.0];
 pub fn inspect(path: &Path, keyring: &Keyring, first: usize) -> Result<Inspection, InspectError> {
     let mut reader = ShardReader::open(path)?;
     let header = *reader.header();
-    let mut histograms: BTreeMap<u16, (Histogram<u64>, u64, u64)> = BTreeMap::new();
+    // Per batch: amounts, envelopes, money, exact min and max.
+    type Stats = (Histogram<u64>, u64, u64, u64, u64);
+    let mut histograms: BTreeMap<u16, Stats> = BTreeMap::new();
     let mut decoded = Vec::new();
     let (mut same, mut run, mut longest, mut not_opened) = (0u64, 0u64, 0u64, 0u64);
     let mut previous: Option<u16> = None;
@@ -69,14 +71,17 @@ pub fn inspect(path: &Path, keyring: &Keyring, first: usize) -> Result<Inspectio
                 continue;
             };
             let entry = histograms.entry(ticket.batch_id).or_insert_with(|| {
-                // Amounts are u32 cents; 3 significant digits.
+                // Amounts are u32 cents; percentiles to 3 significant digits (min and max are
+                // kept exactly beside them).
                 let h = Histogram::new_with_bounds(1, u32::MAX as u64, 3).expect("static bounds");
-                (h, 0, 0)
+                (h, 0, 0, u64::MAX, 0)
             });
             let amount = ticket.amount_cents as u64;
             entry.0.saturating_record(amount.max(1));
             entry.1 += 1;
             entry.2 += amount;
+            entry.3 = entry.3.min(amount);
+            entry.4 = entry.4.max(amount);
             if previous == Some(ticket.batch_id) {
                 same += 1;
                 run += 1;
@@ -89,17 +94,20 @@ pub fn inspect(path: &Path, keyring: &Keyring, first: usize) -> Result<Inspectio
     }
     let batches = histograms
         .into_iter()
-        .map(|(batch_id, (h, envelopes, amount_cents))| BatchStats {
-            batch_id,
-            envelopes,
-            amount_cents,
-            min_cents: h.min(),
-            max_cents: h.max(),
-            percentiles: PERCENTILES
-                .iter()
-                .map(|&p| (p, h.value_at_percentile(p)))
-                .collect(),
-        })
+        .map(
+            |(batch_id, (h, envelopes, amount_cents, min, max))| BatchStats {
+                batch_id,
+                envelopes,
+                amount_cents,
+                min_cents: min,
+                max_cents: max,
+                // Within the exact bounds (a bucket's highest equivalent value can pass them).
+                percentiles: PERCENTILES
+                    .iter()
+                    .map(|&p| (p, h.value_at_percentile(p).clamp(min, max)))
+                    .collect(),
+            },
+        )
         .collect();
     Ok(Inspection {
         header,

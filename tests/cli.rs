@@ -272,3 +272,106 @@ fn claims_streams_json_lines_and_refuses_bad_input() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing).contains("nowhere"), "{}", text(&missing));
 }
+
+/// `inspect` prints a batch's smallest and largest amounts exactly (its percentiles are to
+/// three significant digits).
+#[test]
+fn inspect_prints_exact_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = r#"
+[event]
+name = "exact"
+[[topology.host]]
+name = "h0"
+park = "A"
+cores = 1
+[[topology.host]]
+name = "h1"
+park = "B"
+cores = 1
+[[slot]]
+name = "s0"
+start = "2027-02-06T20:00:00+08:00"
+end = "2027-02-06T20:10:00+08:00"
+[[merchant]]
+id = 1
+name = "Nine"
+kind = "logo"
+budget_cents = 1980200
+count = 200
+min_cents = 9901
+max_cents = 9901
+"#;
+    std::fs::write(tmp.path().join("plan.toml"), plan).unwrap();
+    let gen = hongbao(
+        &[
+            "gen",
+            "--plan",
+            "plan.toml",
+            "--out",
+            "ev",
+            "--keyring",
+            "k.keyring",
+            "--quiet",
+        ],
+        tmp.path(),
+    );
+    assert!(gen.status.success(), "{}", text(&gen));
+    let file = tmp.path().join("ev/A/tickets/s0/h0/0.tix");
+    let out = hongbao(
+        &[
+            "inspect",
+            "--file",
+            file.to_str().unwrap(),
+            "--keyring",
+            "k.keyring",
+        ],
+        tmp.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    let line = t
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 ") && l.contains("9901.00"))
+        .unwrap_or_else(|| panic!("no batch line in {t}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // batch, envelopes, total, min, p1 .. p99, max: every amount is 9901 exactly.
+    assert!(words[3..].iter().all(|w| *w == "9901"), "{line}");
+}
+
+/// A refused `gen` leaves no directory behind (neither the output nor the keyring's).
+#[test]
+fn refused_generations_leave_no_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = hongbao(&["plan-example"], tmp.path());
+    std::fs::write(tmp.path().join("plan.toml"), &example.stdout).unwrap();
+    let gen = |out: &str, keyring: &str| {
+        hongbao(
+            &[
+                "gen",
+                "--plan",
+                "plan.toml",
+                "--out",
+                out,
+                "--keyring",
+                keyring,
+                "--quiet",
+            ],
+            tmp.path(),
+        )
+    };
+    // The keyring inside the ticket directory.
+    let refused = gen("ev/inner", "ev/inner/keys/k.keyring");
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(!tmp.path().join("ev").exists());
+    // An earlier generation in the way.
+    assert!(gen("ev", "k.keyring").status.success());
+    let refused = gen("ev", "new-keys/k.keyring");
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("already holds files"));
+    assert!(!tmp.path().join("new-keys").exists());
+    // An existing keyring.
+    let refused = gen("ev2", "k.keyring");
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(!tmp.path().join("ev2").exists());
+}

@@ -6,6 +6,7 @@
 //! the allocation below is deterministic so that `verify` can recompute it from the plan alone.
 
 pub mod model;
+mod parse;
 pub mod shuffle;
 pub mod split;
 
@@ -29,6 +30,8 @@ pub const SHARDS_PER_VARIANT_MAX: usize = 1 << 24;
 pub const ENVELOPES_PER_SHARD_MAX: u64 = u32::MAX as u64;
 /// Key ids are u16 and 0 is reserved, so one keyring holds at most this many keys.
 pub const KEYS_MAX: u64 = u16::MAX as u64;
+/// Most characters (Unicode scalar values, not bytes) in a sponsor's name.
+pub const SPONSOR_NAME_MAX: usize = 256;
 /// Most cores one host may declare.
 pub const CORES_PER_HOST_MAX: u32 = 1024;
 /// Longest name (event, host, park, slot, variant): names become path components.
@@ -200,8 +203,7 @@ impl Plan {
 
     /// Parses and validates plan text, collecting every problem rather than stopping at one.
     pub fn from_toml(text: &str) -> Result<Plan, PlanError> {
-        let file: PlanFile = toml::from_str(text).map_err(|e| PlanError::Syntax(e.to_string()))?;
-        validate(file, text)
+        validate(parse::parse(text)?, text)
     }
 
     /// Replaces the implied single variant with `count` variants named A, B, C, ... (then
@@ -720,11 +722,25 @@ fn validate(file: PlanFile, text: &str) -> Result<Plan, PlanError> {
         if !merchant_ids.insert(m.id) {
             problem(format!("{field}.id"), format!("id {} is used twice", m.id));
         }
-        if m.name.trim().is_empty() || m.name.len() > 256 {
+        if m.name.trim().is_empty() || m.name.chars().count() > SPONSOR_NAME_MAX {
             problem(
                 format!("{field}.name"),
-                "must be 1-256 characters and not blank".into(),
+                format!("must be 1-{SPONSOR_NAME_MAX} characters (any script) and not blank"),
             );
+        }
+        for (key, text) in [
+            ("name", Some(&m.name)),
+            ("payment_order", m.payment_order.as_ref()),
+            ("account", m.account.as_ref()),
+        ] {
+            if text.is_some_and(|t| t.chars().any(char::is_control)) {
+                problem(
+                    format!("{field}.{key}"),
+                    "holds a control character (a tab, a line break, an escape): it is printed \
+                     on terminals and in reports"
+                        .into(),
+                );
+            }
         }
         if m.budget_cents == 0 {
             problem(format!("{field}.budget_cents"), "must be at least 1".into());
@@ -1108,12 +1124,57 @@ max_cents = 100
 
     #[test]
     fn rejects_unknown_fields_and_bad_slot_weights() {
-        let err = Plan::from_toml(&SMALL.replace("[event]\n", "[event]\nbudget = 3\n"));
-        assert!(matches!(err, Err(PlanError::Syntax(ref m)) if m.contains("budget")));
+        let p = problems_of(&SMALL.replace("[event]\n", "[event]\nbudget = 3\n"));
+        assert_eq!(p[0].field, "event.budget", "{p:?}");
         let p = problems_of(&SMALL.replace("s1 = 1 }", "s9 = 1 }"));
         assert!(p[0].message.contains("no slot is named \"s9\""));
         let p = problems_of(&SMALL.replace("{ s0 = 3, s1 = 1 }", "{ s0 = 0 }"));
         assert!(p[0].message.contains("all slot weights are zero"));
+    }
+
+    #[test]
+    fn every_unknown_missing_or_mistyped_field_is_listed_with_its_field() {
+        let text = SMALL
+            .replace("[event]\n", "[event]\ncolour = \"red\"\n")
+            .replace("cores = 2", "cores = -2")
+            .replace("name = \"One\"\n", "")
+            .replace("budget_cents = 55555", "budget_cents = \"lots\"")
+            .replace("kind = \"logo\"", "kind = \"banner\"")
+            .replace("min_cents = 10", "min_cents = 10\nmin_cent = 10")
+            + "\n[extra]\nx = 1\n";
+        let p = problems_of(&text);
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        for expected in [
+            "event.colour",
+            "topology.host[0].cores",
+            "merchant[0].name",
+            "merchant[1].kind",
+            "merchant[1].budget_cents",
+            "merchant[1].min_cent",
+            "extra",
+        ] {
+            assert!(fields.contains(&expected), "{expected} not in {p:#?}");
+        }
+        assert_eq!(p.len(), 7, "{p:#?}");
+        assert!(p.iter().any(|p| p.message.contains("is missing")), "{p:#?}");
+        // No [event] at all, and hosts that are not tables.
+        let p = problems_of("[topology]\nhost = 5\n");
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["event", "topology.host"], "{p:#?}");
+    }
+
+    #[test]
+    fn sponsor_names_count_characters_and_refuse_control_characters() {
+        // `toml` is the name as written in TOML (escapes are TOML's).
+        let named = |toml: &str| SMALL.replace("name = \"One\"", &format!("name = \"{toml}\""));
+        assert!(Plan::from_toml(&named(&"红".repeat(256))).is_ok());
+        let p = problems_of(&named(&"红".repeat(257)));
+        assert!(p[0].message.contains("1-256 characters"), "{p:?}");
+        for bad in ["One\\u001b[31m", "a\\nb", "tab\\there"] {
+            let p = problems_of(&named(bad));
+            assert_eq!(p[0].field, "merchant[0] (id 1).name", "{p:?}");
+            assert!(p[0].message.contains("control character"), "{p:?}");
+        }
     }
 
     #[test]
@@ -1264,10 +1325,7 @@ max_cents = 100
     fn key_counts_at_the_edges_are_not_refused() {
         // 300,000.00 CNY with max_cents left at its default (the cap, 250,000.00): at most
         // 3 keys, not one per cent.
-        let text = plan_with(
-            &[(30_000_000, Some(1_000), None, None)],
-            25_000_000,
-        );
+        let text = plan_with(&[(30_000_000, Some(1_000), None, None)], 25_000_000);
         assert!(Plan::from_toml(&text).is_ok(), "{:?}", problems_of(&text));
         for max in [25_000_000, 24_999_999] {
             let text = plan_with(&[(30_000_000, Some(1_000), None, Some(max))], 25_000_000);

@@ -40,13 +40,13 @@ pub struct EventSection {
     pub key_cap_cents: u64,
 }
 
-fn default_currency() -> String {
+pub(super) fn default_currency() -> String {
     "CNY".to_string()
 }
-fn default_unit() -> String {
+pub(super) fn default_unit() -> String {
     "cent".to_string()
 }
-fn default_key_cap() -> u64 {
+pub(super) fn default_key_cap() -> u64 {
     KEY_CAP_CENTS_DEFAULT
 }
 
