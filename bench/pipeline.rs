@@ -141,6 +141,7 @@ fn run_verify(dir: &Path, threads: usize) {
         threads,
         progress: false,
         findings_max: 10,
+        regenerate: true,
     })
     .expect("verify runs");
     assert!(report.ok(), "{:?}", report.findings.shown);

@@ -13,16 +13,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::{Aes128, Block};
-use rand::SeedableRng;
-use rand_xoshiro::Xoshiro256PlusPlus;
 use zerocopy::little_endian::{I64, U16, U32, U64};
 
 use crate::manifest::{
     BatchConfig, BatchEntry, KeyTotal, Manifest, MerchantTotal, ShardEntry, SlotTotal,
     BATCHES_FILE, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, PLAN_COPY_FILE,
 };
-use crate::plan::shuffle::Interleaver;
-use crate::plan::split::Splitter;
 use crate::plan::{hex, Allocation, Plan, PlanError, ShardPlan};
 use crate::progress::Progress;
 use crate::ticket::shard::{ShardHeader, HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION};
@@ -100,9 +96,7 @@ pub fn now_unix() -> i64 {
 }
 
 /// The seed of one shard file's random stream: distinct per file of every variant.
-pub fn shard_seed(master: u64, ordinal: u32) -> u64 {
-    master ^ (ordinal as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
+pub use crate::draws::shard_seed;
 
 /// Generates every variant of `plan` into `opts.out` and writes the keyring.
 pub fn generate(plan: &Plan, opts: &GenOptions) -> Result<GenSummary, GenError> {
@@ -357,14 +351,7 @@ fn fill_shard(
     progress: &Progress,
     failed: &AtomicBool,
 ) -> Result<(Vec<KeyEntry>, Vec<KeyTotal>), GenError> {
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(shard_seed(master_seed, shard.ordinal));
-    let mut splitters: Vec<Splitter> = shard
-        .parts
-        .iter()
-        .map(|p| Splitter::new(p.amount_cents, p.count, p.min_cents, p.max_cents))
-        .collect();
-    let counts: Vec<u64> = shard.parts.iter().map(|p| p.count).collect();
-    let mut interleaver = Interleaver::new(&counts);
+    let mut draws = crate::draws::Draws::new(shard, master_seed);
     let cap = plan.key_cap_cents;
     let key_end = shard.key_first as u32 + shard.key_reserved as u32;
 
@@ -377,10 +364,7 @@ fn fill_shard(
     let mut index: u32 = 0;
     let mut written_cents: u64 = 0;
 
-    while let Some(part) = interleaver.next_batch(&mut rng) {
-        let amount = splitters[part]
-            .next_amount(&mut rng)
-            .expect("interleave and split agree on counts");
+    for (part, amount) in draws.by_ref() {
         if cipher.is_none() || key_money + amount > cap {
             if let Some(c) = &cipher {
                 seal_and_write(c, &mut blocks, &mut records, writer)?;
@@ -448,13 +432,7 @@ fn fill_shard(
     }
     progress.add(tail);
     // Money invariants for the whole file: every part fully handed out, exact sum.
-    for s in &splitters {
-        assert_eq!(
-            (s.remaining_count(), s.remaining_cents()),
-            (0, 0),
-            "a batch was not fully split"
-        );
-    }
+    assert!(draws.exhausted(), "a batch was not fully split");
     assert_eq!(written_cents, shard.amount_cents, "shard money total");
     assert_eq!(index as u64, shard.count, "shard record count");
     Ok((keys, key_totals))

@@ -31,6 +31,7 @@
 pub mod admission;
 pub mod claims;
 pub mod client;
+pub mod draws;
 pub mod fsutil;
 pub mod gen;
 pub mod heap;

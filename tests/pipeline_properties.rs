@@ -115,6 +115,7 @@ proptest! {
             threads: 2,
             progress: false,
             findings_max: 20,
+            regenerate: true,
         }).unwrap();
         prop_assert!(report.ok(), "{:#?}", report.findings.shown);
         prop_assert_eq!(report.envelopes, plan.total_envelopes() * variants as u64);

@@ -85,6 +85,7 @@ fn verify_options(dir: &Path, keyring: &Path, findings_max: usize) -> VerifyOpti
         threads: 2,
         progress: false,
         findings_max,
+        regenerate: true,
     }
 }
 
@@ -548,6 +549,7 @@ fn variants_are_written_side_by_side_with_distinct_ids() {
         threads: 1,
         progress: false,
         findings_max: 10,
+        regenerate: true,
     })
     .unwrap();
     assert!(one.ok());
@@ -586,4 +588,271 @@ fn refuses_to_overwrite_or_to_put_keys_with_tickets() {
         .unwrap_err()
         .to_string()
         .contains("refusing to overwrite keys"));
+}
+
+// ---- What only the order rules and the replay from the seed catch ----------------------
+
+/// The event with a small key cap: several keys per file.
+fn make_keyed_event() -> Event {
+    make_event_with(
+        &PLAN.replace("key_cap_cents = 2_000_000", "key_cap_cents = 100_000"),
+        42,
+    )
+}
+
+fn quick(event: &Event) -> VerifyReport {
+    let mut opts = verify_options(&event.out, &event.keyring, 1000);
+    opts.regenerate = false;
+    verify(&opts).unwrap()
+}
+
+fn manifest(event: &Event) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(event.variant().join("manifest.json")).unwrap()).unwrap()
+}
+
+fn save_manifest(event: &Event, m: &serde_json::Value) {
+    fs::write(
+        event.variant().join("manifest.json"),
+        serde_json::to_vec_pretty(m).unwrap(),
+    )
+    .unwrap();
+}
+
+/// What an insider holding the keyring does after changing records: the file's checksums in
+/// its header and in the manifest made to match again, so that only the content rules can
+/// tell.
+fn fix_checksums(event: &Event, path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let body = crc32c::crc32c(&bytes[HEADER_BYTES..]);
+    bytes[76..80].copy_from_slice(&body.to_le_bytes());
+    let header = crc32c::crc32c(&bytes[..124]);
+    bytes[124..128].copy_from_slice(&header.to_le_bytes());
+    fs::write(path, &bytes).unwrap();
+    let mut m = manifest(event);
+    let relative = path
+        .strip_prefix(event.variant())
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    for s in m["shards"].as_array_mut().unwrap() {
+        if s["path"] == relative.as_str() {
+            s["body_crc32c"] = format!("{body:08x}").into();
+        }
+    }
+    save_manifest(event, &m);
+}
+
+/// The file's keys from the manifest: (id, first index, envelopes, cents), in order.
+fn file_keys(event: &Event, path: &Path) -> Vec<(u16, u64, u64, u64)> {
+    let ordinal = u32::from_le_bytes(fs::read(path).unwrap()[16..20].try_into().unwrap());
+    let m = manifest(event);
+    let mut keys: Vec<_> = m["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["shard_ordinal"] == ordinal)
+        .map(|k| {
+            let n = |f: &str| k[f].as_u64().unwrap();
+            (
+                n("id") as u16,
+                n("first_index"),
+                n("envelopes"),
+                n("amount_cents"),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn an_edited_first_index_in_the_manifest_is_found() {
+    let event = make_keyed_event();
+    let path = event.file("s0", "h0", 0);
+    let keys = file_keys(&event, &path);
+    assert!(keys.len() >= 3, "{keys:?}");
+    let mut m = manifest(&event);
+    for k in m["keys"].as_array_mut().unwrap() {
+        if k["id"] == keys[1].0 {
+            k["first_index"] = (keys[1].1 + 1).into();
+        }
+    }
+    save_manifest(&event, &m);
+    let report = quick(&event);
+    let found: Vec<String> = report
+        .findings
+        .shown
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert!(
+        found.iter().any(|f| f.contains("run starts at record")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn a_record_resealed_under_the_neighbouring_key_is_found_although_totals_agree() {
+    let event = make_keyed_event();
+    let ring = event.keyring();
+    let path = event.file("s0", "h0", 0);
+    let keys = file_keys(&event, &path);
+    // The last record of the first key, sealed with the second key instead.
+    let (first, second) = (keys[0], keys[1]);
+    let index = second.1 - 1;
+    let ticket = read_record(&path, index).open(&ring).unwrap();
+    assert_eq!(ticket.key_id, first.0);
+    let moved = Ticket {
+        key_id: second.0,
+        ..ticket
+    };
+    write_record(
+        &path,
+        index,
+        &TicketRecord::seal(&moved, ring.cipher(second.0).unwrap()),
+    );
+    fix_checksums(&event, &path);
+    let amount = ticket.amount_cents as u64;
+    let mut m = manifest(&event);
+    for k in m["keys"].as_array_mut().unwrap() {
+        let id = k["id"].as_u64().unwrap() as u16;
+        let n = |k: &serde_json::Value, f: &str| k[f].as_u64().unwrap();
+        if id == first.0 {
+            k["envelopes"] = (n(k, "envelopes") - 1).into();
+            k["amount_cents"] = (n(k, "amount_cents") - amount).into();
+        } else if id == second.0 {
+            k["envelopes"] = (n(k, "envelopes") + 1).into();
+            k["amount_cents"] = (n(k, "amount_cents") + amount).into();
+            k["first_index"] = index.into();
+        }
+    }
+    save_manifest(&event, &m);
+    let report = quick(&event);
+    assert_eq!(
+        report.findings.total,
+        count(&report, FindingKind::KeyOrder),
+        "{:#?}",
+        report.findings.shown
+    );
+    assert_eq!(count(&report, FindingKind::KeyOrder), 1);
+    assert!(places(&report, FindingKind::KeyOrder)[0].contains(&format!("record {index}")));
+}
+
+/// Batches of the file's records, in order (all open).
+fn batches_of(ring: &Keyring, path: &Path, n: u64) -> Vec<u16> {
+    (0..n)
+        .map(|i| read_record(path, i).open(ring).unwrap().batch_id)
+        .collect()
+}
+
+#[test]
+fn records_reordered_so_that_neighbours_share_a_sponsor_are_found() {
+    let event = make_keyed_event();
+    let ring = event.keyring();
+    let path = event.file("s0", "h0", 0);
+    let keys = file_keys(&event, &path);
+    // Inside the first key's run (neither record starts a run): swap the contents of two
+    // records of different sponsors so that one lands beside a record of its own sponsor.
+    let (start, end) = (keys[0].1 + 1, keys[1].1 - 1);
+    let batches = batches_of(&ring, &path, keys[1].1 + 1);
+    let pairs = |b: &[u16]| b.windows(2).filter(|w| w[0] == w[1]).count();
+    let before = pairs(&batches);
+    let (i, j) = (start..end)
+        .flat_map(|i| (i + 1..end).map(move |j| (i, j)))
+        .find(|&(i, j)| {
+            let mut b = batches.clone();
+            b.swap(i as usize, j as usize);
+            pairs(&b) > before
+        })
+        .expect("a swap that puts a sponsor beside itself");
+    let (a, b) = (
+        read_record(&path, i).open(&ring).unwrap(),
+        read_record(&path, j).open(&ring).unwrap(),
+    );
+    let cipher = ring.cipher(a.key_id).unwrap();
+    let at = |t: Ticket, from: Ticket| Ticket {
+        envelope_id: from.envelope_id,
+        ..t
+    };
+    write_record(&path, i, &TicketRecord::seal(&at(b, a), cipher));
+    write_record(&path, j, &TicketRecord::seal(&at(a, b), cipher));
+    fix_checksums(&event, &path);
+    let report = quick(&event);
+    assert_eq!(
+        count(&report, FindingKind::Interleave),
+        1,
+        "{:#?}",
+        report.findings.shown
+    );
+    assert_eq!(report.findings.total, 1, "{:#?}", report.findings.shown);
+    // Drawn again from the seed, both records show as altered too.
+    assert_eq!(count(&event.check(), FindingKind::Altered), 2);
+}
+
+#[test]
+fn money_moved_between_two_envelopes_is_found_only_by_the_replay() {
+    // 164 cents from one envelope to another of the same key and sponsor: every total holds.
+    let event = make_keyed_event();
+    let ring = event.keyring();
+    let path = event.file("s0", "h0", 0);
+    let keys = file_keys(&event, &path);
+    let in_run: Vec<(u64, Ticket)> = (keys[0].1 + 1..keys[1].1 - 1)
+        .map(|i| (i, read_record(&path, i).open(&ring).unwrap()))
+        .collect();
+    let (from, to) = in_run
+        .iter()
+        .flat_map(|a| in_run.iter().map(move |b| (*a, *b)))
+        .find(|((i, a), (j, b))| {
+            i != j
+                && a.batch_id == 1
+                && b.batch_id == 1
+                && a.amount_cents > 300
+                && b.amount_cents < 1700
+        })
+        .expect("two envelopes of sponsor One with room");
+    let cipher = ring.cipher(from.1.key_id).unwrap();
+    let less = Ticket {
+        amount_cents: from.1.amount_cents - 164,
+        ..from.1
+    };
+    let more = Ticket {
+        amount_cents: to.1.amount_cents + 164,
+        ..to.1
+    };
+    write_record(&path, from.0, &TicketRecord::seal(&less, cipher));
+    write_record(&path, to.0, &TicketRecord::seal(&more, cipher));
+    fix_checksums(&event, &path);
+    let quick = quick(&event);
+    assert!(
+        quick.ok(),
+        "totals alone cannot see it: {:#?}",
+        quick.findings.shown
+    );
+    let report = event.check();
+    assert_eq!(
+        count(&report, FindingKind::Altered),
+        2,
+        "{:#?}",
+        report.findings.shown
+    );
+    assert_eq!(report.findings.total, 2);
+}
+
+#[test]
+fn a_deleted_variant_directory_is_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plan = Plan::from_toml(PLAN).unwrap();
+    plan.expand_variants(3).unwrap();
+    let out = tmp.path().join("event");
+    let keyring = tmp.path().join("event.keyring");
+    generate(&plan, &gen_options(&out, &keyring, Some(3))).unwrap();
+    fs::remove_dir_all(out.join("C")).unwrap();
+    let report = verify(&verify_options(&out, &keyring, 10)).unwrap();
+    assert_eq!(
+        count(&report, FindingKind::FileMissing),
+        1,
+        "{:#?}",
+        report.findings.shown
+    );
+    assert!(report.findings.shown[0].detail.contains("variant index 2"));
 }

@@ -1,8 +1,11 @@
 //! `hongbao verify`: an independent re-check of a generation (R14, first part).
 //!
 //! Trusts nothing it reads: the plan copy is fingerprinted against the keyring, the deterministic
-//! allocation is recomputed from the plan, every record of every file is decrypted and checked,
-//! and every total is compared three ways (records, manifest, plan). Files are checked in
+//! allocation is recomputed from the plan, every record of every file is decrypted and checked
+//! (and, unless `--quick`, compared with the amount and sponsor the generation drew for it
+//! from the keyring's seed: `crate::draws`), the order rules of each file are checked (keys
+//! filled greedily, sponsors interleaved: [`order`]), and every total is compared three ways
+//! (records, manifest, plan). Files are checked in
 //! parallel on a pool of plain threads; each thread streams one mmap'd file in chunks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -14,6 +17,8 @@ use std::time::Instant;
 
 use aes::cipher::BlockDecrypt;
 use aes::Block;
+
+mod order;
 
 use crate::gen::{batch_entries, format_cents, plan_totals};
 use crate::manifest::{
@@ -39,6 +44,9 @@ pub struct VerifyOptions {
     pub threads: usize,
     pub progress: bool,
     pub findings_max: usize,
+    /// Draw every file's amounts again from the seed in the keyring and compare each record
+    /// (`crate::draws`): catches any change, also one that keeps every total.
+    pub regenerate: bool,
 }
 
 /// What kind of thing is wrong. Ordered roughly from "whole generation" to "one record".
@@ -81,6 +89,14 @@ pub enum FindingKind {
     KeyTotals,
     /// Counted envelopes or money disagree with the plan.
     TotalMismatch,
+    /// Records are sealed with keys in another way than the generator fills them (one run per
+    /// key, in id order, a key full before the next starts): re-sealed or moved records.
+    KeyOrder,
+    /// More neighbouring records share a sponsor than the file's mix forces (R2).
+    Interleave,
+    /// A record's amount or sponsor differs from what the generation drew from its seed: it
+    /// was changed (re-sealed) after generation, whatever the totals say.
+    Altered,
 }
 
 impl FindingKind {
@@ -104,6 +120,9 @@ impl FindingKind {
             FindingKind::ForeignKey => "foreign key",
             FindingKind::KeyTotals => "key totals",
             FindingKind::TotalMismatch => "total mismatch",
+            FindingKind::KeyOrder => "key order",
+            FindingKind::Interleave => "interleave",
+            FindingKind::Altered => "altered record",
         }
     }
 }
@@ -174,6 +193,8 @@ pub struct VerifyReport {
     pub seconds: f64,
     /// The keyring file is readable by group or others.
     pub keyring_too_open: bool,
+    /// Every record was compared with what the generation drew from the seed.
+    pub regenerated: bool,
 }
 
 impl VerifyReport {
@@ -217,9 +238,15 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
         findings: Findings::new(opts.findings_max),
         seconds: 0.0,
         keyring_too_open,
+        regenerated: opts.regenerate,
     };
     let mut ordinals: BTreeMap<u32, PathBuf> = BTreeMap::new();
+    let single = opts.dir.join(MANIFEST_FILE).is_file();
+    let mut indices = BTreeSet::new();
     for dir in dirs {
+        if let Ok(m) = Manifest::load(&dir.join(MANIFEST_FILE)) {
+            indices.insert(m.variant_index);
+        }
         let part = verify_variant(&dir, &keyring, opts, &mut ordinals)?;
         report.variants.push(part.variants[0].clone());
         report.files += part.files;
@@ -227,6 +254,25 @@ pub fn verify(opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
         report.amount_cents += part.amount_cents;
         report.keys += part.keys;
         report.findings.merge(part.findings);
+    }
+    if !single {
+        // Every variant the generation made must be here: the keyring holds keys for each
+        // (a shard ordinal's top byte is its variant), so a deleted directory shows.
+        let made: BTreeSet<u32> = keyring
+            .entries()
+            .iter()
+            .map(|k| k.shard_ordinal >> 24)
+            .collect();
+        for index in made.difference(&indices) {
+            report.findings.add(
+                FindingKind::FileMissing,
+                opts.dir.display().to_string(),
+                format!(
+                    "variant index {index} was generated (the keyring holds keys for its files) \
+                     but its directory is not here"
+                ),
+            );
+        }
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -261,6 +307,8 @@ struct FileTally {
     batches: Vec<(u64, u64)>,
     /// `(key id, envelopes, cents)` in order of first use.
     keys: Vec<(u16, u64, u64)>,
+    /// The order rules of the file's records (keys, interleave).
+    order: order::Order,
     findings: Findings,
 }
 
@@ -386,6 +434,11 @@ fn verify_variant(
     let batch_slots: Vec<usize> = std::iter::once(usize::MAX)
         .chain(allocation.batches.iter().map(|b| b.slot))
         .collect();
+    let key_first_index: HashMap<u16, u32> = manifest
+        .keys
+        .iter()
+        .map(|k| (k.id, k.first_index))
+        .collect();
     let context = FileContext {
         plan: &plan,
         keyring,
@@ -393,6 +446,8 @@ fn verify_variant(
         batch_slots: &batch_slots,
         dir,
         generation: &manifest.generation,
+        key_first_index: &key_first_index,
+        regenerate: opts.regenerate,
         findings_max: opts.findings_max,
         progress: &progress,
     };
@@ -455,6 +510,7 @@ fn variant_report(manifest: &Manifest, findings: Findings, files: usize) -> Veri
         findings,
         seconds: 0.0,
         keyring_too_open: false,
+        regenerated: false,
     }
 }
 
@@ -587,8 +643,26 @@ fn check_manifest_against_plan(
                 FindingKind::ManifestMismatch,
                 format!("{place} shard {}", expected_path),
                 format!(
-                    "entry {entry:?} differs from the plan (ordinal {:08x}, {} envelopes, {} cents)",
-                    shard.ordinal, shard.count, shard.amount_cents
+                    "says ordinal {:08x}, path {}, slot {}, host {} core {}, backup {} in {}, {} \
+                     envelopes, {} cents; the plan implies ordinal {:08x}, path {expected_path}, \
+                     slot {}, host {} core {}, backup {} in {}, {} envelopes, {} cents",
+                    entry.ordinal,
+                    entry.path,
+                    entry.slot,
+                    entry.host,
+                    entry.core,
+                    entry.backup_host,
+                    entry.backup_park,
+                    entry.envelopes,
+                    entry.amount_cents,
+                    shard.ordinal,
+                    plan.slots[shard.slot].name,
+                    host.name,
+                    shard.core,
+                    plan.hosts[host.backup].name,
+                    plan.hosts[host.backup].park,
+                    shard.count,
+                    shard.amount_cents
                 ),
             );
         }
@@ -655,6 +729,9 @@ struct FileContext<'a> {
     dir: &'a Path,
     /// The manifest's generation id, hex.
     generation: &'a str,
+    /// The manifest's index of the first record of each key.
+    key_first_index: &'a HashMap<u16, u32>,
+    regenerate: bool,
     findings_max: usize,
     progress: &'a Progress,
 }
@@ -665,6 +742,7 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
     let place = path.display().to_string();
     let mut tally = FileTally {
         batches: vec![(0, 0); ctx.batches.len() + 1],
+        order: order::Order::new(plan.key_cap_cents),
         findings: Findings::new(ctx.findings_max),
         ..FileTally::default()
     };
@@ -750,6 +828,11 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
     let mut records: Vec<TicketRecord> = Vec::with_capacity(CHUNK_RECORDS);
     let mut blocks: Vec<Block> = Vec::with_capacity(CHUNK_RECORDS);
     let mut start = 0usize;
+    // What the generation drew for each record, from the keyring's seed.
+    let mut draws = ctx
+        .regenerate
+        .then(|| crate::draws::Draws::new(shard, ctx.keyring.seed));
+    let mut drawn: Vec<Option<(u16, u64)>> = Vec::with_capacity(CHUNK_RECORDS);
     loop {
         match file.next_chunk(&mut records, CHUNK_RECORDS) {
             Ok(true) => {}
@@ -762,6 +845,11 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
             }
         }
         let chunk = &records[..];
+        drawn.clear();
+        drawn.extend(chunk.iter().map(|_| {
+            let (part, amount) = draws.as_mut()?.next()?;
+            Some((shard.parts[part].batch_id, amount))
+        }));
         // Runs of one key id: one AES call per run.
         let mut run_start = 0;
         while run_start < chunk.len() {
@@ -788,7 +876,16 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
                     cipher.decrypt_blocks(&mut blocks);
                     for (i, (record, block)) in run.iter().zip(&blocks).enumerate() {
                         let index = (start + run_start + i) as u64;
-                        check_record(ctx, shard, &place, index, record, block, &mut tally);
+                        let drawn = drawn[run_start + i];
+                        check_record(
+                            ctx,
+                            shard,
+                            &place,
+                            (index, drawn),
+                            record,
+                            block,
+                            &mut tally,
+                        );
                     }
                 }
             }
@@ -826,6 +923,8 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
         ),
     }
 
+    check_order(ctx, &place, &mut tally);
+
     // This file's share of every batch must be exactly what the plan allocates.
     let mut expected = vec![(0u64, 0u64); ctx.batches.len() + 1];
     for part in &shard.parts {
@@ -846,6 +945,27 @@ fn verify_file(ctx: &FileContext<'_>, shard: &ShardPlan, entry: Option<&ShardEnt
     tally
 }
 
+/// After a file's records: the interleave rule, and where each key's run starts against the
+/// manifest.
+fn check_order(ctx: &FileContext<'_>, place: &str, tally: &mut FileTally) {
+    let per_batch = tally.batches.iter().map(|b| b.0).filter(|&n| n > 0);
+    if let Some(p) = tally.order.interleave_problem(per_batch) {
+        tally.findings.add(FindingKind::Interleave, place, p);
+    }
+    for &(key, first) in &tally.order.first_index {
+        match ctx.key_first_index.get(&key) {
+            Some(&listed) if listed as u64 != first => tally.findings.add(
+                FindingKind::KeyTotals,
+                format!("{place} key {key}"),
+                format!(
+                    "the manifest says its run starts at record {listed}, the file's at {first}"
+                ),
+            ),
+            _ => {}
+        }
+    }
+}
+
 fn record_place(place: &str, index: u64) -> String {
     format!("{place} record {index} (byte {})", record_offset(index))
 }
@@ -855,7 +975,7 @@ fn check_record(
     ctx: &FileContext<'_>,
     shard: &ShardPlan,
     place: &str,
-    index: u64,
+    (index, drawn): (u64, Option<(u16, u64)>),
     record: &TicketRecord,
     block: &Block,
     tally: &mut FileTally,
@@ -936,6 +1056,32 @@ fn check_record(
             return;
         }
         None => unreachable!("the record opened with this key"),
+    }
+    if let Some((batch_id, amount)) = drawn {
+        if (ticket.batch_id, ticket.amount_cents as u64) != (batch_id, amount) {
+            tally.findings.add(
+                FindingKind::Altered,
+                record_place(place, index),
+                format!(
+                    "holds {} of batch {}, but the generation drew {} of batch {} here from the \
+                     keyring's seed: changed after generation",
+                    format_cents(ticket.amount_cents as u64),
+                    ticket.batch_id,
+                    format_cents(amount),
+                    batch_id
+                ),
+            );
+            // Counted still: the money is in the file, and the totals then say whether it
+            // was only moved.
+        }
+    }
+    if let Some(p) = tally
+        .order
+        .record(index, ticket.key_id, amount, ticket.batch_id)
+    {
+        tally
+            .findings
+            .add(FindingKind::KeyOrder, record_place(place, index), p);
     }
     tally.envelopes += 1;
     tally.amount_cents += amount;
