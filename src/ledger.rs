@@ -1,4 +1,4 @@
-//! The money state of one ticket shard (R7, R8, DESIGN principle 6), as a sans-IO state
+//! The money state of one ticket shard (issue once, claim once), as a sans-IO state
 //! machine: which tickets may be issued (the issuing cursor, advanced only through durable
 //! reservation records) and which are claimed (a bitmap, rebuilt from claim records).
 //!

@@ -1,5 +1,5 @@
-//! The thin runtime layer of `hongbao serve` (DESIGN principle 3): one pinned glommio executor
-//! per core, each with its own SO_REUSEPORT listeners (binary and HTTP), connections, engine
+//! The thin runtime layer of `hongbao serve` (the engines stay sans-IO; only this layer does
+//! I/O): one pinned glommio executor per core, each with its own SO_REUSEPORT listeners (binary and HTTP), connections, engine
 //! ([`crate::shake::engine`]), log commit loop and cross-core queues. Only this module touches
 //! glommio, sockets, files of the log and the clock.
 //!

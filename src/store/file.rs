@@ -279,10 +279,7 @@ pub fn write_batch_durably(
         crate::fsutil::sync_parent(&path).map_err(io)?;
         // Before anything in the new segment is acknowledged: from now on the log must
         // have it.
-        state::record_segment(dir, batch.core, batch.segment).map_err(|source| StoreError::Io {
-            path: dir.join(state::STATE_FILE),
-            source,
-        })?;
+        state::record_segment(dir, batch.core, batch.segment).map_err(state_io(dir))?;
     }
     Ok(())
 }
@@ -391,16 +388,8 @@ pub fn read_log(
                 reason: format!("{:?}", scanned.tail),
             });
         }
-        if let Some(s) = recorded.filter(|s| newest && s.floor.segment == id) {
-            if scanned.valid_end < s.floor.offset {
-                return Err(StoreError::LostEnd {
-                    path,
-                    end: scanned.valid_end,
-                    floor: s.floor.offset,
-                    clean: s.clean,
-                    reason: tail_reason(scanned.tail),
-                });
-            }
+        if newest {
+            check_floor(recorded.as_ref(), &path, id, scanned)?;
         }
         end = end.max(LogPosition {
             segment: id,
@@ -424,12 +413,38 @@ fn list_consecutive_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     Ok(ids)
 }
 
-/// What ends a segment's data, in words.
-fn tail_reason(tail: Tail) -> &'static str {
-    match tail {
-        Tail::Torn { reason } => reason,
-        Tail::Zeros => "zeroed space follows",
-        Tail::Clean => "the file ends",
+/// The newest segment (`id`, at `path`, as scanned) must reach the floor of the log's state
+/// when the floor is in it: records the log held at its last start or clean stop are gone or
+/// damaged otherwise.
+fn check_floor(
+    state: Option<&state::LogState>,
+    path: &Path,
+    id: u64,
+    scanned: Scan,
+) -> Result<(), StoreError> {
+    match state {
+        Some(s) if s.floor.segment == id && scanned.valid_end < s.floor.offset => {
+            Err(StoreError::LostEnd {
+                path: path.to_path_buf(),
+                end: scanned.valid_end,
+                floor: s.floor.offset,
+                clean: s.clean,
+                reason: match scanned.tail {
+                    Tail::Torn { reason } => reason,
+                    Tail::Zeros => "zeroed space follows",
+                    Tail::Clean => "the file ends",
+                },
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An I/O error of the log's state file.
+fn state_io(dir: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: dir.join(state::STATE_FILE),
+        source,
     }
 }
 
@@ -549,17 +564,7 @@ impl FileLog {
                 offset: scanned.valid_end,
             });
             if newest {
-                if let Some(floor) = before.map(|s| s.floor).filter(|f| f.segment == id) {
-                    if scanned.valid_end < floor.offset {
-                        return Err(StoreError::LostEnd {
-                            path,
-                            end: scanned.valid_end,
-                            floor: floor.offset,
-                            clean: before.is_some_and(|s| s.clean),
-                            reason: tail_reason(scanned.tail),
-                        });
-                    }
-                }
+                check_floor(before.as_ref(), &path, id, scanned)?;
                 recovery.truncated = cut_tail(&path, scanned, len)?;
                 resume = Some((id, scanned.valid_end));
             }
@@ -573,7 +578,7 @@ impl FileLog {
                 floor: end,
                 clean: false,
             };
-            state::write(dir, &after).map_err(io(&dir.join(state::STATE_FILE)))?;
+            state::write(dir, &after).map_err(state_io(dir))?;
         }
         let (segment, end) = resume.unwrap_or((0, 0));
         let current = if end > 0 {
@@ -648,10 +653,7 @@ impl FileLog {
     /// a log whose data ends before this point.
     pub fn close(mut self) -> Result<LogPosition, StoreError> {
         let end = self.commit()?;
-        state::seal(&self.dir, self.writer.core(), end).map_err(|source| StoreError::Io {
-            path: self.dir.join(state::STATE_FILE),
-            source,
-        })?;
+        state::seal(&self.dir, self.writer.core(), end).map_err(state_io(&self.dir))?;
         Ok(end)
     }
 }
@@ -917,7 +919,7 @@ mod tests {
         assert!(!segment_path(dir.path(), 1).exists());
     }
 
-    /// Three segments, cleanly stopped: (end of each segment's data).
+    /// A log of three segments, cleanly stopped; returns its end.
     fn three_segments_stopped(dir: &Path) -> LogPosition {
         let (mut log, _) = FileLog::open(dir, 0, small(), |_, _| {}).unwrap();
         let big = vec![1u8; super::super::record::RECORD_PAYLOAD_MAX];

@@ -92,7 +92,7 @@ pub enum FindingKind {
     /// Records are sealed with keys in another way than the generator fills them (one run per
     /// key, in id order, a key full before the next starts): re-sealed or moved records.
     KeyOrder,
-    /// More neighbouring records share a sponsor than the file's mix forces (R2).
+    /// More neighbouring records share a sponsor than the file's mix forces.
     Interleave,
     /// A record's amount or sponsor differs from what the generation drew from its seed: it
     /// was changed (re-sealed) after generation, whatever the totals say.

@@ -5,7 +5,7 @@
 //!   contiguous run, keys follow in id order, and a run ends only where the next amount does
 //!   not fit. Given the amounts, the key of every record is determined: moving a record to a
 //!   neighbouring key (re-sealing it, totals adjusted) breaks the rule at the boundary.
-//! - **sponsors interleave** (R2): two neighbours come from one batch only as often as the
+//! - **sponsors interleave** (no two envelopes of one sponsor side by side where avoidable): two neighbours come from one batch only as often as the
 //!   file's mix forces it: `max(0, c - (n - c) - 1)` times for a file of `n` records whose
 //!   largest batch has `c` of them.
 //!
@@ -110,7 +110,7 @@ impl Order {
         (self.same_batch_pairs > forced).then(|| {
             format!(
                 "{} pairs of neighbouring records share a sponsor, where the file's mix forces \
-                 {forced} (largest batch {c} of {n} records): records were reordered (R2)",
+                 {forced} (largest batch {c} of {n} records): records were reordered",
                 self.same_batch_pairs
             )
         })
