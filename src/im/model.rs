@@ -145,6 +145,17 @@ pub struct SendRequest {
     pub body: Box<[u8]>,
 }
 
+/// A request about an entry of the user's own stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnOp {
+    /// Read receipt for the message at the seq.
+    AckRead,
+    /// Withdraw the user's message at the seq.
+    Withdraw,
+    /// Who read the user's message at the seq and who has not: the page from an index.
+    ReadList { from: u32 },
+}
+
 /// Why an IM request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum ImError {

@@ -16,26 +16,22 @@ use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpListener;
 
-use super::im::{GroupOp, OwnOp, Watch};
+use super::im::{GroupOp, Watch};
 use super::{Core, Slot};
 use crate::im::record::GroupChange;
 use crate::im::SendRequest;
-use crate::wire::im::{
-    decode_group, decode_read_list, decode_send, decode_seq, decode_sync, encode_push, OP_ACK_READ,
-    OP_GROUP_ADD, OP_GROUP_CREATE, OP_GROUP_MEMBERS, OP_GROUP_REMOVE, OP_READ_LIST, OP_SEND,
-    OP_SYNC, OP_WITHDRAW,
-};
+use crate::wire::im::encode_push;
+use crate::wire::request::{decode_binary, decode_http, GroupRequest, Request, UserOp};
 
 /// Requests handled from one read between two yields to the core's other tasks.
 const REQUESTS_PER_YIELD: usize = 32;
 use crate::serve::setup::now_ms;
 use crate::shake::engine::OpenRequest;
-use crate::token::{Auth, Shake, TagQueue, TokenError, AUTH_TOKEN_BYTES, SHAKE_TOKEN_BYTES};
-use crate::wire::frame::{FrameDecoder, FrameError};
-use crate::wire::http::{encode_response, HttpDecoder, Method, Request};
+use crate::token::{Auth, Shake, TagQueue, TokenError, AUTH_TOKEN_BYTES};
+use crate::wire::frame::{Frame, FrameDecoder, FrameError};
+use crate::wire::http::{encode_response, HttpDecoder, Request as HttpRequest};
 use crate::wire::ops::{
-    encode_binary, encode_http, encode_pong, ErrorCode, HelloReply, OpResult, OP_HELLO, OP_OPEN,
-    OP_PING, OP_SHAKE, PING_BYTES_MAX,
+    encode_binary, encode_http, encode_pong, ErrorCode, HelloReply, OpResult, OP_HELLO,
 };
 
 /// Requests a connection may have started and not yet answered; beyond it, it stops reading
@@ -286,84 +282,109 @@ impl Drop for Watching<'_> {
     }
 }
 
-/// An IM request of an authenticated user on the binary protocol.
-fn binary_im(
-    core: &Rc<Core>,
-    op: u8,
-    rid: u64,
-    uid: u64,
-    payload: &[u8],
-    watching: &mut Watching<'_>,
-) -> BinarySlot {
-    let malformed = |m: String| BinarySlot::Fail(rid, ErrorCode::Malformed, m);
+/// Starts an operation of the authenticated user `uid`, the same for both protocols.
+fn start_user_op(core: &Rc<Core>, uid: u64, op: UserOp, now: u64) -> Slot {
     match op {
-        OP_SEND => match decode_send(payload) {
-            Ok(s) => BinarySlot::Op(
-                op,
-                rid,
-                core.im_send(SendRequest {
-                    sender: uid,
-                    appinfo: s.appinfo,
-                    to: s.to,
-                    class: s.class,
-                    body: s.body,
+        UserOp::Shake => core.shake(uid, now),
+        UserOp::Open(token) => open(core, uid, &token, now),
+        UserOp::Send(s) => core.im_send(SendRequest {
+            sender: uid,
+            appinfo: s.appinfo,
+            to: s.to,
+            class: s.class,
+            body: s.body,
+        }),
+        UserOp::Own { seq, op } => core.im_own(uid, seq, op),
+        UserOp::Sync { after, limit } => core.im_sync(uid, after, limit),
+        UserOp::Group { gid, op } => {
+            let op = match op {
+                GroupRequest::Create(members) => GroupOp::Create {
+                    owner: uid,
+                    members,
+                },
+                GroupRequest::Add(members) => GroupOp::Change(GroupChange::Add {
+                    actor: uid,
+                    members,
                 }),
-                "",
-            ),
-            Err(m) if m.contains("body over") => BinarySlot::Fail(rid, ErrorCode::TooLarge, m),
-            Err(m) => malformed(m),
-        },
-        OP_ACK_READ | OP_WITHDRAW => match decode_seq(payload) {
-            Ok(seq) => {
-                let own = match op {
-                    OP_ACK_READ => OwnOp::AckRead,
-                    _ => OwnOp::Withdraw,
-                };
-                BinarySlot::Op(op, rid, core.im_own(uid, seq, own), "")
+                GroupRequest::Remove(members) => GroupOp::Change(GroupChange::Remove {
+                    actor: uid,
+                    members,
+                }),
+                GroupRequest::Members { from } => GroupOp::Members { actor: uid, from },
+            };
+            core.im_group(gid, op)
+        }
+    }
+}
+
+/// Starts one binary request: the connection's user is checked first (for the ops that
+/// need one), then the request's form.
+fn binary_request(
+    core: &Rc<Core>,
+    frame: Frame,
+    auth: &mut Option<Auth>,
+    watching: &mut Watching<'_>,
+    now: u64,
+) -> BinarySlot {
+    let rid = frame.request_id;
+    let decoded = decode_binary(frame.op, &frame.payload);
+    let mut uid = 0;
+    if decoded.needs_user {
+        match current_uid(auth, now) {
+            Ok(u) => uid = u,
+            Err(code) => {
+                let detail = "send HELLO with a valid auth token first";
+                return BinarySlot::Fail(rid, code, detail.into());
             }
-            Err(m) => malformed(m),
-        },
-        OP_READ_LIST => match decode_read_list(payload) {
-            Ok((seq, from)) => {
-                let own = OwnOp::ReadList { from };
-                BinarySlot::Op(op, rid, core.im_own(uid, seq, own), "")
-            }
-            Err(m) => malformed(m),
-        },
-        OP_SYNC => match decode_sync(payload) {
-            Ok((after, limit)) => {
+        }
+    }
+    match decoded.request {
+        Err(r) => BinarySlot::Fail(rid, r.code, r.detail),
+        Ok(Request::Hello(token)) => hello(core, rid, token, auth, watching, now),
+        Ok(Request::Ping(payload)) => BinarySlot::Pong(rid, payload),
+        Ok(Request::User(op)) => {
+            if matches!(op, UserOp::Sync { .. }) {
                 // From its first SYNC on, the connection is told (PUSH) when the stream grows.
                 watching.start(uid);
-                BinarySlot::Op(op, rid, core.im_sync(uid, after, limit), "")
             }
-            Err(m) => malformed(m),
-        },
-        _ => match decode_group(payload, op) {
-            Ok((gid, uids)) => {
-                let group_op = match op {
-                    OP_GROUP_CREATE => GroupOp::Create {
-                        owner: uid,
-                        members: uids,
-                    },
-                    OP_GROUP_ADD => GroupOp::Change(GroupChange::Add {
-                        actor: uid,
-                        members: uids,
-                    }),
-                    OP_GROUP_REMOVE => GroupOp::Change(GroupChange::Remove {
-                        actor: uid,
-                        members: uids,
-                    }),
-                    _ => GroupOp::Members {
-                        actor: uid,
-                        from: uids
-                            .first()
-                            .map_or(0, |&f| f.min(u64::from(u32::MAX)) as u32),
-                    },
-                };
-                BinarySlot::Op(op, rid, core.im_group(gid, group_op), "")
+            BinarySlot::Op(frame.op, rid, start_user_op(core, uid, op, now), "")
+        }
+        // The binary decoder yields neither; answered as the unknown op they would be.
+        Ok(Request::Health | Request::Metrics) => {
+            let detail = format!("op 0x{:02x} is not known", frame.op);
+            BinarySlot::Fail(rid, ErrorCode::UnknownOp, detail)
+        }
+    }
+}
+
+/// HELLO: authenticates the connection (a new user stops watching the old one's stream).
+fn hello(
+    core: &Core,
+    rid: u64,
+    token: &[u8],
+    auth: &mut Option<Auth>,
+    watching: &mut Watching<'_>,
+    now: u64,
+) -> BinarySlot {
+    match Auth::decode(token, &core.auth_keys, (now / 1000) as u32) {
+        Ok(a) => {
+            if auth.is_some_and(|old| old.uid != a.uid) {
+                watching.stop();
             }
-            Err(m) => malformed(m),
-        },
+            *auth = Some(a);
+            let hello = HelloReply {
+                uid: a.uid,
+                expires_unix: a.expires_unix,
+                core: core.id,
+                cores: core.shared.cores as u16,
+            };
+            BinarySlot::Op(OP_HELLO, rid, Slot::Ready(OpResult::Hello(hello)), "")
+        }
+        Err(e) => {
+            *auth = None;
+            watching.stop();
+            BinarySlot::Fail(rid, auth_error(e), e.to_string())
+        }
     }
 }
 
@@ -432,53 +453,7 @@ async fn binary_conn<S: Input + AsyncWrite + Unpin>(
             }
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    let rid = frame.request_id;
-                    let slot = match frame.op {
-                        OP_HELLO => {
-                            let now = (now / 1000) as u32;
-                            if frame.payload.len() != AUTH_TOKEN_BYTES {
-                                BinarySlot::Fail(rid, ErrorCode::Malformed, format!("HELLO carries a {AUTH_TOKEN_BYTES}-byte auth token, not {} bytes", frame.payload.len()))
-                            } else {
-                                match Auth::decode(&frame.payload, &core.auth_keys, now) {
-                                    Ok(a) => {
-                                        if auth.is_some_and(|old| old.uid != a.uid) {
-                                            watching.stop();
-                                        }
-                                        auth = Some(a);
-                                        let hello = HelloReply {
-                                            uid: a.uid,
-                                            expires_unix: a.expires_unix,
-                                            core: core.id,
-                                            cores: core.shared.cores as u16,
-                                        };
-                                        BinarySlot::Op(OP_HELLO, rid, Slot::Ready(OpResult::Hello(hello)), "")
-                                    }
-                                    Err(e) => {
-                                        auth = None;
-                                        watching.stop();
-                                        BinarySlot::Fail(rid, auth_error(e), e.to_string())
-                                    }
-                                }
-                            }
-                        }
-                        OP_SHAKE => match current_uid(&auth, now) {
-                            Err(code) => BinarySlot::Fail(rid, code, "send HELLO with a valid auth token first".into()),
-                            Ok(_) if !frame.payload.is_empty() => BinarySlot::Fail(rid, ErrorCode::Malformed, "SHAKE has an empty payload".into()),
-                            Ok(uid) => BinarySlot::Op(OP_SHAKE, rid, core.shake(uid, now), ""),
-                        },
-                        OP_OPEN => match current_uid(&auth, now) {
-                            Err(code) => BinarySlot::Fail(rid, code, "send HELLO with a valid auth token first".into()),
-                            Ok(_) if frame.payload.len() != SHAKE_TOKEN_BYTES => BinarySlot::Fail(rid, ErrorCode::Malformed, format!("OPEN carries the {SHAKE_TOKEN_BYTES}-byte token of a shake, not {} bytes", frame.payload.len())),
-                            Ok(uid) => BinarySlot::Op(OP_OPEN, rid, open(core, uid, &frame.payload, now), ""),
-                        },
-                        OP_SEND | OP_SYNC | OP_GROUP_CREATE | OP_GROUP_ADD | OP_GROUP_REMOVE | OP_GROUP_MEMBERS | OP_ACK_READ | OP_WITHDRAW | OP_READ_LIST => match current_uid(&auth, now) {
-                            Err(code) => BinarySlot::Fail(rid, code, "send HELLO with a valid auth token first".into()),
-                            Ok(uid) => binary_im(core, frame.op, rid, uid, &frame.payload, &mut watching),
-                        },
-                        OP_PING if frame.payload.len() <= PING_BYTES_MAX => BinarySlot::Pong(rid, frame.payload),
-                        OP_PING => BinarySlot::Fail(rid, ErrorCode::TooLarge, format!("PING payload over {PING_BYTES_MAX} bytes")),
-                        op => BinarySlot::Fail(rid, ErrorCode::UnknownOp, format!("op 0x{op:02x} is not known")),
-                    };
+                    let slot = binary_request(core, frame, &mut auth, &mut watching, now);
                     slots.push_back(slot);
                     started += 1;
                     if started % REQUESTS_PER_YIELD == 0 {
@@ -551,7 +526,7 @@ type AuthCache = Option<([u8; 2 * AUTH_TOKEN_BYTES], Auth)>;
 /// connection (a client that sends the same token again skips the tag check).
 fn http_uid(
     core: &Core,
-    req: &Request<'_>,
+    req: &HttpRequest<'_>,
     cache: &mut AuthCache,
     now: u64,
 ) -> Result<u64, (ErrorCode, String)> {
@@ -581,213 +556,55 @@ fn http_uid(
     }
 }
 
-fn http_request(core: &Rc<Core>, req: &Request<'_>, cache: &mut AuthCache, now: u64) -> HttpSlot {
+/// Starts one HTTP request: the user is checked first (for the endpoints that need one),
+/// then the request's form.
+fn http_request(
+    core: &Rc<Core>,
+    req: &HttpRequest<'_>,
+    cache: &mut AuthCache,
+    now: u64,
+) -> HttpSlot {
     let close = req.close;
-    match (req.method, req.path) {
-        (Method::Get, "/healthz") => {
-            if core.stopping() || core.shared.shutdown.load(Ordering::Relaxed) {
-                HttpSlot::Raw(
-                    503,
-                    "application/json",
-                    b"{\"status\":\"stopping\"}\n".to_vec(),
-                    close,
-                )
-            } else {
-                let body = format!(
-                    "{{\"status\":\"ok\",\"core\":{},\"cores\":{},\"tickets_remaining\":{}}}\n",
-                    core.id,
-                    core.shared.cores,
-                    core.engine.borrow().remaining_at(now)
-                );
-                HttpSlot::Raw(200, "application/json", body.into_bytes(), close)
-            }
+    let decoded = decode_http(req);
+    let mut uid = 0;
+    if decoded.needs_user {
+        match http_uid(core, req, cache, now) {
+            Ok(u) => uid = u,
+            Err((code, message)) => return HttpSlot::Fail(code, message, close),
         }
-        (Method::Get, "/metrics") => {
+    }
+    match decoded.request {
+        Err(r) => HttpSlot::Fail(r.code, r.detail, close),
+        Ok(Request::Health) => health(core, now, close),
+        Ok(Request::Metrics) => {
             let all: Vec<&crate::metrics::CoreMetrics> =
                 core.shared.metrics.iter().map(|m| m.as_ref()).collect();
-            HttpSlot::Raw(
-                200,
-                "text/plain; version=0.0.4",
-                crate::metrics::render(&all, &core.shared.disk.gauges()).into_bytes(),
-                close,
-            )
+            let text = crate::metrics::render(&all, &core.shared.disk.gauges());
+            HttpSlot::Raw(200, "text/plain; version=0.0.4", text.into_bytes(), close)
         }
-        (_, "/shake") => match http_uid(core, req, cache, now) {
-            Ok(uid) => HttpSlot::Op(core.shake(uid, now), close),
-            Err((code, message)) => HttpSlot::Fail(code, message, close),
-        },
-        (Method::Post, "/open") => match http_uid(core, req, cache, now) {
-            Ok(uid) => {
-                let text = match std::str::from_utf8(req.body) {
-                    Ok(t) if !t.trim().is_empty() => t.trim(),
-                    _ => req
-                        .query
-                        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-                        .unwrap_or(""),
-                };
-                let mut token = [0u8; SHAKE_TOKEN_BYTES];
-                if text.len() != 2 * SHAKE_TOKEN_BYTES
-                    || hex::decode_to_slice(text, &mut token).is_err()
-                {
-                    HttpSlot::Fail(
-                        ErrorCode::Malformed,
-                        format!(
-                            "the body must be the {}-hex-digit token of a shake",
-                            2 * SHAKE_TOKEN_BYTES
-                        ),
-                        close,
-                    )
-                } else {
-                    HttpSlot::Op(open(core, uid, &token, now), close)
-                }
-            }
-            Err((code, message)) => HttpSlot::Fail(code, message, close),
-        },
-        (_, path) if path.starts_with("/im/") => match http_uid(core, req, cache, now) {
-            Ok(uid) => match http_im(core, req, uid) {
-                Ok(slot) => HttpSlot::Op(slot, close),
-                Err((code, message)) => HttpSlot::Fail(code, message, close),
-            },
-            Err((code, message)) => HttpSlot::Fail(code, message, close),
-        },
-        (Method::Get, "/open") => {
-            HttpSlot::Fail(ErrorCode::Malformed, "use POST /open".into(), close)
-        }
-        (_, path) => HttpSlot::Fail(
+        Ok(Request::User(op)) => HttpSlot::Op(start_user_op(core, uid, op, now), close),
+        // The HTTP decoder yields neither.
+        Ok(Request::Hello(_) | Request::Ping(_)) => HttpSlot::Fail(
             ErrorCode::UnknownOp,
-            format!(
-                "no endpoint {path}; try /shake, /open, /im/send, /im/sync, /metrics, /healthz"
-            ),
+            format!("no endpoint {}", req.path),
             close,
         ),
     }
 }
 
-fn query<'a>(req: &Request<'a>, name: &str) -> Option<&'a str> {
-    req.query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then_some(v)
-    })
-}
-
-fn query_u64(req: &Request<'_>, name: &str) -> Result<Option<u64>, (ErrorCode, String)> {
-    query(req, name)
-        .map(|v| {
-            v.parse::<u64>()
-                .map_err(|_| (ErrorCode::Malformed, format!("{name}={v} is not a number")))
-        })
-        .transpose()
-}
-
-fn uid_list(body: &[u8]) -> Result<Vec<u64>, (ErrorCode, String)> {
-    let text = std::str::from_utf8(body).map_err(|_| {
-        (
-            ErrorCode::Malformed,
-            "the body must be uids, comma-separated".to_string(),
-        )
-    })?;
-    text.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.parse::<u64>()
-                .map_err(|_| (ErrorCode::Malformed, format!("{t:?} is not a uid")))
-        })
-        .collect()
-}
-
-/// The IM endpoints over HTTP (docs/PROTOCOL.md, "IM over HTTP").
-fn http_im(core: &Rc<Core>, req: &Request<'_>, uid: u64) -> Result<Slot, (ErrorCode, String)> {
-    use crate::im::{Class, Target};
-    let malformed = |m: &str| (ErrorCode::Malformed, m.to_string());
-    match (req.method, req.path) {
-        (Method::Post, "/im/send") => {
-            let to = match query(req, "to").and_then(|t| t.split_once(':')) {
-                Some(("user", id)) => id.parse().map(Target::User),
-                Some(("group", id)) => id.parse().map(Target::Group),
-                _ => return Err(malformed("give ?to=user:UID or ?to=group:GID")),
-            }
-            .map_err(|_| malformed("the id in ?to= is not a number"))?;
-            let appinfo = query(req, "appinfo")
-                .and_then(crate::wire::im::appinfo_from_hex)
-                .ok_or_else(|| {
-                    malformed(
-                        "give ?appinfo= with 1 to 32 hex digits (the 16 bytes of the binary \
-                         SEND in order), unique per message",
-                    )
-                })?;
-            let class = match query(req, "class").unwrap_or("chat") {
-                "chat" => Class::Chat,
-                "api" => Class::Api,
-                "app" => Class::App,
-                "control" => Class::Control,
-                _ => return Err(malformed("class is chat, api, app or control")),
-            };
-            Ok(core.im_send(SendRequest {
-                sender: uid,
-                appinfo,
-                to,
-                class,
-                body: req.body.into(),
-            }))
-        }
-        (method, path @ ("/im/read" | "/im/withdraw" | "/im/reads")) => {
-            let seq = query_u64(req, "seq")?.ok_or_else(|| malformed("give ?seq="))?;
-            let op = match (method, path) {
-                (Method::Post, "/im/read") => OwnOp::AckRead,
-                (Method::Post, "/im/withdraw") => OwnOp::Withdraw,
-                (Method::Get, "/im/reads") => OwnOp::ReadList {
-                    from: query_u64(req, "from")?
-                        .unwrap_or(0)
-                        .min(u64::from(u32::MAX)) as u32,
-                },
-                _ => return Err(malformed("POST /im/read, POST /im/withdraw, GET /im/reads")),
-            };
-            Ok(core.im_own(uid, seq, op))
-        }
-        (Method::Get, "/im/sync") => {
-            let after = query_u64(req, "after")?.unwrap_or(0);
-            let limit = query_u64(req, "limit")?.unwrap_or(0);
-            let limit = match limit {
-                0 => crate::wire::im::SYNC_LIMIT_DEFAULT,
-                n => n.min(u64::from(crate::wire::im::SYNC_LIMIT_MAX)) as u32,
-            };
-            Ok(core.im_sync(uid, after, limit))
-        }
-        (method, path) if path.starts_with("/im/group/") => {
-            let gid = query_u64(req, "gid")?.ok_or_else(|| malformed("give ?gid="))?;
-            let op = match (method, &path["/im/group/".len()..]) {
-                (Method::Post, "create") => GroupOp::Create {
-                    owner: uid,
-                    members: uid_list(req.body)?,
-                },
-                (Method::Post, "add") => GroupOp::Change(GroupChange::Add {
-                    actor: uid,
-                    members: uid_list(req.body)?,
-                }),
-                (Method::Post, "remove") => GroupOp::Change(GroupChange::Remove {
-                    actor: uid,
-                    members: uid_list(req.body)?,
-                }),
-                (Method::Get, "members") => GroupOp::Members {
-                    actor: uid,
-                    from: query_u64(req, "from")?
-                        .unwrap_or(0)
-                        .min(u64::from(u32::MAX)) as u32,
-                },
-                _ => {
-                    return Err((
-                        ErrorCode::UnknownOp,
-                        "group endpoints: POST create|add|remove, GET members".into(),
-                    ))
-                }
-            };
-            Ok(core.im_group(gid, op))
-        }
-        _ => Err((
-            ErrorCode::UnknownOp,
-            "IM endpoints: POST /im/send, GET /im/sync, /im/group/...".into(),
-        )),
+/// `GET /healthz`: 200 with the core's state, 503 while stopping.
+fn health(core: &Core, now: u64, close: bool) -> HttpSlot {
+    if core.stopping() || core.shared.shutdown.load(Ordering::Relaxed) {
+        let body = b"{\"status\":\"stopping\"}\n".to_vec();
+        return HttpSlot::Raw(503, "application/json", body, close);
     }
+    let body = format!(
+        "{{\"status\":\"ok\",\"core\":{},\"cores\":{},\"tickets_remaining\":{}}}\n",
+        core.id,
+        core.shared.cores,
+        core.engine.borrow().remaining_at(now)
+    );
+    HttpSlot::Raw(200, "application/json", body.into_bytes(), close)
 }
 
 /// The answer an HTTP request waits for, if it waits for one.

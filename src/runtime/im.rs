@@ -13,7 +13,7 @@ use super::{Core, Msg, Slot};
 use crate::im::engine::{home, Effects, ImCore, ImMsg, PageEntry, PagePlan};
 use crate::im::record::GroupChange;
 use crate::im::Page;
-use crate::im::{ImError, ImReply, SendRequest};
+use crate::im::{ImError, ImReply, OwnOp, SendRequest};
 use crate::serve::setup::now_us;
 use crate::shake::engine::Route;
 use crate::store::LogWriter;
@@ -34,17 +34,6 @@ pub enum GroupOp {
         actor: u64,
         from: u32,
     },
-}
-
-/// A request about an entry of the user's own stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OwnOp {
-    /// Read receipt for the message at the seq (R19).
-    AckRead,
-    /// Withdraw the user's message at the seq (R20).
-    Withdraw,
-    /// Who read the user's message at the seq and who has not: the page from an index.
-    ReadList { from: u32 },
 }
 
 /// A connection watching its user's stream: the newest seq announced to it and the newest it

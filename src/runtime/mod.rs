@@ -21,7 +21,8 @@ mod signals;
 mod uring;
 mod watch;
 
-pub use im::{GroupOp, OwnOp};
+pub use crate::im::OwnOp;
+pub use im::GroupOp;
 pub use reload::Reloadable;
 pub use signals::Signals;
 
@@ -618,6 +619,14 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Hands the main thread's latest verdict on the disk's free space to the core's log and IM
+/// engine.
+fn apply_disk_verdict(core: &Core) {
+    let disk_low = core.shared.disk.low();
+    core.engine.borrow_mut().log_mut().set_disk_low(disk_low);
+    core.im.borrow_mut().set_disk_low(disk_low);
+}
+
 /// Retries full queues, updates gauges, applies reloads and the disk's verdict, and returns
 /// when the server stops.
 async fn ticker(core: Rc<Core>) {
@@ -630,9 +639,7 @@ async fn ticker(core: Rc<Core>) {
         if core.drain_inbound() > 0 {
             core.wake_commit();
         }
-        let disk_low = core.shared.disk.low();
-        core.engine.borrow_mut().log_mut().set_disk_low(disk_low);
-        core.im.borrow_mut().set_disk_low(disk_low);
+        apply_disk_verdict(&core);
         core.im_tick();
         core.flush();
         {
@@ -884,6 +891,8 @@ async fn core_main(
         }
     }
     stage(5);
+    // Before the first request: a server started below the watermark refuses its first open.
+    apply_disk_verdict(&core);
     let _ = ready.send(Ok(()));
     starting.set(false);
     glommio::spawn_local(retention::retention_loop(core.clone(), log_dir.clone())).detach();

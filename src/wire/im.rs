@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 
 use super::frame::{encode_frame, FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
-use super::ops::{ErrorCode, OP_REPLY};
+use super::ops::{ErrorCode, Refusal, OP_REPLY};
 use crate::im::{
     Class, EntryKind, ImError, ImReply, MsgId, Page, Target, BODY_MAX, READ_LIST_PAGE,
 };
@@ -73,25 +73,25 @@ const _: () = assert!(
 );
 
 /// ACK_READ and WITHDRAW carry one seq of the user's own stream.
-pub fn decode_seq(p: &[u8]) -> Result<u64, String> {
+pub fn decode_seq(p: &[u8]) -> Result<u64, Refusal> {
     match <[u8; 8]>::try_from(p) {
         Ok(b) => Ok(u64::from_le_bytes(b)),
-        Err(_) => Err(format!(
+        Err(_) => Err(Refusal::malformed(format!(
             "this op carries a seq (8 bytes), not {} bytes",
             p.len()
-        )),
+        ))),
     }
 }
 
 /// READ_LIST carries a seq of the user's own stream and optionally a start index (u64; 0
 /// when absent). The index is clamped to u32 (no list is that long).
-pub fn decode_read_list(p: &[u8]) -> Result<(u64, u32), String> {
+pub fn decode_read_list(p: &[u8]) -> Result<(u64, u32), Refusal> {
     match p.len() {
         8 => Ok((u64_at(p, 0), 0)),
         16 => Ok((u64_at(p, 0), u64_at(p, 8).min(u64::from(u32::MAX)) as u32)),
-        n => Err(format!(
+        n => Err(Refusal::malformed(format!(
             "READ_LIST carries a seq and optionally a start index (8 or 16 bytes), not {n} bytes"
-        )),
+        ))),
     }
 }
 
@@ -113,20 +113,28 @@ pub struct SendOp {
     pub body: Box<[u8]>,
 }
 
-pub fn decode_send(p: &[u8]) -> Result<SendOp, String> {
+pub fn decode_send(p: &[u8]) -> Result<SendOp, Refusal> {
     if p.len() < SEND_HEADER_BYTES {
-        return Err(format!(
+        return Err(Refusal::malformed(format!(
             "SEND needs at least {SEND_HEADER_BYTES} bytes, got {}",
             p.len()
-        ));
+        )));
     }
     if p.len() - SEND_HEADER_BYTES > BODY_MAX {
-        return Err(format!("message body over {BODY_MAX} bytes"));
+        return Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!("message body over {BODY_MAX} bytes"),
+        ));
     }
     let appinfo = u128::from_le_bytes(p[..16].try_into().expect("16 bytes"));
-    let to = Target::from_parts(p[16], u64_at(p, 24))
-        .ok_or_else(|| format!("target kind {} is not 1 (user) or 2 (group)", p[16]))?;
-    let class = Class::from_u8(p[17]).ok_or_else(|| format!("class {} is not 1..=4", p[17]))?;
+    let to = Target::from_parts(p[16], u64_at(p, 24)).ok_or_else(|| {
+        Refusal::malformed(format!(
+            "target kind {} is not 1 (user) or 2 (group)",
+            p[16]
+        ))
+    })?;
+    let class = Class::from_u8(p[17])
+        .ok_or_else(|| Refusal::malformed(format!("class {} is not 1..=4", p[17])))?;
     Ok(SendOp {
         appinfo,
         to,
@@ -148,9 +156,12 @@ pub fn encode_send(appinfo: u128, to: Target, class: Class, body: &[u8]) -> Vec<
 }
 
 /// A SYNC request: after u64 (entries with greater seqs), limit u32 (0: default), 4 zero bytes.
-pub fn decode_sync(p: &[u8]) -> Result<(u64, u32), String> {
+pub fn decode_sync(p: &[u8]) -> Result<(u64, u32), Refusal> {
     if p.len() != 16 {
-        return Err(format!("SYNC carries 16 bytes, not {}", p.len()));
+        return Err(Refusal::malformed(format!(
+            "SYNC carries 16 bytes, not {}",
+            p.len()
+        )));
     }
     let limit = match u32_at(p, 8) {
         0 => SYNC_LIMIT_DEFAULT,
@@ -191,12 +202,12 @@ pub fn encode_sync(after: u64, limit: u32) -> Vec<u8> {
 
 /// GROUP_CREATE / GROUP_ADD / GROUP_REMOVE: gid u64, then the uids (u64 each).
 /// GROUP_MEMBERS: gid u64, then optionally `from` u32 and 4 zero bytes (members from index).
-pub fn decode_group(p: &[u8], op: u8) -> Result<(u64, Vec<u64>), String> {
+pub fn decode_group(p: &[u8], op: u8) -> Result<(u64, Vec<u64>), Refusal> {
     if p.len() < 8 || (p.len() - 8) % 8 != 0 {
-        return Err(format!(
+        return Err(Refusal::malformed(format!(
             "group ops carry a gid and whole uids (8 + 8n bytes), not {} bytes",
             p.len()
-        ));
+        )));
     }
     let gid = u64_at(p, 0);
     let uids: Vec<u64> = p[8..]
@@ -204,7 +215,9 @@ pub fn decode_group(p: &[u8], op: u8) -> Result<(u64, Vec<u64>), String> {
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
     if op == OP_GROUP_MEMBERS && uids.len() > 1 {
-        return Err("GROUP_MEMBERS carries a gid and at most a start index".into());
+        return Err(Refusal::malformed(
+            "GROUP_MEMBERS carries a gid and at most a start index",
+        ));
     }
     Ok((gid, uids))
 }
@@ -642,12 +655,18 @@ mod tests {
 
     #[test]
     fn bad_requests_are_named() {
-        assert!(decode_send(&[0; 10]).unwrap_err().contains("at least 32"));
+        assert!(decode_send(&[0; 10])
+            .unwrap_err()
+            .detail
+            .contains("at least 32"));
         let mut p = encode_send(1, Target::User(2), Class::Chat, b"x");
         p[16] = 3;
-        assert!(decode_send(&p).unwrap_err().contains("target kind 3"));
+        assert!(decode_send(&p)
+            .unwrap_err()
+            .detail
+            .contains("target kind 3"));
         let p = encode_send(1, Target::User(2), Class::Chat, &vec![0; BODY_MAX + 1]);
-        assert!(decode_send(&p).unwrap_err().contains("body over"));
+        assert!(decode_send(&p).unwrap_err().detail.contains("body over"));
         assert_eq!(
             decode_sync(&encode_sync(5, 0)).unwrap(),
             (5, SYNC_LIMIT_DEFAULT)

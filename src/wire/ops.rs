@@ -524,6 +524,27 @@ pub fn encode_request(op: u8, request_id: u64, payload: &[u8], out: &mut BytesMu
     encode_frame(op, 0, request_id, payload, out);
 }
 
+/// Why a request is refused before it runs: the code the client is answered with and a
+/// detail in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn malformed(detail: impl Into<String>) -> Refusal {
+        Refusal::new(ErrorCode::Malformed, detail)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
