@@ -154,17 +154,21 @@ fn read_limited(path: &Path) -> Result<String, MetadataError> {
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, MetadataError> {
         let text = read_limited(path)?;
-        let parse = |message: String| MetadataError::Parse {
+        Manifest::from_json(&text).map_err(|message| MetadataError::Parse {
             path: path.to_path_buf(),
             what: "manifest",
             message,
-        };
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| parse(e.to_string()))?;
+        })
+    }
+
+    /// Parses a manifest's text and checks its format and version.
+    pub fn from_json(text: &str) -> Result<Manifest, String> {
+        let manifest: Manifest = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if manifest.format != MANIFEST_FORMAT || manifest.version != MANIFEST_VERSION {
-            return Err(parse(format!(
+            return Err(format!(
                 "format {:?} version {} (this build reads {MANIFEST_FORMAT:?} version {MANIFEST_VERSION})",
                 manifest.format, manifest.version
-            )));
+            ));
         }
         Ok(manifest)
     }
@@ -179,11 +183,16 @@ impl Manifest {
 impl BatchConfig {
     pub fn load(path: &Path) -> Result<BatchConfig, MetadataError> {
         let text = read_limited(path)?;
-        toml::from_str(&text).map_err(|e| MetadataError::Parse {
+        BatchConfig::from_toml(&text).map_err(|message| MetadataError::Parse {
             path: path.to_path_buf(),
             what: "batch config",
-            message: e.to_string(),
+            message,
         })
+    }
+
+    /// Parses a batch config's text.
+    pub fn from_toml(text: &str) -> Result<BatchConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
     }
 
     pub fn to_toml(&self) -> String {

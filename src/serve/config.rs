@@ -206,7 +206,12 @@ pub const BUS_CAPACITY_DEFAULT: usize = 16_384;
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<ConfigFile, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))
+        ConfigFile::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses the text of a settings file (unknown fields are refused).
+    pub fn from_toml(text: &str) -> Result<ConfigFile, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string())
     }
 
     /// Applies defaults; `missing` names required settings that neither file nor flags gave.

@@ -67,26 +67,28 @@ pub fn load_key_file(path: &Path) -> Result<(TokenKeys, bool), KeyFileError> {
         )));
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
-    let file: KeyFile = toml::from_str(&text).map_err(|e| invalid(e.message().to_string()))?;
+    let ring = parse_key_file(&text).map_err(invalid)?;
+    Ok((ring, meta.permissions().mode() & 0o077 != 0))
+}
+
+/// The keys of a key file's text.
+pub fn parse_key_file(text: &str) -> Result<TokenKeys, String> {
+    let file: KeyFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
     if file.format != FORMAT {
-        return Err(invalid(format!(
-            "format \"{}\" is not \"{FORMAT}\"",
-            file.format
-        )));
+        return Err(format!("format \"{}\" is not \"{FORMAT}\"", file.format));
     }
     let mut keys = Vec::with_capacity(file.keys.len());
     for (i, k) in file.keys.iter().enumerate() {
         let mut key = [0u8; 16];
         hex::decode_to_slice(k.key.trim(), &mut key)
-            .map_err(|_| invalid(format!("key[{i}] (slot {}): not 32 hex digits", k.slot)))?;
+            .map_err(|_| format!("key[{i}] (slot {}): not 32 hex digits", k.slot))?;
         if keys.iter().any(|(s, _)| *s == k.slot) {
-            return Err(invalid(format!("slot {} appears twice", k.slot)));
+            return Err(format!("slot {} appears twice", k.slot));
         }
         keys.push((k.slot, key));
     }
-    let ring = TokenKeys::new(&keys, file.current)
-        .ok_or_else(|| invalid(format!("current slot {} has no key", file.current)))?;
-    Ok((ring, meta.permissions().mode() & 0o077 != 0))
+    TokenKeys::new(&keys, file.current)
+        .ok_or_else(|| format!("current slot {} has no key", file.current))
 }
 
 /// Writes a new key file with one random key in slot 1, mode 0600, refusing to replace one.

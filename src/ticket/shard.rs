@@ -161,12 +161,18 @@ pub struct ShardFile {
 
 /// Checks a header read from a file of `file_bytes` bytes: magic, version, checksum, sizes, and
 /// that the length matches the record count exactly.
-fn check_header(path: &Path, bytes: &[u8], file_bytes: u64) -> Result<ShardHeader, ShardError> {
+pub fn check_header(path: &Path, bytes: &[u8], file_bytes: u64) -> Result<ShardHeader, ShardError> {
     let header_error = |message: String| ShardError::Header {
         path: path.to_path_buf(),
         message,
     };
-    let header = ShardHeader::read_from_bytes(&bytes[..HEADER_BYTES]).expect("128 bytes");
+    let Some(head) = bytes.get(..HEADER_BYTES) else {
+        return Err(header_error(format!(
+            "{} bytes is shorter than the {HEADER_BYTES}-byte header",
+            bytes.len()
+        )));
+    };
+    let header = ShardHeader::read_from_bytes(head).expect("128 bytes");
     if header.magic != SHARD_MAGIC {
         return Err(header_error("not a hongbao ticket file (bad magic)".into()));
     }
