@@ -2876,10 +2876,14 @@ impl ImRecovery {
             // a head record where it dropped them all.
             let floor = self.heads.get(&uid).copied().unwrap_or(0);
             entries.retain(|(seq, _)| *seq > floor);
-            let mut base = entries.first().map_or(floor + 1, |(seq, _)| *seq);
+            let past = || format!("stream of user {uid}: seqs run past {}", u64::MAX);
+            let mut base = match entries.first() {
+                Some(&(seq, _)) => seq,
+                None => floor.checked_add(1).ok_or_else(past)?,
+            };
             let mut i = 0;
             while i < entries.len() {
-                let want = base + i as u64;
+                let want = base.checked_add(i as u64).ok_or_else(past)?;
                 let seq = entries[i].0;
                 if seq == want {
                     i += 1;
@@ -2973,10 +2977,11 @@ impl ImRecovery {
             let from = g.as_ref().map_or(0, |g| g.version());
             changes.retain(|(v, _)| *v > from);
             for (i, (version, change)) in changes.into_iter().enumerate() {
-                if version != from + i as u64 + 1 {
+                let want = from.checked_add(i as u64 + 1);
+                if want != Some(version) {
                     return Err(format!(
                         "group {gid}: version {version} where {} belongs",
-                        from + i as u64 + 1
+                        want.map_or_else(|| "none".to_string(), |w| w.to_string())
                     ));
                 }
                 match (&change, g.as_mut()) {

@@ -2425,3 +2425,15 @@ fn group_histories_under_retention_keep_what_retained_messages_need() {
         "rounds, forgotten, snapshots, dropped records: {history:?}"
     );
 }
+
+/// Found by the `recovery` fuzz target: a CRC-valid stream head or group change at the last
+/// seq made recovery panic on an overflow instead of refusing the log (group versions past the
+/// last one are refused the same way).
+#[test]
+fn recovery_refuses_a_stream_past_the_last_seq() {
+    let mut r = ImRecovery::new();
+    r.replay(KIND_STREAM_HEAD, 7, u64::MAX, &[], ColdRef::NONE)
+        .unwrap();
+    let e = r.finish(2, 1_000, 0).err().unwrap();
+    assert!(e.contains("past"), "{e}");
+}
