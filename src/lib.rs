@@ -45,6 +45,7 @@ pub mod plan;
 pub mod progress;
 pub mod runtime;
 pub mod serve;
+pub mod settle;
 pub mod shake;
 pub mod store;
 pub mod ticket;

@@ -100,6 +100,10 @@ enum Command {
         #[arg(long)]
         from: Vec<String>,
     },
+    /// Record the durable claims of a server's data directory in the ledger database (SQLite),
+    /// each exactly once, pending until reconciliation; safe beside a running server
+    /// (docs/formats/ledger.md). --follow keeps going until SIGINT/SIGTERM.
+    Settle(hongbao::settle::cli::SettleArgs),
     /// Serve a generated event: shakes and opens over the binary protocol and HTTP, one pinned
     /// executor per core, claims made durable in per-core logs (docs/PROTOCOL.md).
     Serve(Box<ServeArgs>),
@@ -321,6 +325,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             print_inspection(&file, &report);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Settle(args) => hongbao::settle::cli::run(args),
         Command::Claims { data, from } => {
             let mut starts = std::collections::BTreeMap::new();
             for f in &from {

@@ -332,6 +332,7 @@ pub(crate) fn check_header(
 
 /// Reads the log of `core` in `dir` without changing anything, calling `visit` for every
 /// record at or after `from`, and returns the position just after the last valid record.
+/// Every record visited is durable (see `read_durably`).
 /// Safe while the owner is appending: an incomplete or torn end of the newest segment is where
 /// the reading stops (the writer may be in the middle of a batch). Damage anywhere else, a
 /// segment the state file names missing, or a newest segment ending before its floor is
@@ -362,7 +363,7 @@ pub fn read_log(
         }
         let newest = i + 1 == ids.len();
         let path = segment_path(dir, id);
-        let bytes = fs::read(&path).map_err(|source| StoreError::Io {
+        let bytes = read_durably(&path, newest).map_err(|source| StoreError::Io {
             path: path.clone(),
             source,
         })?;
@@ -397,6 +398,23 @@ pub fn read_log(
         });
     }
     Ok(end)
+}
+
+/// A segment's bytes, durable: the newest one is fdatasync'ed after it was read, so every
+/// record read is on the disk before anyone acts on it. A reader beside a running server may
+/// see a batch the server has written but not yet synced; were it lost to a power cut, its
+/// envelopes would be claimable again (by someone else) after the restart, and a consumer that
+/// credited the first claim would credit one the server never answered. Synced by the reader,
+/// the batch survives, and recovery replays it. Older segments are durable already: the
+/// owner starts a segment only after the last batch of the one before is synced.
+fn read_durably(path: &Path, newest: bool) -> std::io::Result<Vec<u8>> {
+    let mut file = fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes)?;
+    if newest {
+        file.sync_data()?;
+    }
+    Ok(bytes)
 }
 
 /// Segment ids present in `dir`, which must be consecutive: a gap means a missing segment.

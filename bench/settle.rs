@@ -1,0 +1,146 @@
+//! Settle throughput: claims recorded in the SQLite ledger per second by one settle pass (one
+//! thread), from per-core logs written as a server writes them. The peer, measured in the same
+//! run on the same file system, is the floor of the sink: the same rows inserted into the same
+//! `claims` table with one prepared statement in one transaction (no log reading, no user
+//! totals, no positions).
+//!
+//! Run: `cargo bench --bench settle -- [--dir DIR] [--claims N]` (default 2,000,000 claims over
+//! two core logs; DIR defaults to a fresh directory under the system temp dir). Under
+//! `cargo test --all-targets` it does a small smoke run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Parser;
+use hongbao::ledger::{ClaimRecord, KIND_CLAIM};
+use hongbao::settle::{open_ledger, settle_pass, BATCH_DEFAULT};
+use hongbao::store::{FileLog, StoreOptions};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::IntoBytes;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long)]
+    claims: Option<u32>,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn claim(core: u16, i: u32) -> ClaimRecord {
+    ClaimRecord {
+        envelope_id: U64::new((u64::from(core) << 32) | u64::from(i)),
+        uid: U64::new(u64::from(i.wrapping_mul(2_654_435_761)) % 5_000_000),
+        amount_cents: U32::new(1 + (i.wrapping_mul(7919)) % 20_000),
+        batch_id: U16::new((i % 7) as u16),
+        key_id: U16::new(1 + (i % 300) as u16),
+        claimed_unix: U32::new(1_800_000_000 + i / 100_000),
+        issuing_core: U16::new(core),
+        reserved: U16::new(0),
+    }
+}
+
+fn write_logs(data: &Path, per_core: u32) {
+    std::fs::create_dir_all(data).expect("data dir");
+    std::fs::write(
+        data.join("event.json"),
+        r#"{"format":"hongbao-data-1","event":"bench","variant":"A","generation":"g","host":"h1"}"#,
+    )
+    .expect("event.json");
+    for core in 0..2u16 {
+        let dir = data.join(format!("core-{core}"));
+        let (mut log, _) =
+            FileLog::open(&dir, core, StoreOptions::default(), |_, _| {}).expect("log");
+        for i in 0..per_core {
+            let c = claim(core, i);
+            log.append(KIND_CLAIM, c.uid.get(), u64::from(i), c.as_bytes())
+                .expect("append");
+            if i % 4096 == 4095 {
+                log.commit().expect("commit");
+            }
+        }
+        log.close().expect("close");
+    }
+}
+
+/// The peer: the same rows, one prepared INSERT each, one transaction.
+fn peer(db: &Path, per_core: u32) -> f64 {
+    let conn = rusqlite::Connection::open(db).expect("peer db");
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+         CREATE TABLE claims (envelope_id INTEGER PRIMARY KEY, uid INTEGER NOT NULL,
+           amount_cents INTEGER NOT NULL, batch_id INTEGER NOT NULL, key_id INTEGER NOT NULL,
+           claimed_unix INTEGER NOT NULL, issuing_core INTEGER NOT NULL, host TEXT NOT NULL,
+           core INTEGER NOT NULL, segment INTEGER NOT NULL, offset INTEGER NOT NULL,
+           state TEXT NOT NULL);",
+    )
+    .expect("schema");
+    let started = Instant::now();
+    conn.execute_batch("BEGIN").expect("begin");
+    {
+        let mut insert = conn
+            .prepare("INSERT INTO claims VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'h1', ?8, 0, ?9, 'pending')")
+            .expect("prepare");
+        for core in 0..2u16 {
+            for i in 0..per_core {
+                let c = claim(core, i);
+                insert
+                    .execute(rusqlite::params![
+                        c.envelope_id.get() as i64,
+                        c.uid.get() as i64,
+                        c.amount_cents.get(),
+                        c.batch_id.get(),
+                        c.key_id.get(),
+                        c.claimed_unix.get(),
+                        core,
+                        core,
+                        i64::from(i) * 64,
+                    ])
+                    .expect("insert");
+            }
+        }
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+    started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let args = Args::parse();
+    let smoke = !args.bench;
+    let total = args
+        .claims
+        .unwrap_or(if smoke { 20_000 } else { 2_000_000 });
+    let per_core = total / 2;
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("hongbao-settle-bench-{}", std::process::id()));
+    let data = dir.join("data");
+    write_logs(&data, per_core);
+
+    let peer_s = peer(&dir.join("peer.sqlite"), per_core);
+    let (mut ledger, host) = open_ledger(&data, &dir.join("ledger.sqlite")).expect("ledger");
+    let started = Instant::now();
+    let pass = settle_pass(&mut ledger, &host, &data, BATCH_DEFAULT).expect("settle");
+    let settle_s = started.elapsed().as_secs_f64();
+    assert_eq!(pass.recorded, u64::from(per_core) * 2);
+    let n = f64::from(per_core * 2);
+    println!("| what | claims | seconds | claims/s | vs peer |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| peer: one prepared INSERT per row, one transaction | {} | {peer_s:.2} | {:.0} | 1.00 |",
+        per_core * 2,
+        n / peer_s
+    );
+    println!(
+        "| settle pass (read logs, claims + users + positions, {BATCH_DEFAULT}/transaction) | {} | {settle_s:.2} | {:.0} | {:.2} |",
+        per_core * 2,
+        n / settle_s,
+        peer_s / settle_s
+    );
+    let check_started = Instant::now();
+    assert_eq!(ledger.check().expect("invariants").claims, pass.recorded);
+    let check_s = check_started.elapsed().as_secs_f64();
+
+    println!("\nthe ledger's invariant check (a full scan, once per settle run): {check_s:.2} s");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,167 @@
+//! `hongbao settle`: the consumer of claims. Reads the durable claims of a host's data
+//! directory (the per-core logs, as `hongbao claims` does) and records each in the ledger
+//! database exactly once, with each log's resume position in the same transaction
+//! (docs/formats/ledger.md). Claims enter the ledger `pending`; reconciliation against the
+//! tickets moves them on.
+//!
+//! A process apart from the server, on its own thread: serving never waits for it. When it is
+//! slower than opens, the backlog waits in the logs and crediting is late; nothing else.
+
+pub mod cli;
+pub mod db;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use zerocopy::FromBytes;
+
+use crate::ledger::{ClaimRecord, KIND_CLAIM};
+use crate::serve::setup::{DataIdentity, EVENT_FILE};
+use crate::store::file::read_log;
+use crate::store::record::encoded_len;
+use crate::store::{LogPosition, StoreError};
+use db::{DbError, Ledger, LedgerIdentity, Recorded};
+
+/// Claims per transaction unless told otherwise.
+pub const BATCH_DEFAULT: usize = 50_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Data(String),
+    /// A claim record whose payload is not a claim.
+    #[error("core {core} position {position}: claim record of {bytes} bytes is malformed")]
+    Malformed {
+        core: u16,
+        position: LogPosition,
+        bytes: usize,
+    },
+}
+
+/// What one pass over a data directory did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// New claims recorded.
+    pub recorded: u64,
+    /// Their cents.
+    pub cents: u64,
+    /// Claims read again (already recorded from the same position).
+    pub again: u64,
+    /// Claims of envelopes the ledger has from another position: held.
+    pub conflicts: u64,
+    /// Each core's resume position after the pass.
+    pub positions: BTreeMap<u16, LogPosition>,
+}
+
+/// Reads `<data>/event.json`: which event, variant, generation and host the logs belong to.
+pub fn data_identity(data: &Path) -> Result<DataIdentity, SettleError> {
+    let path = data.join(EVENT_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| SettleError::Data(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        SettleError::Data(format!(
+            "{}: not a data directory's identity: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// The ledger for the event of `data`, opened or created at `db`.
+pub fn open_ledger(data: &Path, db: &Path) -> Result<(Ledger, String), SettleError> {
+    let id = data_identity(data)?;
+    let ledger = Ledger::open(
+        db,
+        &LedgerIdentity {
+            event: id.event,
+            variant: id.variant,
+            generation: id.generation,
+        },
+    )?;
+    Ok((ledger, id.host))
+}
+
+/// One pass: every durable claim of every core log of `data` past the ledger's positions is
+/// recorded, `batch` claims per transaction.
+pub fn settle_pass(
+    ledger: &mut Ledger,
+    host: &str,
+    data: &Path,
+    batch: usize,
+) -> Result<Pass, SettleError> {
+    let dirs = crate::claims::core_dirs(data).map_err(|e| SettleError::Data(e.to_string()))?;
+    if let Some(listed) = crate::serve::cores::read(data).map_err(SettleError::Data)? {
+        let present: Vec<u16> = dirs.iter().map(|(k, _)| *k).collect();
+        crate::serve::cores::check_listed(data, &listed, &present).map_err(SettleError::Data)?;
+    }
+    let mut pass = Pass::default();
+    for (core, dir) in dirs {
+        let end = settle_core(ledger, host, core, &dir, batch.max(1), &mut pass);
+        if end.is_err() {
+            ledger.rollback();
+        }
+        pass.positions.insert(core, end?);
+    }
+    Ok(pass)
+}
+
+/// Records the claims of one core's log past its position; returns the new position.
+fn settle_core(
+    ledger: &mut Ledger,
+    host: &str,
+    core: u16,
+    dir: &Path,
+    batch: usize,
+    pass: &mut Pass,
+) -> Result<LogPosition, SettleError> {
+    let from = ledger.position(host, core)?;
+    ledger.begin()?;
+    let mut failure: Option<SettleError> = None;
+    let mut in_batch = 0u64;
+    let end = read_log(dir, core, from, |position, view| {
+        if view.kind != KIND_CLAIM || failure.is_some() {
+            return;
+        }
+        let Ok(c) = ClaimRecord::read_from_bytes(view.payload) else {
+            failure = Some(SettleError::Malformed {
+                core,
+                position,
+                bytes: view.payload.len(),
+            });
+            return;
+        };
+        let mut step = || -> Result<(), SettleError> {
+            match ledger.record(host, core, position, &c)? {
+                Recorded::New => {
+                    pass.recorded += 1;
+                    pass.cents += u64::from(c.amount_cents.get());
+                }
+                Recorded::Again => pass.again += 1,
+                Recorded::Conflict => pass.conflicts += 1,
+            }
+            in_batch += 1;
+            if in_batch as usize >= batch {
+                let next = LogPosition {
+                    segment: position.segment,
+                    offset: position.offset + encoded_len(view.payload.len()) as u64,
+                };
+                ledger.commit_at(host, core, next, in_batch)?;
+                in_batch = 0;
+                ledger.begin()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = step() {
+            failure = Some(e);
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let end = end.max(from);
+    ledger.commit_at(host, core, end, in_batch)?;
+    Ok(end)
+}

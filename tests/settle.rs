@@ -1,0 +1,275 @@
+//! `hongbao settle`: every durable claim recorded in the ledger exactly once, beside a running
+//! server and across kill -9 of the settle process at any moment.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{bin, run, Event};
+use hongbao::ledger::{ClaimRecord, KIND_CLAIM};
+use hongbao::store::{FileLog, StoreOptions};
+use hongbao::wire::ops::{Reply, ShakeOutcome};
+use rusqlite::Connection;
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::IntoBytes;
+
+/// (envelope id, uid, amount) of every claim row, sorted.
+fn ledger_rows(db: &Path) -> Vec<(u64, u64, u32)> {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT envelope_id, uid, amount_cents FROM claims ORDER BY envelope_id")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get(2)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    rows
+}
+
+/// Claim rows so far (0 before the schema exists: a settle killed at its very start).
+fn row_count(db: &Path) -> usize {
+    let Ok(conn) = Connection::open(db) else {
+        return 0;
+    };
+    conn.query_row("SELECT COUNT(*) FROM claims", [], |r| r.get::<_, i64>(0))
+        .map_or(0, |n| n as usize)
+}
+
+fn user_totals(db: &Path) -> Vec<(u64, u64, u64)> {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT uid, claims, pending_cents FROM users ORDER BY uid")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    rows
+}
+
+#[test]
+fn settles_every_acknowledged_open_once_beside_a_running_server() {
+    let event = Event::new();
+    let mut server = event.serve("data", &["--no-pacing", "--cores", "2"]);
+    let mut follow = Command::new(bin())
+        .args([
+            "settle",
+            "--data",
+            "data",
+            "--db",
+            "ledger.sqlite",
+            "--follow",
+        ])
+        .current_dir(event.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    for uid in 1..=6u64 {
+        let mut c = server.client(&event.auth(uid));
+        for _ in 0..40 {
+            let token = match c.shake().unwrap() {
+                Reply::Shake(s) if s.outcome == ShakeOutcome::Envelope => s.token.unwrap(),
+                _ => continue,
+            };
+            match c.open(&token).unwrap() {
+                Reply::Open(o) => acknowledged.push((o.envelope_id, uid, o.amount_cents)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(acknowledged.len() > 100, "{} opens", acknowledged.len());
+    // SIGTERM: the follower finishes its pass and stops.
+    common::wait_until("settle --follow to catch up", || {
+        Path::new(&event.path().join("ledger.sqlite")).exists()
+            && ledger_rows(&event.path().join("ledger.sqlite")).len() == acknowledged.len()
+    });
+    unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
+    let status = follow.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(server.terminate().success());
+
+    // Once more after the stop: nothing new, nothing twice.
+    let out = run(
+        &["settle", "--data", "data", "--db", "ledger.sqlite"],
+        event.path(),
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("0 new claims"), "{text}");
+    let db = event.path().join("ledger.sqlite");
+    acknowledged.sort();
+    assert_eq!(ledger_rows(&db), acknowledged);
+    let mut per_user = std::collections::BTreeMap::<u64, (u64, u64)>::new();
+    for &(_, uid, cents) in &acknowledged {
+        let t = per_user.entry(uid).or_default();
+        t.0 += 1;
+        t.1 += u64::from(cents);
+    }
+    let expected: Vec<(u64, u64, u64)> =
+        per_user.into_iter().map(|(u, (n, c))| (u, n, c)).collect();
+    assert_eq!(user_totals(&db), expected);
+    // The ledger and `hongbao claims` agree.
+    let mut claims: Vec<(u64, u64)> = event.claims("data");
+    claims.sort();
+    let rows: Vec<(u64, u64)> = ledger_rows(&db)
+        .into_iter()
+        .map(|(e, u, _)| (e, u))
+        .collect();
+    assert_eq!(rows, claims);
+}
+
+/// A data directory with `n` claims per core, written as a server writes them.
+fn write_claims(data: &Path, cores: u16, n: u32) -> Vec<(u64, u64, u32)> {
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(
+        data.join("event.json"),
+        r#"{"format":"hongbao-data-1","event":"e","variant":"A","generation":"g","host":"h1"}"#,
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    for core in 0..cores {
+        let options = StoreOptions {
+            segment_bytes_max: 2 << 20,
+            ..StoreOptions::default()
+        };
+        let dir = data.join(format!("core-{core}"));
+        let (mut log, _) = FileLog::open(&dir, core, options, |_, _| {}).unwrap();
+        for i in 0..n {
+            let envelope = (u64::from(core) << 32) | u64::from(i);
+            let uid = u64::from(i % 97) + 1;
+            let cents = 1 + i.wrapping_mul(7919) % 20_000;
+            let c = ClaimRecord {
+                envelope_id: U64::new(envelope),
+                uid: U64::new(uid),
+                amount_cents: U32::new(cents),
+                batch_id: U16::new(1),
+                key_id: U16::new(1),
+                claimed_unix: U32::new(1_800_000_000),
+                issuing_core: U16::new(core),
+                reserved: U16::new(0),
+            };
+            log.append(KIND_CLAIM, uid, u64::from(i), c.as_bytes())
+                .unwrap();
+            if i % 1000 == 999 {
+                log.commit().unwrap();
+            }
+            all.push((envelope, uid, cents));
+        }
+        log.close().unwrap();
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn kill_9_of_settle_at_any_moment_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let expected = write_claims(&data, 2, 60_000);
+    let db = dir.path().join("ledger.sqlite");
+    let settle = |batch: &str| {
+        Command::new(bin())
+            .args(["settle", "--data"])
+            .arg(&data)
+            .arg("--db")
+            .arg(&db)
+            .args(["--batch", batch])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Killed while it runs, until a kill leaves the ledger part-way (neither empty nor
+    // complete) at least 3 times.
+    let mut killed_midway = 0;
+    for round in 0..200u64 {
+        let mut child = settle("700");
+        std::thread::sleep(Duration::from_millis(2 + (round * 37) % 30));
+        let running = child.try_wait().unwrap().is_none();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let rows = row_count(&db);
+        if running && rows > 0 && rows < expected.len() {
+            killed_midway += 1;
+        }
+        if killed_midway >= 3 {
+            break;
+        }
+        if rows == expected.len() {
+            // Done before a third kill part-way: start again on a fresh ledger.
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+            }
+        }
+    }
+    let out = Command::new(bin())
+        .args(["settle", "--data"])
+        .arg(&data)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        killed_midway >= 3,
+        "settle was killed part-way only {killed_midway} times"
+    );
+    assert_eq!(ledger_rows(&db), expected, "{killed_midway} kills");
+    assert!(text.contains("0 read again"), "{text}");
+    let total: u64 = expected.iter().map(|e| u64::from(e.2)).sum();
+    let users: u64 = user_totals(&db).iter().map(|u| u.2).sum();
+    assert_eq!(users, total);
+}
+
+#[test]
+fn a_ledger_of_another_event_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_claims(&data, 1, 10);
+    let db = dir.path().join("ledger.sqlite");
+    let out = run(
+        &[
+            "settle",
+            "--data",
+            data.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    std::fs::write(
+        data.join("event.json"),
+        r#"{"format":"hongbao-data-1","event":"e","variant":"A","generation":"other","host":"h1"}"#,
+    )
+    .unwrap();
+    let out = run(
+        &[
+            "settle",
+            "--data",
+            data.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("generation"));
+}
