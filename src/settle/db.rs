@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS conflicts (
     batch_id INTEGER NOT NULL,
     key_id INTEGER NOT NULL,
     claimed_unix INTEGER NOT NULL,
+    issuing_core INTEGER NOT NULL,
     host TEXT NOT NULL,
     core INTEGER NOT NULL,
     segment INTEGER NOT NULL,
@@ -217,30 +218,16 @@ impl Ledger {
         c: &ClaimRecord,
     ) -> Result<Recorded, DbError> {
         debug_assert!(self.open);
-        let inserted = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO claims (envelope_id, uid, amount_cents, batch_id, key_id, \
-                 claimed_unix, issuing_core, host, core, segment, offset, state) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending') \
-                 ON CONFLICT (envelope_id) DO NOTHING",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    int(c.envelope_id.get()),
-                    int(c.uid.get()),
-                    c.amount_cents.get(),
-                    c.batch_id.get(),
-                    c.key_id.get(),
-                    c.claimed_unix.get(),
-                    c.issuing_core.get(),
-                    host,
-                    core,
-                    int(at.segment),
-                    int(at.offset),
-                ])
-            })
-            .map_err(sql(&self.path))?;
+        let inserted = self.insert_claim(
+            "INSERT INTO claims (envelope_id, uid, amount_cents, batch_id, key_id, \
+             claimed_unix, issuing_core, host, core, segment, offset, state) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending') \
+             ON CONFLICT (envelope_id) DO NOTHING",
+            host,
+            core,
+            at,
+            c,
+        )?;
         if inserted == 1 {
             let u = self.users.entry(c.uid.get()).or_default();
             u.0 += 1;
@@ -269,12 +256,30 @@ impl Ledger {
         if same {
             return Ok(Recorded::Again);
         }
+        self.insert_claim(
+            "INSERT OR IGNORE INTO conflicts (envelope_id, uid, amount_cents, batch_id, key_id, \
+             claimed_unix, issuing_core, host, core, segment, offset) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            host,
+            core,
+            at,
+            c,
+        )?;
+        Ok(Recorded::Conflict)
+    }
+
+    /// Runs `insert` (claims or conflicts) with a claim's eleven columns as ?1..?11; returns
+    /// the rows inserted.
+    fn insert_claim(
+        &self,
+        insert: &str,
+        host: &str,
+        core: u16,
+        at: LogPosition,
+        c: &ClaimRecord,
+    ) -> Result<usize, DbError> {
         self.conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO conflicts (envelope_id, uid, amount_cents, batch_id, \
-                 key_id, claimed_unix, host, core, segment, offset) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )
+            .prepare_cached(insert)
             .and_then(|mut s| {
                 s.execute(params![
                     int(c.envelope_id.get()),
@@ -283,14 +288,14 @@ impl Ledger {
                     c.batch_id.get(),
                     c.key_id.get(),
                     c.claimed_unix.get(),
+                    c.issuing_core.get(),
                     host,
                     core,
                     int(at.segment),
                     int(at.offset),
                 ])
             })
-            .map_err(sql(&self.path))?;
-        Ok(Recorded::Conflict)
+            .map_err(sql(&self.path))
     }
 
     /// Writes the user totals of the open transaction and the resume position `next` of
