@@ -43,6 +43,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod plan;
 pub mod progress;
+pub mod reconcile;
 pub mod runtime;
 pub mod serve;
 pub mod settle;

@@ -104,6 +104,9 @@ enum Command {
     /// each exactly once, pending until reconciliation; safe beside a running server
     /// (docs/formats/ledger.md). --follow keeps going until SIGINT/SIGTERM.
     Settle(hongbao::settle::cli::SettleArgs),
+    /// Check every claim against its ticket and the ledger, then credit what passes
+    /// (docs/formats/reconcile.md). Exit 0 consistent, 1 findings, 2 cannot run.
+    Reconcile(hongbao::reconcile::cli::ReconcileArgs),
     /// Serve a generated event: shakes and opens over the binary protocol and HTTP, one pinned
     /// executor per core, claims made durable in per-core logs (docs/PROTOCOL.md).
     Serve(Box<ServeArgs>),
@@ -326,6 +329,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Settle(args) => hongbao::settle::cli::run(args),
+        Command::Reconcile(args) => hongbao::reconcile::cli::run(args, default_threads()),
         Command::Claims { data, from } => {
             let mut starts = std::collections::BTreeMap::new();
             for f in &from {
@@ -569,6 +573,7 @@ fn demo_serve(
     let me = std::env::args().next().unwrap_or_else(|| "hongbao".into());
     let auth_display = auth_path.display().to_string();
     let data_display = dir.join("data").display().to_string();
+    let variant_dir = config.tickets.clone();
     let finished = hongbao::runtime::run(
         &config,
         prepared,
@@ -604,7 +609,57 @@ fn demo_serve(
         },
     )?;
     print_stopped(&finished);
-    Ok(ExitCode::SUCCESS)
+    demo_money(dir, &variant_dir)
+}
+
+/// The end of the demo: the claims settled into an embedded ledger, then reconciled against the
+/// tickets and credited (what `hongbao settle` and `hongbao reconcile` do).
+fn demo_money(dir: &Path, tickets: &Path) -> Result<ExitCode, String> {
+    let data = dir.join("data");
+    let db = dir.join("ledger.sqlite");
+    for suffix in ["", "-wal", "-shm"] {
+        let old = PathBuf::from(format!("{}{suffix}", db.display()));
+        if old.exists() {
+            std::fs::remove_file(&old).map_err(|e| format!("{}: {e}", old.display()))?;
+        }
+    }
+    let (mut ledger, host) = hongbao::settle::open_ledger(&data, &db).map_err(|e| e.to_string())?;
+    let pass =
+        hongbao::settle::settle_pass(&mut ledger, &host, &data, hongbao::settle::BATCH_DEFAULT)
+            .map_err(|e| e.to_string())?;
+    drop(ledger);
+    say!(
+        "settled: {} claims ({}) into {}",
+        pass.recorded,
+        format_cents(pass.cents),
+        db.display()
+    );
+    let report = hongbao::reconcile::reconcile(&hongbao::reconcile::ReconcileOptions {
+        tickets: tickets.to_path_buf(),
+        keyring: dir.join("keys").join("demo.keyring"),
+        plan: None,
+        data: vec![data],
+        db: db.clone(),
+        key_lists: None,
+        slot: None,
+        dry_run: false,
+        regenerate: false,
+        threads: default_threads(),
+        findings_max: FINDINGS_SHOWN_DEFAULT,
+    })
+    .map_err(|e| e.to_string())?;
+    let json = dir.join("reconcile.json");
+    let text = serde_json::to_string_pretty(&report).expect("a report serializes");
+    std::fs::write(&json, text + "\n").map_err(|e| format!("{}: {e}", json.display()))?;
+    for line in hongbao::reconcile::cli::summary(&report) {
+        say!("{line}");
+    }
+    say!("report: {}", json.display());
+    Ok(if report.consistent {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Shakes (obeying the back-off hints) until an envelope comes, opens it, opens it again.

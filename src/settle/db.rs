@@ -15,7 +15,11 @@ use crate::ledger::ClaimRecord;
 use crate::store::LogPosition;
 
 /// The `format` row of the `meta` table.
-pub const LEDGER_FORMAT: &str = "hongbao-ledger-1";
+pub const LEDGER_FORMAT: &str = "hongbao-ledger-2";
+
+/// How long a writer waits for another's transaction (a reconciliation holds the ledger for
+/// its whole run) before giving up with an error.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(1800);
 
 /// No CHECK constraints: with one, SQLite journals every INSERT on its own, which cost 40% of
 /// the rate (268 k against 412 k claims/s in bench/settle.rs). Amounts come from unsigned
@@ -43,7 +47,8 @@ CREATE TABLE IF NOT EXISTS users (
     uid INTEGER PRIMARY KEY,
     claims INTEGER NOT NULL,
     pending_cents INTEGER NOT NULL,
-    credited_cents INTEGER NOT NULL
+    credited_cents INTEGER NOT NULL,
+    held_cents INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS positions (
     host TEXT NOT NULL,
@@ -66,6 +71,28 @@ CREATE TABLE IF NOT EXISTS conflicts (
     segment INTEGER NOT NULL,
     offset INTEGER NOT NULL,
     PRIMARY KEY (host, core, segment, offset)
+);
+CREATE TABLE IF NOT EXISTS holds (
+    envelope_id INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    core INTEGER NOT NULL,
+    segment INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    finding TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    run INTEGER NOT NULL,
+    PRIMARY KEY (host, core, segment, offset, finding)
+);
+CREATE TABLE IF NOT EXISTS reconciliations (
+    run INTEGER PRIMARY KEY,
+    started_unix INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    consistent INTEGER NOT NULL,
+    credited INTEGER NOT NULL,
+    credited_cents INTEGER NOT NULL,
+    held INTEGER NOT NULL,
+    findings INTEGER NOT NULL,
+    report TEXT NOT NULL
 );
 ";
 
@@ -136,6 +163,8 @@ impl Ledger {
         // WAL with full syncs: a commit is on the disk when it returns.
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
             .map_err(sql(path))?;
+        // Settle and reconcile take turns at writing: each waits for the other's transaction.
+        conn.busy_timeout(BUSY_WAIT).map_err(sql(path))?;
         conn.execute_batch(SCHEMA).map_err(sql(path))?;
         let ledger = Ledger {
             path: path.to_path_buf(),
@@ -312,8 +341,8 @@ impl Ledger {
             let mut upsert = self
                 .conn
                 .prepare_cached(
-                    "INSERT INTO users (uid, claims, pending_cents, credited_cents) \
-                     VALUES (?1, ?2, ?3, 0) ON CONFLICT (uid) DO UPDATE SET \
+                    "INSERT INTO users (uid, claims, pending_cents, credited_cents, held_cents) \
+                     VALUES (?1, ?2, ?3, 0, 0) ON CONFLICT (uid) DO UPDATE SET \
                      claims = claims + excluded.claims, \
                      pending_cents = pending_cents + excluded.pending_cents",
                 )
@@ -347,6 +376,13 @@ impl Ledger {
         Ok(())
     }
 
+    /// Commits the open transaction (reconciliation's state changes).
+    pub fn commit(&mut self) -> Result<(), DbError> {
+        self.conn.execute_batch("COMMIT").map_err(sql(&self.path))?;
+        self.open = false;
+        Ok(())
+    }
+
     /// Abandons the open transaction (nothing of it is written).
     pub fn rollback(&mut self) {
         if self.open {
@@ -356,47 +392,80 @@ impl Ledger {
         }
     }
 
-    /// The ledger's totals, after checking its money invariants: the users' totals are the
-    /// sums of their claims' rows, and no envelope is both a claim and absent from its
-    /// user's count.
+    /// The ledger's totals, after checking its money invariants: each user's count and
+    /// pending, credited and held sums are those of the user's claim rows in each state, and
+    /// the positions account for at least as many claims as there are rows.
     pub fn check(&self) -> Result<Totals, DbError> {
-        let q = |text: &str| -> Result<i64, DbError> {
-            self.conn
-                .query_row(text, [], |r| r.get(0))
-                .map_err(sql(&self.path))
-        };
-        let claims = q("SELECT COUNT(*) FROM claims")?;
-        let cents = q("SELECT COALESCE(SUM(amount_cents), 0) FROM claims")?;
-        let user_claims = q("SELECT COALESCE(SUM(claims), 0) FROM users")?;
-        let user_cents = q("SELECT COALESCE(SUM(pending_cents + credited_cents), 0) FROM users")?;
-        let wrong_users = q("SELECT COUNT(*) FROM users u LEFT JOIN \
-             (SELECT uid, COUNT(*) AS n, SUM(amount_cents) AS cents FROM claims GROUP BY uid) c \
-             ON c.uid = u.uid \
-             WHERE u.claims != COALESCE(c.n, 0) \
-             OR u.pending_cents + u.credited_cents != COALESCE(c.cents, 0)")?;
-        let counted = q("SELECT COALESCE(SUM(claims), 0) FROM positions")?;
-        let conflicts = q("SELECT COUNT(*) FROM conflicts")?;
-        let inconsistent = |message: String| DbError::Inconsistent {
-            path: self.path.clone(),
-            message,
-        };
-        if claims != user_claims || cents != user_cents || wrong_users != 0 {
-            return Err(inconsistent(format!(
-                "{claims} claims of {cents} cents, but the users' totals say {user_claims} \
-                 claims of {user_cents} cents ({wrong_users} users differ)"
-            )));
-        }
-        if counted < claims {
-            return Err(inconsistent(format!(
-                "{claims} claims, but the positions account for reading only {counted}"
-            )));
-        }
-        Ok(Totals {
-            claims: claims as u64,
-            cents: cents as u64,
-            conflicts: conflicts as u64,
+        check_ledger(&self.conn).map_err(|e| match e {
+            Broken::Sql(source) => DbError::Sql {
+                path: self.path.clone(),
+                source,
+            },
+            Broken::Invariant(message) => DbError::Inconsistent {
+                path: self.path.clone(),
+                message,
+            },
         })
     }
+
+    /// The connection, for reconciliation's reads and its state changes (inside a
+    /// transaction it opens with [`Ledger::begin`]).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// Why [`check_ledger`] failed.
+pub enum Broken {
+    Sql(rusqlite::Error),
+    Invariant(String),
+}
+
+/// The money invariants of a ledger (see [`Ledger::check`]), on any connection to it.
+pub fn check_ledger(conn: &Connection) -> Result<Totals, Broken> {
+    let q = |text: &str| -> Result<i64, Broken> {
+        conn.query_row(text, [], |r| r.get(0)).map_err(Broken::Sql)
+    };
+    let claims = q("SELECT COUNT(*) FROM claims")?;
+    let cents = q("SELECT COALESCE(SUM(amount_cents), 0) FROM claims")?;
+    let user_claims = q("SELECT COALESCE(SUM(claims), 0) FROM users")?;
+    let user_cents =
+        q("SELECT COALESCE(SUM(pending_cents + credited_cents + held_cents), 0) FROM users")?;
+    let wrong_users = q("SELECT COUNT(*) FROM users u LEFT JOIN \
+         (SELECT uid, COUNT(*) AS n, \
+          SUM(CASE WHEN state = 'pending' THEN amount_cents ELSE 0 END) AS pending, \
+          SUM(CASE WHEN state = 'credited' THEN amount_cents ELSE 0 END) AS credited, \
+          SUM(CASE WHEN state = 'held' THEN amount_cents ELSE 0 END) AS held \
+          FROM claims GROUP BY uid) c ON c.uid = u.uid \
+         WHERE u.claims != COALESCE(c.n, 0) \
+         OR u.pending_cents != COALESCE(c.pending, 0) \
+         OR u.credited_cents != COALESCE(c.credited, 0) \
+         OR u.held_cents != COALESCE(c.held, 0)")?;
+    let strange_states =
+        q("SELECT COUNT(*) FROM claims WHERE state NOT IN ('pending', 'credited', 'held')")?;
+    let counted = q("SELECT COALESCE(SUM(claims), 0) FROM positions")?;
+    let conflicts = q("SELECT COUNT(*) FROM conflicts")?;
+    if claims != user_claims || cents != user_cents || wrong_users != 0 {
+        return Err(Broken::Invariant(format!(
+            "{claims} claims of {cents} cents, but the users' totals say {user_claims} \
+             claims of {user_cents} cents ({wrong_users} users differ)"
+        )));
+    }
+    if strange_states != 0 {
+        return Err(Broken::Invariant(format!(
+            "{strange_states} claims are in a state that is not pending, credited or held"
+        )));
+    }
+    if counted < claims {
+        return Err(Broken::Invariant(format!(
+            "{claims} claims, but the positions account for reading only {counted}"
+        )));
+    }
+    Ok(Totals {
+        claims: claims as u64,
+        cents: cents as u64,
+        conflicts: conflicts as u64,
+    })
 }
 
 fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {

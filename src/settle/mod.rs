@@ -84,6 +84,17 @@ pub fn open_ledger(data: &Path, db: &Path) -> Result<(Ledger, String), SettleErr
     Ok((ledger, id.host))
 }
 
+/// The core log directories of `data`, by core, after checking that every core its
+/// cores.json lists is there.
+pub fn log_dirs(data: &Path) -> Result<Vec<(u16, std::path::PathBuf)>, SettleError> {
+    let dirs = crate::claims::core_dirs(data).map_err(|e| SettleError::Data(e.to_string()))?;
+    if let Some(listed) = crate::serve::cores::read(data).map_err(SettleError::Data)? {
+        let present: Vec<u16> = dirs.iter().map(|(k, _)| *k).collect();
+        crate::serve::cores::check_listed(data, &listed, &present).map_err(SettleError::Data)?;
+    }
+    Ok(dirs)
+}
+
 /// One pass: every durable claim of every core log of `data` past the ledger's positions is
 /// recorded, `batch` claims per transaction.
 pub fn settle_pass(
@@ -92,11 +103,7 @@ pub fn settle_pass(
     data: &Path,
     batch: usize,
 ) -> Result<Pass, SettleError> {
-    let dirs = crate::claims::core_dirs(data).map_err(|e| SettleError::Data(e.to_string()))?;
-    if let Some(listed) = crate::serve::cores::read(data).map_err(SettleError::Data)? {
-        let present: Vec<u16> = dirs.iter().map(|(k, _)| *k).collect();
-        crate::serve::cores::check_listed(data, &listed, &present).map_err(SettleError::Data)?;
-    }
+    let dirs = log_dirs(data)?;
     let mut pass = Pass::default();
     for (core, dir) in dirs {
         let end = settle_core(ledger, host, core, &dir, batch.max(1), &mut pass);
