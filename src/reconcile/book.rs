@@ -5,9 +5,9 @@
 //! the run holds. Runs on the `reconcile` command's thread.
 
 use std::collections::BTreeMap;
-use std::iter::Peekable;
+use std::sync::Arc;
 
-use rusqlite::{params, Connection, MappedRows, Row as SqlRow};
+use rusqlite::{params, Connection, Row as SqlRow, Rows};
 use serde::Serialize;
 
 use super::findings::Finding;
@@ -23,14 +23,25 @@ pub struct Row {
     pub key_id: u16,
     pub claimed_unix: u32,
     pub issuing_core: u16,
-    pub host: String,
+    /// Shared between the rows of one host (a cursor keeps one copy of each name).
+    pub host: Arc<str>,
     pub core: u16,
     pub at: LogPosition,
     /// From `conflicts`: a second claim of an envelope `claims` holds.
     pub conflict: bool,
 }
 
-fn row(r: &SqlRow<'_>) -> rusqlite::Result<Row> {
+/// Reads a row of [`BY_POSITION`] or [`BY_ENVELOPE`]; `hosts` keeps each host name once.
+fn read_row(r: &SqlRow<'_>, hosts: &mut Vec<Arc<str>>) -> rusqlite::Result<Row> {
+    let name = r.get_ref(7)?.as_str()?;
+    let host = match hosts.iter().find(|h| &***h == name) {
+        Some(h) => h.clone(),
+        None => {
+            let h: Arc<str> = Arc::from(name);
+            hosts.push(h.clone());
+            h
+        }
+    };
     Ok(Row {
         envelope_id: r.get::<_, i64>(0)? as u64,
         uid: r.get::<_, i64>(1)? as u64,
@@ -39,7 +50,7 @@ fn row(r: &SqlRow<'_>) -> rusqlite::Result<Row> {
         key_id: r.get(4)?,
         claimed_unix: r.get(5)?,
         issuing_core: r.get(6)?,
-        host: r.get(7)?,
+        host,
         core: r.get(8)?,
         at: LogPosition {
             segment: r.get::<_, i64>(9)? as u64,
@@ -69,42 +80,50 @@ pub const CONFLICTS_BY_ENVELOPE: &str = "SELECT envelope_id, uid, amount_cents, 
     key_id, claimed_unix, issuing_core, host, core, segment, offset, 1 FROM conflicts \
     ORDER BY envelope_id";
 
-type Mapper = fn(&SqlRow<'_>) -> rusqlite::Result<Row>;
-
 /// A forward cursor over rows with one row of look-ahead; a read error ends it and is kept.
 pub struct Cursor<'s> {
-    rows: Peekable<MappedRows<'s, Mapper>>,
-    pub error: Option<rusqlite::Error>,
+    rows: Rows<'s>,
+    ahead: Option<Row>,
+    done: bool,
+    hosts: Vec<Arc<str>>,
+    error: Option<rusqlite::Error>,
 }
 
 impl<'s> Cursor<'s> {
     pub fn new(stmt: &'s mut rusqlite::Statement<'_>) -> rusqlite::Result<Cursor<'s>> {
-        let mapper: Mapper = row;
         Ok(Cursor {
-            rows: stmt.query_map([], mapper)?.peekable(),
+            rows: stmt.query([])?,
+            ahead: None,
+            done: false,
+            hosts: Vec::new(),
             error: None,
         })
     }
 
-    /// The next row, without taking it.
-    pub fn peek(&mut self) -> Option<&Row> {
-        if let Some(Err(_)) = self.rows.peek() {
-            if let Some(Err(e)) = self.rows.next() {
+    fn fill(&mut self) {
+        if self.ahead.is_some() || self.done {
+            return;
+        }
+        let next = match self.rows.next() {
+            Ok(Some(r)) => read_row(r, &mut self.hosts).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match next {
+            Ok(Some(row)) => self.ahead = Some(row),
+            Ok(None) => self.done = true,
+            Err(e) => {
                 self.error = Some(e);
+                self.done = true;
             }
-            return None;
         }
-        if self.error.is_some() {
-            return None;
-        }
-        self.rows.peek().and_then(|r| r.as_ref().ok())
     }
 
     /// Takes the next row when `take` says so.
     pub fn next_if(&mut self, take: impl FnOnce(&Row) -> bool) -> Option<Row> {
-        let yes = self.peek().is_some_and(take);
-        if yes {
-            self.rows.next().and_then(Result::ok)
+        self.fill();
+        if self.ahead.as_ref().is_some_and(take) {
+            self.ahead.take()
         } else {
             None
         }
@@ -209,7 +228,13 @@ pub fn apply(conn: &Connection, run: i64) -> rusqlite::Result<Applied> {
          SELECT envelope_id, host, core, segment, offset, finding, detail, ?1 FROM temp.held",
         [run],
     )?;
-    let held = move_state(conn, HELD_PENDING, "held_cents", "held")?;
+    let any_held: bool =
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM temp.held)", [], |r| r.get(0))?;
+    let held = if any_held {
+        move_state(conn, HELD_PENDING, "held_cents", "held")?
+    } else {
+        Amount::default()
+    };
     let credited = move_state(conn, PASSED_PENDING, "credited_cents", "credited")?;
     Ok(Applied { held, credited })
 }

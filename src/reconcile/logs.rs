@@ -28,8 +28,8 @@ pub struct HostLogs {
     pub cores: Vec<(u16, PathBuf)>,
 }
 
-/// Highest reservation end per (host, shard ordinal): tickets below it may have been issued.
-pub type Reservations = HashMap<(String, u32), u32>;
+/// Highest reservation end per host and shard ordinal: tickets below it may have been issued.
+pub type Reservations = HashMap<String, HashMap<u32, u32>>;
 
 /// Counts of the log pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -69,17 +69,19 @@ pub fn check_logs(
     };
     let mut reservations = Reservations::new();
     for h in hosts {
-        pass.skip_rows_while(|r| r.host < h.host);
+        pass.skip_rows_while(|r| *r.host < *h.host);
         for (core, dir) in &h.cores {
             // Rows of cores with no log here: their claims cannot be seen.
-            pass.no_claim_while(|r| r.host == h.host && r.core < *core);
+            pass.no_claim_while(|r| *r.host == *h.host && r.core < *core);
             let settled = settle_position(conn, &h.host, *core)?;
             read_log(dir, *core, LogPosition::default(), |at, view| {
                 match view.kind {
                     KIND_RESERVATION => {
                         if let Ok(r) = ReservationRecord::read_from_bytes(view.payload) {
                             let end = reservations
-                                .entry((h.host.clone(), r.shard_ordinal.get()))
+                                .entry(h.host.clone())
+                                .or_default()
+                                .entry(r.shard_ordinal.get())
                                 .or_default();
                             *end = (*end).max(r.end.get());
                         }
@@ -92,9 +94,9 @@ pub fn check_logs(
             if let Some(e) = pass.failure.take() {
                 return Err(e);
             }
-            pass.no_claim_while(|r| r.host == h.host && r.core == *core);
+            pass.no_claim_while(|r| *r.host == *h.host && r.core == *core);
         }
-        pass.no_claim_while(|r| r.host == h.host);
+        pass.no_claim_while(|r| *r.host == *h.host);
     }
     pass.skip_rows_while(|_| true);
     let counts = pass.counts;
@@ -169,10 +171,10 @@ impl Pass<'_, '_> {
             return;
         };
         self.counts.claims_read += 1;
-        self.no_claim_while(|r| r.host == host && r.core == core && r.at < at);
+        self.no_claim_while(|r| &*r.host == host && r.core == core && r.at < at);
         match self
             .rows
-            .next_if(|r| r.host == host && r.core == core && r.at == at)
+            .next_if(|r| &*r.host == host && r.core == core && r.at == at)
         {
             Some(r) => self.compare(&r, &c),
             None if at < settled => {
@@ -240,7 +242,7 @@ fn claim_row(host: &str, core: u16, at: LogPosition, c: &ClaimRecord) -> Row {
         key_id: c.key_id.get(),
         claimed_unix: c.claimed_unix.get(),
         issuing_core: c.issuing_core.get(),
-        host: host.to_string(),
+        host: host.into(),
         core,
         at,
         conflict: false,

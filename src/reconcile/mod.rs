@@ -140,6 +140,24 @@ pub struct Report {
     pub money: Totals,
     /// Files whose unissued tickets were not counted: their host's logs were not given.
     pub unissued_files_not_counted: usize,
+    pub timings: Timings,
+}
+
+/// Seconds spent in each part of a run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timings {
+    /// `verify` of the tickets (checks a, b and c in the tickets).
+    pub verify_s: f64,
+    /// The ledger's own invariants, before anything moves.
+    pub ledger_s: f64,
+    /// The logs against the ledger rows, in position order.
+    pub logs_s: f64,
+    /// The ledger rows against their tickets, in envelope order.
+    pub tickets_s: f64,
+    /// The state changes and the invariant checks around them.
+    pub apply_s: f64,
+    /// Counting the tickets never issued.
+    pub unissued_s: f64,
 }
 
 /// Everything read before the ledger is locked.
@@ -307,11 +325,23 @@ fn checked_run(
     started: Instant,
 ) -> Result<Report, ReconcileError> {
     let started_unix = crate::gen::now_unix();
+    let mut timings = Timings {
+        verify_s: verified.seconds,
+        ..Timings::default()
+    };
+    let mut phase = Instant::now();
+    let mut lap = || {
+        let s = phase.elapsed().as_secs_f64();
+        phase = Instant::now();
+        s
+    };
     let ledger = ledger_section(conn)?;
+    timings.ledger_s = lap();
     let host_names: Vec<String> = inputs.hosts.iter().map(|h| h.host.clone()).collect();
     book::prepare(conn, &host_names, &inputs.scope)?;
     let mut findings = Findings::new(opts.findings_max);
     let (log_counts, reservations) = logs::check_logs(conn, &inputs.hosts, &mut findings)?;
+    timings.logs_s = lap();
     let given: HashSet<String> = host_names.iter().cloned().collect();
     let side = TicketSide {
         variant_dir: &opts.tickets,
@@ -322,6 +352,7 @@ fn checked_run(
         reservations: &reservations,
     };
     let rows = tickets::check_tickets(conn, &side, &mut findings)?;
+    timings.tickets_s = lap();
     let not_applied_because = if !verified.ok() {
         Some("the tickets failed verification: nothing is credited".to_string())
     } else if !ledger.consistent {
@@ -345,7 +376,9 @@ fn checked_run(
         }
     }
     let by_state = book::by_batch(conn)?;
+    timings.apply_s = lap();
     let (unissued, not_counted) = tickets::unissued(&side)?;
+    timings.unissued_s = lap();
     let money = totals::totals(&inputs.manifest, &inputs.batches, &by_state, &unissued);
     let consistent = verified.ok() && ledger.consistent && findings.total == 0;
     let mut report = Report {
@@ -369,6 +402,7 @@ fn checked_run(
         changed,
         money,
         unissued_files_not_counted: not_counted,
+        timings,
     };
     report.seconds = started.elapsed().as_secs_f64();
     if report.applied {

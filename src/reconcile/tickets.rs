@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use rusqlite::Connection;
 use serde::Serialize;
@@ -39,10 +40,12 @@ pub struct TicketCounts {
     pub rows_checked: u64,
 }
 
-/// The ticket file being read, mapped.
-struct Open {
-    ordinal: u32,
-    file: ShardFile,
+/// The ticket file being read, mapped, and what the previous row learnt of its host's
+/// reservations (rows come in envelope order: long runs share both).
+struct Current<'m> {
+    file: Option<(&'m ShardEntry, ShardFile)>,
+    /// (host, ordinal, the host's reservation end for it when its logs were read).
+    issued: Option<(Arc<str>, u32, Option<u32>)>,
 }
 
 /// Checks every row of `claims`, then of `conflicts`; findings are held (book::hold).
@@ -58,8 +61,12 @@ pub fn check_tickets(
         .map(|s| (s.ordinal, s))
         .collect();
     let conflicting = book::conflicting_envelopes(conn)?;
-    let mut open: Option<Open> = None;
+    let mut current = Current {
+        file: None,
+        issued: None,
+    };
     let mut counts = TicketCounts::default();
+    let mut found = Vec::new();
     for query in [book::BY_ENVELOPE, book::CONFLICTS_BY_ENVELOPE] {
         let mut conflicting = conflicting.iter().peekable();
         let mut stmt = conn.prepare(query)?;
@@ -68,7 +75,7 @@ pub fn check_tickets(
             counts.rows_checked += 1;
             while conflicting.next_if(|&&e| e < row.envelope_id).is_some() {}
             let twice = conflicting.next_if(|&&e| e == row.envelope_id).is_some();
-            let mut found = check_row(side, &by_ordinal, &mut open, &row)?;
+            check_row(side, &by_ordinal, &mut current, &row, &mut found)?;
             // (A conflict row's own duplicate finding comes from the log pass.)
             if twice && !row.conflict {
                 found.push((
@@ -76,7 +83,7 @@ pub fn check_tickets(
                     "this envelope is claimed again elsewhere (see the conflicts table)".into(),
                 ));
             }
-            for (kind, detail) in found {
+            for (kind, detail) in found.drain(..) {
                 let f = Finding {
                     kind,
                     place: Place::new(EnvelopeId(row.envelope_id), &row.host, row.core, row.at),
@@ -91,16 +98,62 @@ pub fn check_tickets(
     Ok(counts)
 }
 
-/// The findings about one row (none when it is right).
-fn check_row(
+/// The file of `ordinal`, mapped (the current one, or opened now).
+fn file_of<'c, 'm>(
+    by_ordinal: &HashMap<u32, &'m ShardEntry>,
+    current: &'c mut Current<'m>,
     side: &TicketSide<'_>,
-    by_ordinal: &HashMap<u32, &ShardEntry>,
-    open: &mut Option<Open>,
+    ordinal: u32,
+) -> Result<Option<&'c (&'m ShardEntry, ShardFile)>, ReconcileError> {
+    if !current
+        .file
+        .as_ref()
+        .is_some_and(|(s, _)| s.ordinal == ordinal)
+    {
+        let Some(&shard) = by_ordinal.get(&ordinal) else {
+            return Ok(None);
+        };
+        let path = side.variant_dir.join(&shard.path);
+        let file = ShardFile::open(&path).map_err(|e| ReconcileError::Data(e.to_string()))?;
+        current.file = Some((shard, file));
+    }
+    Ok(current.file.as_ref())
+}
+
+/// The reservation end of the row's host for `ordinal`, None when its logs were not read.
+fn issued_end(
+    side: &TicketSide<'_>,
+    current: &mut Current<'_>,
+    host: &Arc<str>,
+    ordinal: u32,
+) -> Option<u32> {
+    if let Some((h, o, end)) = &current.issued {
+        if Arc::ptr_eq(h, host) && *o == ordinal {
+            return *end;
+        }
+    }
+    let end = side.hosts.contains(&**host).then(|| {
+        side.reservations
+            .get(&**host)
+            .and_then(|m| m.get(&ordinal))
+            .copied()
+            .unwrap_or(0)
+    });
+    current.issued = Some((host.clone(), ordinal, end));
+    end
+}
+
+/// Pushes the findings about one row to `found` (none when it is right).
+fn check_row<'m>(
+    side: &TicketSide<'_>,
+    by_ordinal: &HashMap<u32, &'m ShardEntry>,
+    current: &mut Current<'m>,
     row: &Row,
-) -> Result<Vec<(FindingKind, String)>, ReconcileError> {
+    found: &mut Vec<(FindingKind, String)>,
+) -> Result<(), ReconcileError> {
     let id = EnvelopeId(row.envelope_id);
-    let mut found = Vec::new();
-    let Some(shard) = by_ordinal.get(&id.shard_ordinal()) else {
+    let end = issued_end(side, current, &row.host, id.shard_ordinal());
+    let Some((shard, file)) = file_of(by_ordinal, current, side, id.shard_ordinal())? else {
         found.push((
             FindingKind::UnknownShard,
             format!(
@@ -109,9 +162,9 @@ fn check_row(
                 id.shard_ordinal()
             ),
         ));
-        return Ok(found);
+        return Ok(());
     };
-    if shard.host != row.host {
+    if *shard.host != *row.host {
         found.push((
             FindingKind::WrongHost,
             format!(
@@ -120,37 +173,22 @@ fn check_row(
             ),
         ));
     }
-    if side.hosts.contains(&row.host) {
-        let end = side
-            .reservations
-            .get(&(row.host.clone(), id.shard_ordinal()))
-            .copied()
-            .unwrap_or(0);
-        if id.index() >= end {
-            found.push((
-                FindingKind::NeverIssued,
-                format!(
-                    "host {} reserved tickets of {} only below index {end}",
-                    row.host, shard.path
-                ),
-            ));
-        }
+    if let Some(end) = end.filter(|&end| id.index() >= end) {
+        found.push((
+            FindingKind::NeverIssued,
+            format!(
+                "host {} reserved tickets of {} only below index {end}",
+                row.host, shard.path
+            ),
+        ));
     }
-    if !open.as_ref().is_some_and(|o| o.ordinal == shard.ordinal) {
-        let path = side.variant_dir.join(&shard.path);
-        let file = ShardFile::open(&path).map_err(|e| ReconcileError::Data(e.to_string()))?;
-        *open = Some(Open {
-            ordinal: shard.ordinal,
-            file,
-        });
-    }
-    let records = open.as_ref().expect("opened above").file.records();
+    let records = file.records();
     let Some(record) = records.get(id.index() as usize) else {
         found.push((
             FindingKind::NoSuchTicket,
             format!("{} holds {} tickets", shard.path, records.len()),
         ));
-        return Ok(found);
+        return Ok(());
     };
     let ticket = match record.open(side.keyring) {
         Ok(t) if t.envelope_id == id => t,
@@ -159,11 +197,11 @@ fn check_row(
                 FindingKind::TicketUnreadable,
                 format!("the record at this index is envelope {}", t.envelope_id),
             ));
-            return Ok(found);
+            return Ok(());
         }
         Err(e) => {
             found.push((FindingKind::TicketUnreadable, e.to_string()));
-            return Ok(found);
+            return Ok(());
         }
     };
     if (ticket.amount_cents, ticket.batch_id, ticket.key_id)
@@ -189,7 +227,7 @@ fn check_row(
             format!("key {} is refused by the key lists", ticket.key_id),
         ));
     }
-    Ok(found)
+    Ok(())
 }
 
 /// Envelopes never issued (at or past the host's highest reservation), per batch, over the
@@ -205,7 +243,8 @@ pub fn unissued(side: &TicketSide<'_>) -> Result<(BTreeMap<u16, Amount>, usize),
         }
         let end = side
             .reservations
-            .get(&(shard.host.clone(), shard.ordinal))
+            .get(&shard.host)
+            .and_then(|m| m.get(&shard.ordinal))
             .copied()
             .unwrap_or(0) as usize;
         let path = side.variant_dir.join(&shard.path);
