@@ -142,5 +142,89 @@ fn main() {
     let check_s = check_started.elapsed().as_secs_f64();
 
     println!("\nthe ledger's invariant check (a full scan, once per settle run): {check_s:.2} s");
+    match std::env::var("HONGBAO_TEST_PG") {
+        Ok(admin) => postgres_table(&admin, &dir, &data, per_core),
+        Err(_) => println!("\n(PostgreSQL: not measured; `source .ci/services.sh` first)"),
+    }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Settle into PostgreSQL against the peer `psql \copy` of the same rows (CSV) into the same
+/// table, each into a fresh database of the server at `admin`.
+fn postgres_table(admin: &str, dir: &Path, data: &Path, per_core: u32) {
+    let fresh = |name: &str| -> String {
+        let mut c = postgres::Client::connect(admin, postgres::NoTls).expect("PostgreSQL");
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .expect("drop");
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create");
+        let base = admin.rsplit_once('/').expect("a URL").0;
+        format!("{base}/{name}")
+    };
+    let n = f64::from(per_core * 2);
+    // The peer: the rows as CSV, loaded by psql's \copy into a claims table of the same shape.
+    let csv = dir.join("claims.csv");
+    let mut text = String::new();
+    for core in 0..2u16 {
+        for i in 0..per_core {
+            let c = claim(core, i);
+            text.push_str(&format!(
+                "{},{},{},{},{},{},{core},h1,{core},0,{},pending\n",
+                c.envelope_id.get() as i64,
+                c.uid.get() as i64,
+                c.amount_cents.get(),
+                c.batch_id.get(),
+                c.key_id.get(),
+                c.claimed_unix.get(),
+                i64::from(i) * 64
+            ));
+        }
+    }
+    std::fs::write(&csv, text).expect("csv");
+    let peer_url = fresh("hb_bench_peer");
+    let mut c = postgres::Client::connect(&peer_url, postgres::NoTls).expect("peer db");
+    c.batch_execute(
+        r#"CREATE TABLE claims (envelope_id BIGINT PRIMARY KEY, uid BIGINT NOT NULL,
+           amount_cents BIGINT NOT NULL, batch_id INTEGER NOT NULL, key_id INTEGER NOT NULL,
+           claimed_unix BIGINT NOT NULL, issuing_core INTEGER NOT NULL, host TEXT NOT NULL,
+           core INTEGER NOT NULL, segment BIGINT NOT NULL, "offset" BIGINT NOT NULL,
+           state TEXT NOT NULL)"#,
+    )
+    .expect("peer schema");
+    let started = Instant::now();
+    let status = std::process::Command::new("psql")
+        .arg(&peer_url)
+        .args([
+            "-q",
+            "-c",
+            &format!("\\copy claims FROM '{}' (FORMAT csv)", csv.display()),
+        ])
+        .status()
+        .expect("psql runs");
+    assert!(status.success());
+    let peer_s = started.elapsed().as_secs_f64();
+    let url = fresh("hb_bench_settle");
+    let identity = hongbao::settle::db::LedgerIdentity {
+        event: "bench".into(),
+        variant: "A".into(),
+        generation: "g".into(),
+    };
+    let mut ledger = hongbao::settle::pg::PgLedger::open(&url, &identity).expect("pg ledger");
+    let started = Instant::now();
+    let pass = settle_pass(&mut ledger, "h1", data, BATCH_DEFAULT).expect("settle");
+    let settle_s = started.elapsed().as_secs_f64();
+    assert_eq!(pass.recorded, u64::from(per_core) * 2);
+    println!("\n| PostgreSQL | claims | seconds | claims/s | vs peer |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| peer: psql \\copy of the rows as CSV into the same table | {} | {peer_s:.2} | {:.0} | 1.00 |",
+        per_core * 2,
+        n / peer_s
+    );
+    println!(
+        "| settle pass (binary COPY + set-based insert, users, positions; {BATCH_DEFAULT}/transaction) | {} | {settle_s:.2} | {:.0} | {:.2} |",
+        per_core * 2,
+        n / settle_s,
+        peer_s / settle_s
+    );
 }

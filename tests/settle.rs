@@ -7,13 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, run, Event};
-use hongbao::ledger::{ClaimRecord, KIND_CLAIM};
-use hongbao::store::{FileLog, StoreOptions};
+use common::{bin, run, write_claims, Event};
 use hongbao::wire::ops::{Reply, ShakeOutcome};
 use rusqlite::Connection;
-use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::IntoBytes;
 
 /// (envelope id, uid, amount) of every claim row, sorted.
 fn ledger_rows(db: &Path) -> Vec<(u64, u64, u32)> {
@@ -133,49 +129,6 @@ fn settles_every_acknowledged_open_once_beside_a_running_server() {
         .map(|(e, u, _)| (e, u))
         .collect();
     assert_eq!(rows, claims);
-}
-
-/// A data directory with `n` claims per core, written as a server writes them.
-fn write_claims(data: &Path, cores: u16, n: u32) -> Vec<(u64, u64, u32)> {
-    std::fs::create_dir_all(data).unwrap();
-    std::fs::write(
-        data.join("event.json"),
-        r#"{"format":"hongbao-data-1","event":"e","variant":"A","generation":"g","host":"h1"}"#,
-    )
-    .unwrap();
-    let mut all = Vec::new();
-    for core in 0..cores {
-        let options = StoreOptions {
-            segment_bytes_max: 2 << 20,
-            ..StoreOptions::default()
-        };
-        let dir = data.join(format!("core-{core}"));
-        let (mut log, _) = FileLog::open(&dir, core, options, |_, _| {}).unwrap();
-        for i in 0..n {
-            let envelope = (u64::from(core) << 32) | u64::from(i);
-            let uid = u64::from(i % 97) + 1;
-            let cents = 1 + i.wrapping_mul(7919) % 20_000;
-            let c = ClaimRecord {
-                envelope_id: U64::new(envelope),
-                uid: U64::new(uid),
-                amount_cents: U32::new(cents),
-                batch_id: U16::new(1),
-                key_id: U16::new(1),
-                claimed_unix: U32::new(1_800_000_000),
-                issuing_core: U16::new(core),
-                reserved: U16::new(0),
-            };
-            log.append(KIND_CLAIM, uid, u64::from(i), c.as_bytes())
-                .unwrap();
-            if i % 1000 == 999 {
-                log.commit().unwrap();
-            }
-            all.push((envelope, uid, cents));
-        }
-        log.close().unwrap();
-    }
-    all.sort();
-    all
 }
 
 #[test]

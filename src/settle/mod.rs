@@ -9,6 +9,8 @@
 
 pub mod cli;
 pub mod db;
+pub mod pg;
+pub mod sink;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +22,8 @@ use crate::serve::setup::{DataIdentity, EVENT_FILE};
 use crate::store::file::read_log;
 use crate::store::record::encoded_len;
 use crate::store::{LogPosition, StoreError};
-use db::{DbError, Ledger, LedgerIdentity, Recorded};
+use db::{DbError, Ledger, LedgerIdentity};
+use sink::Sink;
 
 /// Claims per transaction unless told otherwise.
 pub const BATCH_DEFAULT: usize = 50_000;
@@ -31,6 +34,8 @@ pub enum SettleError {
     Db(#[from] DbError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Pg(String),
     #[error("{0}")]
     Data(String),
     /// A claim record whose payload is not a claim.
@@ -98,7 +103,7 @@ pub fn log_dirs(data: &Path) -> Result<Vec<(u16, std::path::PathBuf)>, SettleErr
 /// One pass: every durable claim of every core log of `data` past the ledger's positions is
 /// recorded, `batch` claims per transaction.
 pub fn settle_pass(
-    ledger: &mut Ledger,
+    sink: &mut dyn Sink,
     host: &str,
     data: &Path,
     batch: usize,
@@ -106,28 +111,33 @@ pub fn settle_pass(
     let dirs = log_dirs(data)?;
     let mut pass = Pass::default();
     for (core, dir) in dirs {
-        let end = settle_core(ledger, host, core, &dir, batch.max(1), &mut pass);
-        if end.is_err() {
-            ledger.rollback();
-        }
-        pass.positions.insert(core, end?);
+        let end = settle_core(sink, host, core, &dir, batch.max(1), &mut pass)?;
+        pass.positions.insert(core, end);
     }
     Ok(pass)
 }
 
 /// Records the claims of one core's log past its position; returns the new position.
 fn settle_core(
-    ledger: &mut Ledger,
+    sink: &mut dyn Sink,
     host: &str,
     core: u16,
     dir: &Path,
     batch: usize,
     pass: &mut Pass,
 ) -> Result<LogPosition, SettleError> {
-    let from = ledger.position(host, core)?;
-    ledger.begin()?;
+    let from = sink.position(host, core)?;
     let mut failure: Option<SettleError> = None;
-    let mut in_batch = 0u64;
+    let mut claims: Vec<(LogPosition, ClaimRecord)> = Vec::with_capacity(batch.min(1 << 16));
+    let mut write = |claims: &mut Vec<(LogPosition, ClaimRecord)>, next: LogPosition| {
+        let out = sink.write_batch(host, core, claims, next)?;
+        pass.recorded += out.recorded;
+        pass.cents += out.cents;
+        pass.again += out.again;
+        pass.conflicts += out.conflicts;
+        claims.clear();
+        Ok::<(), SettleError>(())
+    };
     let end = read_log(dir, core, from, |position, view| {
         if view.kind != KIND_CLAIM || failure.is_some() {
             return;
@@ -140,35 +150,21 @@ fn settle_core(
             });
             return;
         };
-        let mut step = || -> Result<(), SettleError> {
-            match ledger.record(host, core, position, &c)? {
-                Recorded::New => {
-                    pass.recorded += 1;
-                    pass.cents += u64::from(c.amount_cents.get());
-                }
-                Recorded::Again => pass.again += 1,
-                Recorded::Conflict => pass.conflicts += 1,
+        claims.push((position, c));
+        if claims.len() >= batch {
+            let next = LogPosition {
+                segment: position.segment,
+                offset: position.offset + encoded_len(view.payload.len()) as u64,
+            };
+            if let Err(e) = write(&mut claims, next) {
+                failure = Some(e);
             }
-            in_batch += 1;
-            if in_batch as usize >= batch {
-                let next = LogPosition {
-                    segment: position.segment,
-                    offset: position.offset + encoded_len(view.payload.len()) as u64,
-                };
-                ledger.commit_at(host, core, next, in_batch)?;
-                in_batch = 0;
-                ledger.begin()?;
-            }
-            Ok(())
-        };
-        if let Err(e) = step() {
-            failure = Some(e);
         }
     })?;
     if let Some(e) = failure {
         return Err(e);
     }
     let end = end.max(from);
-    ledger.commit_at(host, core, end, in_batch)?;
+    write(&mut claims, end)?;
     Ok(end)
 }

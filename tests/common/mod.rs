@@ -294,3 +294,113 @@ pub fn serve_args<'a>(data: &'a str, listen: &'a str, http: &'a str) -> [&'a str
         "--rehearse",
     ]
 }
+
+/// A data directory with `n` claims per core, written as a server writes them.
+pub fn write_claims(data: &Path, cores: u16, n: u32) -> Vec<(u64, u64, u32)> {
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(
+        data.join("event.json"),
+        r#"{"format":"hongbao-data-1","event":"e","variant":"A","generation":"g","host":"h1"}"#,
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    for core in 0..cores {
+        let options = hongbao::store::StoreOptions {
+            segment_bytes_max: 2 << 20,
+            ..hongbao::store::StoreOptions::default()
+        };
+        let dir = data.join(format!("core-{core}"));
+        let (mut log, _) = hongbao::store::FileLog::open(&dir, core, options, |_, _| {}).unwrap();
+        for i in 0..n {
+            let envelope = (u64::from(core) << 32) | u64::from(i);
+            let uid = u64::from(i % 97) + 1;
+            let cents = 1 + i.wrapping_mul(7919) % 20_000;
+            let c = hongbao::ledger::ClaimRecord {
+                envelope_id: zerocopy::little_endian::U64::new(envelope),
+                uid: zerocopy::little_endian::U64::new(uid),
+                amount_cents: zerocopy::little_endian::U32::new(cents),
+                batch_id: zerocopy::little_endian::U16::new(1),
+                key_id: zerocopy::little_endian::U16::new(1),
+                claimed_unix: zerocopy::little_endian::U32::new(1_800_000_000),
+                issuing_core: zerocopy::little_endian::U16::new(core),
+                reserved: zerocopy::little_endian::U16::new(0),
+            };
+            log.append(
+                hongbao::ledger::KIND_CLAIM,
+                uid,
+                u64::from(i),
+                zerocopy::IntoBytes::as_bytes(&c),
+            )
+            .unwrap();
+            if i % 1000 == 999 {
+                log.commit().unwrap();
+            }
+            all.push((envelope, uid, cents));
+        }
+        log.close().unwrap();
+    }
+    all.sort();
+    all
+}
+
+/// A PostgreSQL database of its own for one test, dropped at the end; None (after one line
+/// saying how to enable it) when no server is configured, a failure under CI.
+pub struct TestDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+pub fn test_database(test: &str) -> Option<TestDb> {
+    let Ok(admin) = std::env::var("HONGBAO_TEST_PG") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PostgreSQL tests: source .ci/services.sh first"
+        );
+        eprintln!(
+            "skipped {test}: needs PostgreSQL; run `source .ci/services.sh` (as root) to enable"
+        );
+        return None;
+    };
+    let name = format!(
+        "hb_{}_{}",
+        test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        std::process::id()
+    );
+    let mut client =
+        postgres::Client::connect(&admin, postgres::NoTls).expect("HONGBAO_TEST_PG connects");
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        client
+            .batch_execute(&sql)
+            .expect("create the test database");
+    }
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .expect("a URL with a database");
+    Some(TestDb {
+        url: format!("{base}/{name}"),
+        admin,
+        name,
+    })
+}
+
+impl TestDb {
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).expect("test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
