@@ -226,3 +226,99 @@ fn a_ledger_of_another_event_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("generation"));
 }
+
+/// A gauge or counter of a plain Prometheus text.
+fn gauge(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+}
+
+#[test]
+fn a_slow_settle_lags_in_its_metrics_and_serving_never_waits_for_it() {
+    use std::io::BufRead;
+    let event = Event::new();
+    let mut server = event.serve("data", &["--no-pacing", "--cores", "2"]);
+    // A ledger that takes 20 claims a second: far slower than the opens below.
+    let mut slow = Command::new(bin())
+        .args([
+            "settle",
+            "--data",
+            "data",
+            "--db",
+            "ledger.sqlite",
+            "--follow",
+            "--rate",
+            "20",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .current_dir(event.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(slow.stderr.take().unwrap()).lines();
+    let metrics: std::net::SocketAddr = loop {
+        let line = lines
+            .next()
+            .expect("settle says where its metrics are")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("settle: metrics on http://") {
+            break rest.trim_end_matches("/metrics").parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut acknowledged = Vec::new();
+    for uid in 1..=5u64 {
+        let mut c = server.client(&event.auth(uid));
+        for _ in 0..40 {
+            if let Reply::Shake(s) = c.shake().unwrap() {
+                if s.outcome == ShakeOutcome::Envelope {
+                    match c.open(&s.token.unwrap()).unwrap() {
+                        Reply::Open(o) => acknowledged.push((o.envelope_id, uid, o.amount_cents)),
+                        other => panic!("an open was not acknowledged: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+    assert!(acknowledged.len() > 100, "{} opens", acknowledged.len());
+    // Every open was answered without waiting for the ledger; the lag shows on settle's
+    // metrics, in claims and (once a second has passed) in seconds.
+    server.wait_metric("hongbao_opens_total", "every open counted", |n| {
+        n >= acknowledged.len() as u64
+    });
+    let mut seen = (0, 0);
+    common::wait_until("settle's lag to show in claims and seconds", || {
+        let (_, text) = common::http(metrics, "GET", "/metrics", None, "");
+        seen = (
+            gauge(&text, "hongbao_settle_lag_claims"),
+            gauge(&text, "hongbao_settle_lag_seconds"),
+        );
+        seen.0 > 0 && seen.1 >= 1
+    });
+    let (_, text) = common::http(metrics, "GET", "/metrics", None, "");
+    let recorded = gauge(&text, "hongbao_settle_claims_total");
+    assert!(
+        recorded < acknowledged.len() as u64,
+        "{recorded} recorded: the rate did not hold settle back"
+    );
+    unsafe { libc::kill(slow.id() as i32, libc::SIGTERM) };
+    assert!(slow.wait().unwrap().success());
+    // Unthrottled, it catches up: every acknowledged claim exactly once.
+    let out = run(
+        &["settle", "--data", "data", "--db", "ledger.sqlite"],
+        event.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server.terminate().success());
+    acknowledged.sort();
+    assert_eq!(
+        ledger_rows(&event.path().join("ledger.sqlite")),
+        acknowledged
+    );
+}

@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use super::metrics::SettleMetrics;
 use super::pg::{is_postgres, PgLedger};
 use super::sink::Sink;
-use super::{data_identity, open_ledger, settle_pass, Pass, SettleError, BATCH_DEFAULT};
+use super::{data_identity, open_ledger, settle_pass_limited, Pass, SettleError, BATCH_DEFAULT};
 
 /// How often `--follow` looks for new claims.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -31,6 +32,14 @@ pub struct SettleArgs {
     /// Keep settling new claims as they become durable, until SIGINT or SIGTERM.
     #[arg(long)]
     pub follow: bool,
+    /// Record at most this many claims per second (the rest wait in the logs: the lag). For
+    /// sparing a shared database, and for drills of a slow ledger.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Serve settle's own metrics (GET /metrics, Prometheus text: claims recorded, lag in
+    /// claims and seconds) at this address, e.g. 127.0.0.1:9108.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs the command: exit 0 when the ledger holds no conflicting claims, 1 when it does
@@ -38,18 +47,42 @@ pub struct SettleArgs {
 pub fn run(args: SettleArgs) -> Result<ExitCode, String> {
     let (mut ledger, host) = open_sink(&args.data, &args.db).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
-    if args.follow {
+    if args.follow || args.rate.is_some() {
         for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(signal, stop.clone()).map_err(|e| e.to_string())?;
         }
     }
+    let metrics = Arc::new(Mutex::new(SettleMetrics::default()));
+    if let Some(addr) = args.metrics {
+        let bound = super::metrics::serve(addr, metrics.clone())
+            .map_err(|e| format!("--metrics {addr}: {e}"))?;
+        eprintln!("settle: metrics on http://{bound}/metrics");
+    }
+    let mut last = Instant::now();
+    let mut allowance = 0f64;
     loop {
-        let pass = settle_pass(ledger.as_mut(), &host, &args.data, args.batch)
+        let budget = match args.rate {
+            None => u64::MAX,
+            Some(rate) => {
+                // Claims earned since the last pass, at most one second's worth saved up.
+                allowance = (allowance + last.elapsed().as_secs_f64() * rate as f64)
+                    .min(rate.max(1) as f64);
+                last = Instant::now();
+                allowance as u64
+            }
+        };
+        let pass = settle_pass_limited(ledger.as_mut(), &host, &args.data, args.batch, budget)
             .map_err(|e| e.to_string())?;
-        if pass.recorded > 0 || pass.conflicts > 0 || !args.follow {
+        allowance -= pass.recorded as f64 + pass.again as f64 + pass.conflicts as f64;
+        allowance = allowance.max(0.0);
+        if let Ok(mut m) = metrics.lock() {
+            m.add(&pass, crate::gen::now_unix());
+        }
+        if pass.recorded > 0 || pass.conflicts > 0 || (!args.follow && args.rate.is_none()) {
             print_pass(&host, &pass);
         }
-        if !args.follow || stop.load(Ordering::Relaxed) {
+        // Without --follow: until nothing waits (a --rate spreads the claims over passes).
+        if (!args.follow && pass.behind == 0) || stop.load(Ordering::Relaxed) {
             break;
         }
         std::thread::sleep(FOLLOW_POLL);
@@ -103,8 +136,12 @@ fn print_pass(host: &str, pass: &Pass) {
         .iter()
         .map(|(core, p)| format!("{core}:{}:{}", p.segment, p.offset))
         .collect();
+    let behind = match pass.behind {
+        0 => String::new(),
+        n => format!("; {n} claims wait in the logs (--rate)"),
+    };
     eprintln!(
-        "settle {host}: {} new claims ({}), {} read again, {} held as conflicts; positions {}",
+        "settle {host}: {} new claims ({}), {} read again, {} held as conflicts; positions {}{behind}",
         pass.recorded,
         cents(pass.cents),
         pass.again,

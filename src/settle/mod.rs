@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod db;
+pub mod metrics;
 pub mod pg;
 pub mod sink;
 
@@ -60,6 +61,10 @@ pub struct Pass {
     pub conflicts: u64,
     /// Each core's resume position after the pass.
     pub positions: BTreeMap<u16, LogPosition>,
+    /// Durable claims left past the positions by a pass with a budget (`--rate`): the lag.
+    pub behind: u64,
+    /// When the oldest of them was claimed (Unix seconds).
+    pub oldest_behind_unix: Option<u32>,
 }
 
 /// Reads `<data>/event.json`: which event, variant, generation and host the logs belong to.
@@ -108,27 +113,53 @@ pub fn settle_pass(
     data: &Path,
     batch: usize,
 ) -> Result<Pass, SettleError> {
+    settle_pass_limited(sink, host, data, batch, u64::MAX)
+}
+
+/// As [`settle_pass`], recording at most `budget` claims; the rest are counted as behind.
+pub fn settle_pass_limited(
+    sink: &mut dyn Sink,
+    host: &str,
+    data: &Path,
+    batch: usize,
+    mut budget: u64,
+) -> Result<Pass, SettleError> {
     let dirs = log_dirs(data)?;
     let mut pass = Pass::default();
     for (core, dir) in dirs {
-        let end = settle_core(sink, host, core, &dir, batch.max(1), &mut pass)?;
+        let log = Log {
+            host,
+            core,
+            dir: &dir,
+        };
+        let end = settle_core(sink, &log, batch.max(1), &mut budget, &mut pass)?;
         pass.positions.insert(core, end);
     }
     Ok(pass)
 }
 
-/// Records the claims of one core's log past its position; returns the new position.
+/// One core's log of a host.
+struct Log<'a> {
+    host: &'a str,
+    core: u16,
+    dir: &'a Path,
+}
+
+/// Records the claims of one core's log past its position, up to `budget` of them; returns
+/// the new position. Claims past the budget are counted in `pass.behind`.
 fn settle_core(
     sink: &mut dyn Sink,
-    host: &str,
-    core: u16,
-    dir: &Path,
+    log: &Log<'_>,
     batch: usize,
+    budget: &mut u64,
     pass: &mut Pass,
 ) -> Result<LogPosition, SettleError> {
+    let (host, core) = (log.host, log.core);
     let from = sink.position(host, core)?;
     let mut failure: Option<SettleError> = None;
     let mut claims: Vec<(LogPosition, ClaimRecord)> = Vec::with_capacity(batch.min(1 << 16));
+    // Where the budget ran out: the position is written there, and no further.
+    let mut stopped: Option<LogPosition> = (*budget == 0).then_some(from);
     let mut write = |claims: &mut Vec<(LogPosition, ClaimRecord)>, next: LogPosition| {
         let out = sink.write_batch(host, core, claims, next)?;
         pass.recorded += out.recorded;
@@ -138,7 +169,7 @@ fn settle_core(
         claims.clear();
         Ok::<(), SettleError>(())
     };
-    let end = read_log(dir, core, from, |position, view| {
+    let end = read_log(log.dir, core, from, |position, view| {
         if view.kind != KIND_CLAIM || failure.is_some() {
             return;
         }
@@ -150,12 +181,22 @@ fn settle_core(
             });
             return;
         };
+        if stopped.is_some() {
+            pass.behind += 1;
+            let t = c.claimed_unix.get();
+            pass.oldest_behind_unix = Some(pass.oldest_behind_unix.map_or(t, |o| o.min(t)));
+            return;
+        }
         claims.push((position, c));
-        if claims.len() >= batch {
-            let next = LogPosition {
-                segment: position.segment,
-                offset: position.offset + encoded_len(view.payload.len()) as u64,
-            };
+        *budget -= 1;
+        let next = LogPosition {
+            segment: position.segment,
+            offset: position.offset + encoded_len(view.payload.len()) as u64,
+        };
+        if *budget == 0 {
+            stopped = Some(next);
+        }
+        if claims.len() >= batch || *budget == 0 {
             if let Err(e) = write(&mut claims, next) {
                 failure = Some(e);
             }
@@ -163,6 +204,9 @@ fn settle_core(
     })?;
     if let Some(e) = failure {
         return Err(e);
+    }
+    if let Some(at) = stopped {
+        return Ok(at);
     }
     let end = end.max(from);
     write(&mut claims, end)?;
