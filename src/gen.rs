@@ -180,6 +180,7 @@ pub fn generate(plan: &Plan, opts: &GenOptions) -> Result<GenSummary, GenError> 
     }
     let keyring = Keyring::new(plan.fingerprint, seed, keys)?.with_generation(generation);
     keyring.save(&opts.keyring, created, opts.force)?;
+    write_big_lists(plan, opts, &keyring, generation)?;
     Ok(GenSummary {
         variants,
         keyring: opts.keyring.clone(),
@@ -188,6 +189,35 @@ pub fn generate(plan: &Plan, opts: &GenOptions) -> Result<GenSummary, GenError> 
         seconds: started.elapsed().as_secs_f64(),
         threads,
     })
+}
+
+/// The big-envelope list of every variant, beside the keyring (docs/formats/big.md).
+fn write_big_lists(
+    plan: &Plan,
+    opts: &GenOptions,
+    keyring: &Keyring,
+    generation: [u8; 16],
+) -> Result<(), GenError> {
+    for variant in &plan.variants {
+        let dir = opts.out.join(&variant.name);
+        let path = crate::big::list_path(&opts.keyring, &variant.name);
+        let output = |message: String| GenError::Output {
+            path: path.clone(),
+            message,
+        };
+        let manifest = Manifest::load(&dir.join(crate::manifest::MANIFEST_FILE))
+            .map_err(|e| output(e.to_string()))?;
+        let list = crate::big::select(
+            &dir,
+            &manifest,
+            keyring,
+            generation,
+            plan.big_envelope_percent,
+        )
+        .map_err(output)?;
+        crate::big::save(&list, &path).map_err(output)?;
+    }
+    Ok(())
 }
 
 /// Refuses to mix a new generation into an old one or to put keys next to tickets (R5).

@@ -29,6 +29,7 @@
 //! docs/ARCHITECTURE.md explains the design and its reasons; docs/formats/ every file format.
 
 pub mod admission;
+pub mod big;
 pub mod claims;
 pub mod client;
 pub mod draws;

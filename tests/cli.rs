@@ -92,9 +92,19 @@ fn gen_then_verify_then_detect_damage() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&store).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "key store directory is private");
-    let keyrings: Vec<_> = std::fs::read_dir(&store).unwrap().collect();
+    let (keyrings, lists): (Vec<_>, Vec<_>) = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .partition(|p| p.extension().is_some_and(|e| e == "keyring"));
     assert_eq!(keyrings.len(), 1);
-    let made = keyrings[0].as_ref().unwrap().path();
+    // Beside it, one big-envelope list per variant (two), as private as the keyring.
+    assert_eq!(lists.len(), 2, "{lists:?}");
+    for list in &lists {
+        assert!(list.extension().is_some_and(|e| e == "big"), "{list:?}");
+        let mode = std::fs::metadata(list).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{list:?}");
+    }
+    let made = keyrings[0].clone();
     assert!(made
         .file_name()
         .unwrap()

@@ -414,3 +414,79 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn big_envelopes_are_credited_at_settle_and_a_differing_one_held() {
+    let (event, opened) = served_event();
+    let list = hongbao::big::BigList::load(&event.path().join("d/keys/demo.A.big")).unwrap();
+    assert!(!list.entries.is_empty());
+    // Two big envelopes of a file the host issued from, inside its first reservation, not
+    // opened: one claimed as the server would write it, one with a changed amount.
+    let ordinal = opened[0].0 >> 32;
+    let mut candidates = list.entries.iter().filter(|e| {
+        let id = e.envelope_id.get();
+        id >> 32 == ordinal && (id & 0xffff_ffff) < 4096 && !opened.iter().any(|o| o.0 == id)
+    });
+    let (good, bad) = (*candidates.next().unwrap(), *candidates.next().unwrap());
+    let data = event.path().join("data");
+    let g = claim(
+        good.envelope_id.get(),
+        901,
+        good.amount_cents.get(),
+        good.batch_id.get(),
+        good.key_id.get(),
+    );
+    let b = claim(
+        bad.envelope_id.get(),
+        902,
+        bad.amount_cents.get() + 1,
+        bad.batch_id.get(),
+        bad.key_id.get(),
+    );
+    append_claim(&data, 0, g);
+    append_claim(&data, 0, b);
+    let out = run(
+        &[
+            "settle",
+            "--data",
+            "data",
+            "--db",
+            "ledger.sqlite",
+            "--preload",
+            "d/keys/demo.A.big",
+        ],
+        event.path(),
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("big envelopes:"), "{text}");
+    let big: std::collections::HashSet<u64> =
+        list.entries.iter().map(|e| e.envelope_id.get()).collect();
+    let s = states(&event);
+    for (envelope, state) in &s {
+        let expected = if *envelope == bad.envelope_id.get() {
+            "held"
+        } else if big.contains(envelope) {
+            "credited"
+        } else {
+            "pending"
+        };
+        assert_eq!(state, expected, "envelope {envelope}");
+    }
+    let credited_901: i64 = ledger(&event)
+        .query_row(
+            "SELECT credited_cents FROM users WHERE uid = 901",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(credited_901, i64::from(good.amount_cents.get()));
+    // Reconciliation credits the rest; the held one stays held, its finding reported.
+    let (code, report, stderr) = reconcile(&event, &["data"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(kinds(&report), vec!["ticket_mismatch".to_string()]);
+    let total: u64 =
+        opened.iter().map(|o| u64::from(o.2)).sum::<u64>() + u64::from(good.amount_cents.get());
+    assert_eq!(credited_cents(&event), (total as i64, total as i64));
+    assert!(states(&event).contains(&(bad.envelope_id.get(), "held".to_string())));
+}

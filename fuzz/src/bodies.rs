@@ -285,6 +285,18 @@ pub fn manifest(data: &[u8]) {
     }
 }
 
+/// A big-envelope list file (docs/formats/big.md): decodes or refuses; what decodes encodes
+/// back to the same bytes.
+pub fn big(data: &[u8]) {
+    if let Ok(list) = hongbao::big::BigList::from_bytes(data) {
+        assert_eq!(
+            list.to_bytes(),
+            data,
+            "a decoded list re-encodes to its bytes"
+        );
+    }
+}
+
 /// A target's body.
 pub type Body = fn(&[u8]);
 
@@ -300,4 +312,5 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("key_lists", key_lists),
     ("config", config),
     ("manifest", manifest),
+    ("big", big),
 ];

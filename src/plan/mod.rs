@@ -117,6 +117,8 @@ pub struct Plan {
     pub event_name: String,
     pub currency: String,
     pub key_cap_cents: u64,
+    /// Percent of each variant's envelopes listed as big (docs/formats/big.md).
+    pub big_envelope_percent: u32,
     pub hosts: Vec<Host>,
     pub slots: Vec<Slot>,
     pub merchants: Vec<Merchant>,
@@ -569,6 +571,12 @@ fn validate(file: PlanFile, text: &str) -> Result<Plan, PlanError> {
     if event.key_cap_cents == 0 {
         problem("event.key_cap_cents".into(), "must be at least 1".into());
     }
+    if event.big_envelope_percent > 100 {
+        problem(
+            "event.big_envelope_percent".into(),
+            format!("is {}; expected 0 to 100", event.big_envelope_percent),
+        );
+    }
 
     // Topology.
     let hosts_in = &file.topology.hosts;
@@ -952,6 +960,7 @@ fn validate(file: PlanFile, text: &str) -> Result<Plan, PlanError> {
         event_name: event.name.clone(),
         currency: event.currency.clone(),
         key_cap_cents: cap,
+        big_envelope_percent: event.big_envelope_percent,
         hosts,
         slots,
         merchants,

@@ -38,6 +38,10 @@ pub struct EventSection {
     /// Most money one key may cover (R5).
     #[serde(default = "default_key_cap")]
     pub key_cap_cents: u64,
+    /// Share of each variant's envelopes, largest amounts first, listed as big envelopes
+    /// (credited at once after their claim; docs/formats/big.md). 0 lists none.
+    #[serde(default = "default_big_percent")]
+    pub big_envelope_percent: u32,
 }
 
 pub(super) fn default_currency() -> String {
@@ -46,6 +50,11 @@ pub(super) fn default_currency() -> String {
 pub(super) fn default_unit() -> String {
     "cent".to_string()
 }
+pub(super) fn default_big_percent() -> u32 {
+    BIG_ENVELOPE_PERCENT_DEFAULT
+}
+/// The largest tenth of the envelopes are big unless the plan says otherwise.
+pub const BIG_ENVELOPE_PERCENT_DEFAULT: u32 = 10;
 pub(super) fn default_key_cap() -> u64 {
     KEY_CAP_CENTS_DEFAULT
 }

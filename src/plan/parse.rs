@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use super::model::{
-    default_currency, default_key_cap, default_unit, EventSection, HostSection, MerchantSection,
-    PlanFile, SlotSection, TopologySection, VariantSection,
+    default_big_percent, default_currency, default_key_cap, default_unit, EventSection,
+    HostSection, MerchantSection, PlanFile, SlotSection, TopologySection, VariantSection,
 };
 use super::{PlanError, Problem};
 
@@ -70,12 +70,14 @@ fn event(mut f: Fields<'_, '_>) -> Option<EventSection> {
     let currency = f.opt("currency");
     let unit = f.opt("unit");
     let key_cap_cents = f.opt("key_cap_cents");
+    let big_envelope_percent = f.opt("big_envelope_percent");
     f.finish();
     Some(EventSection {
         name: name?,
         currency: currency?.unwrap_or_else(default_currency),
         unit: unit?.unwrap_or_else(default_unit),
         key_cap_cents: key_cap_cents?.unwrap_or_else(default_key_cap),
+        big_envelope_percent: big_envelope_percent?.unwrap_or_else(default_big_percent),
     })
 }
 

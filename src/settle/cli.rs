@@ -36,6 +36,11 @@ pub struct SettleArgs {
     /// sparing a shared database, and for drills of a slow ledger.
     #[arg(long)]
     pub rate: Option<u64>,
+    /// Load this big-envelope list (written by `gen` beside the keyring, `*.big`;
+    /// docs/formats/big.md) into the ledger first: a claim of a listed envelope that matches it
+    /// is credited at once, one that differs is held. SQLite ledgers only, today.
+    #[arg(long)]
+    pub preload: Option<PathBuf>,
     /// Serve settle's own metrics (GET /metrics, Prometheus text: claims recorded, lag in
     /// claims and seconds) at this address, e.g. 127.0.0.1:9108.
     #[arg(long)]
@@ -45,7 +50,8 @@ pub struct SettleArgs {
 /// Runs the command: exit 0 when the ledger holds no conflicting claims, 1 when it does
 /// (held for reconciliation), errors are the caller's exit 2.
 pub fn run(args: SettleArgs) -> Result<ExitCode, String> {
-    let (mut ledger, host) = open_sink(&args.data, &args.db).map_err(|e| e.to_string())?;
+    let (mut ledger, host) =
+        open_sink(&args.data, &args.db, args.preload.as_deref()).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     if args.follow || args.rate.is_some() {
         for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -104,8 +110,17 @@ pub fn run(args: SettleArgs) -> Result<ExitCode, String> {
 }
 
 /// The ledger `db` names, for the event of `data`, and the data directory's host.
-fn open_sink(data: &std::path::Path, db: &str) -> Result<(Box<dyn Sink>, String), SettleError> {
+fn open_sink(
+    data: &std::path::Path,
+    db: &str,
+    preload: Option<&std::path::Path>,
+) -> Result<(Box<dyn Sink>, String), SettleError> {
     if is_postgres(db) {
+        if preload.is_some() {
+            return Err(SettleError::Data(
+                "--preload works with a SQLite ledger only, today".into(),
+            ));
+        }
         let id = data_identity(data)?;
         let ledger = PgLedger::open(
             db,
@@ -117,7 +132,16 @@ fn open_sink(data: &std::path::Path, db: &str) -> Result<(Box<dyn Sink>, String)
         )?;
         return Ok((Box::new(ledger), id.host));
     }
-    let (ledger, host) = open_ledger(data, std::path::Path::new(db))?;
+    let (mut ledger, host) = open_ledger(data, std::path::Path::new(db))?;
+    if let Some(path) = preload {
+        let list = crate::big::BigList::load(path).map_err(SettleError::Data)?;
+        let added = ledger.preload(&list)?;
+        eprintln!(
+            "settle: {} big envelopes of at least {} cents preloaded ({added} new)",
+            list.entries.len(),
+            list.threshold_cents
+        );
+    }
     Ok((Box::new(ledger), host))
 }
 
@@ -136,12 +160,16 @@ fn print_pass(host: &str, pass: &Pass) {
         .iter()
         .map(|(core, p)| format!("{core}:{}:{}", p.segment, p.offset))
         .collect();
+    let big = match (pass.credited, pass.held) {
+        (0, 0) => String::new(),
+        (c, h) => format!("; big envelopes: {c} credited at once, {h} held"),
+    };
     let behind = match pass.behind {
         0 => String::new(),
         n => format!("; {n} claims wait in the logs (--rate)"),
     };
     eprintln!(
-        "settle {host}: {} new claims ({}), {} read again, {} held as conflicts; positions {}{behind}",
+        "settle {host}: {} new claims ({}), {} read again, {} held as conflicts; positions {}{big}{behind}",
         pass.recorded,
         cents(pass.cents),
         pass.again,

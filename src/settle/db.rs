@@ -72,6 +72,12 @@ CREATE TABLE IF NOT EXISTS conflicts (
     offset INTEGER NOT NULL,
     PRIMARY KEY (host, core, segment, offset)
 );
+CREATE TABLE IF NOT EXISTS big (
+    envelope_id INTEGER PRIMARY KEY,
+    amount_cents INTEGER NOT NULL,
+    batch_id INTEGER NOT NULL,
+    key_id INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS holds (
     envelope_id INTEGER NOT NULL,
     host TEXT NOT NULL,
@@ -130,6 +136,19 @@ pub enum Recorded {
     /// Another claim of an envelope the ledger has from elsewhere: held in `conflicts`, not
     /// credited (reconciliation decides).
     Conflict,
+    /// A new row of a preloaded big envelope whose claim matches its ticket: credited at once.
+    Credited,
+    /// A new row of a preloaded big envelope whose claim differs from its ticket: held.
+    Held,
+}
+
+/// What the open transaction adds to one user's totals.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct UserDelta {
+    pub claims: u64,
+    pub pending: u64,
+    pub credited: u64,
+    pub held: u64,
 }
 
 /// Totals over the whole ledger.
@@ -142,16 +161,18 @@ pub struct Totals {
 
 /// An open ledger database.
 pub struct Ledger {
-    path: PathBuf,
-    conn: Connection,
-    /// Per-user (claims, cents) of the open transaction, written at its commit in uid order
+    pub(super) path: PathBuf,
+    pub(super) conn: Connection,
+    /// Per-user totals of the open transaction, written at its commit in uid order
     /// (neighbouring rows of the users table, not random ones).
-    users: BTreeMap<u64, (u64, u64)>,
-    open: bool,
+    pub(super) users: BTreeMap<u64, UserDelta>,
+    pub(super) open: bool,
+    /// Big envelopes are preloaded (`big` has rows): each new claim is looked up there.
+    pub(super) has_big: bool,
 }
 
 /// A u64 as SQLite's INTEGER with the same 64 bits (docs/formats/ledger.md).
-fn int(v: u64) -> i64 {
+pub(super) fn int(v: u64) -> i64 {
     v as i64
 }
 
@@ -171,8 +192,14 @@ impl Ledger {
             conn,
             users: BTreeMap::new(),
             open: false,
+            has_big: false,
         };
         ledger.claim_identity(identity)?;
+        let mut ledger = ledger;
+        ledger.has_big = ledger
+            .conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM big)", [], |r| r.get(0))
+            .map_err(sql(path))?;
         Ok(ledger)
     }
 
@@ -247,21 +274,41 @@ impl Ledger {
         c: &ClaimRecord,
     ) -> Result<Recorded, DbError> {
         debug_assert!(self.open);
+        let big = if self.has_big {
+            self.big_verdict(c)?
+        } else {
+            None
+        };
+        let (state, recorded) = match &big {
+            None => ("pending", Recorded::New),
+            Some(Ok(())) => ("credited", Recorded::Credited),
+            Some(Err(_)) => ("held", Recorded::Held),
+        };
         let inserted = self.insert_claim(
-            "INSERT INTO claims (envelope_id, uid, amount_cents, batch_id, key_id, \
-             claimed_unix, issuing_core, host, core, segment, offset, state) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending') \
-             ON CONFLICT (envelope_id) DO NOTHING",
+            &format!(
+                "INSERT INTO claims (envelope_id, uid, amount_cents, batch_id, key_id, \
+                 claimed_unix, issuing_core, host, core, segment, offset, state) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, '{state}') \
+                 ON CONFLICT (envelope_id) DO NOTHING"
+            ),
             host,
             core,
             at,
             c,
         )?;
         if inserted == 1 {
+            let cents = u64::from(c.amount_cents.get());
             let u = self.users.entry(c.uid.get()).or_default();
-            u.0 += 1;
-            u.1 += u64::from(c.amount_cents.get());
-            return Ok(Recorded::New);
+            u.claims += 1;
+            match recorded {
+                Recorded::Credited => u.credited += cents,
+                Recorded::Held => u.held += cents,
+                _ => u.pending += cents,
+            }
+            if let Some(Err(detail)) = big {
+                self.hold_big(host, core, at, c, &detail)?;
+            }
+            return Ok(recorded);
         }
         let same: bool = self
             .conn
@@ -342,14 +389,22 @@ impl Ledger {
                 .conn
                 .prepare_cached(
                     "INSERT INTO users (uid, claims, pending_cents, credited_cents, held_cents) \
-                     VALUES (?1, ?2, ?3, 0, 0) ON CONFLICT (uid) DO UPDATE SET \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (uid) DO UPDATE SET \
                      claims = claims + excluded.claims, \
-                     pending_cents = pending_cents + excluded.pending_cents",
+                     pending_cents = pending_cents + excluded.pending_cents, \
+                     credited_cents = credited_cents + excluded.credited_cents, \
+                     held_cents = held_cents + excluded.held_cents",
                 )
                 .map_err(sql(&self.path))?;
-            for (&uid, &(n, cents)) in &self.users {
+            for (&uid, d) in &self.users {
                 upsert
-                    .execute(params![int(uid), int(n), int(cents)])
+                    .execute(params![
+                        int(uid),
+                        int(d.claims),
+                        int(d.pending),
+                        int(d.credited),
+                        int(d.held)
+                    ])
                     .map_err(sql(&self.path))?;
             }
         }
@@ -468,7 +523,7 @@ pub fn check_ledger(conn: &Connection) -> Result<Totals, Broken> {
     })
 }
 
-fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {
+pub(super) fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> DbError + '_ {
     move |source| DbError::Sql {
         path: path.to_path_buf(),
         source,

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod db;
 pub mod metrics;
 pub mod pg;
+pub mod preload;
 pub mod sink;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,10 @@ pub struct Pass {
     pub again: u64,
     /// Claims of envelopes the ledger has from another position: held.
     pub conflicts: u64,
+    /// Of the new claims, big envelopes credited at once, and big ones held (they differ from
+    /// the preloaded list).
+    pub credited: u64,
+    pub held: u64,
     /// Each core's resume position after the pass.
     pub positions: BTreeMap<u16, LogPosition>,
     /// Durable claims left past the positions by a pass with a budget (`--rate`): the lag.
@@ -166,6 +171,8 @@ fn settle_core(
         pass.cents += out.cents;
         pass.again += out.again;
         pass.conflicts += out.conflicts;
+        pass.credited += out.credited;
+        pass.held += out.held;
         claims.clear();
         Ok::<(), SettleError>(())
     };

@@ -240,6 +240,8 @@ impl PgLedger {
             cents,
             again: n.saturating_sub(recorded + conflicts),
             conflicts,
+            credited: 0,
+            held: 0,
         })
     }
 }

@@ -19,6 +19,9 @@ pub struct BatchOutcome {
     pub again: u64,
     /// Claims of envelopes the ledger has from another position: held in `conflicts`.
     pub conflicts: u64,
+    /// Of the recorded: big envelopes credited at once, and big ones held.
+    pub credited: u64,
+    pub held: u64,
 }
 
 pub trait Sink {
@@ -55,11 +58,18 @@ impl Sink for Ledger {
         let mut out = BatchOutcome::default();
         let mut write = || -> Result<(), SettleError> {
             for (at, c) in claims {
-                match self.record(host, core, *at, c)? {
-                    Recorded::New => {
-                        out.recorded += 1;
-                        out.cents += u64::from(c.amount_cents.get());
-                    }
+                let recorded = self.record(host, core, *at, c)?;
+                if matches!(
+                    recorded,
+                    Recorded::New | Recorded::Credited | Recorded::Held
+                ) {
+                    out.recorded += 1;
+                    out.cents += u64::from(c.amount_cents.get());
+                }
+                match recorded {
+                    Recorded::New => {}
+                    Recorded::Credited => out.credited += 1,
+                    Recorded::Held => out.held += 1,
                     Recorded::Again => out.again += 1,
                     Recorded::Conflict => out.conflicts += 1,
                 }
