@@ -49,6 +49,7 @@ pub mod runtime;
 pub mod serve;
 pub mod settle;
 pub mod shake;
+pub mod ship;
 pub mod store;
 pub mod ticket;
 pub mod token;

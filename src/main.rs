@@ -107,6 +107,10 @@ enum Command {
     /// Check every claim against its ticket and the ledger, then credit what passes
     /// (docs/formats/reconcile.md). Exit 0 consistent, 1 findings, 2 cannot run.
     Reconcile(hongbao::reconcile::cli::ReconcileArgs),
+    /// Publish a host's durable claims to a NATS JetStream stream, each once (its log position
+    /// is the message id), the position saved after every acknowledged batch
+    /// (docs/formats/ship.md). --follow keeps going until SIGINT/SIGTERM.
+    Ship(hongbao::ship::cli::ShipArgs),
     /// Serve a generated event: shakes and opens over the binary protocol and HTTP, one pinned
     /// executor per core, claims made durable in per-core logs (docs/PROTOCOL.md).
     Serve(Box<ServeArgs>),
@@ -330,6 +334,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
         }
         Command::Settle(args) => hongbao::settle::cli::run(args),
         Command::Reconcile(args) => hongbao::reconcile::cli::run(args, default_threads()),
+        Command::Ship(args) => hongbao::ship::cli::run(args),
         Command::Claims { data, from } => {
             let mut starts = std::collections::BTreeMap::new();
             for f in &from {
