@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::{bin, run, Event};
 use hongbao::ledger::{ClaimRecord, KIND_CLAIM};
 use hongbao::store::{FileLog, StoreOptions};
-use hongbao::wire::ops::{Reply, ShakeOutcome};
 use rusqlite::Connection;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::IntoBytes;
@@ -21,20 +20,7 @@ use zerocopy::IntoBytes;
 fn served_event() -> (Event, Vec<(u64, u64, u32)>) {
     let event = Event::new();
     let mut server = event.serve("data", &["--no-pacing", "--cores", "2"]);
-    let mut opened = Vec::new();
-    for uid in 1..=4u64 {
-        let mut c = server.client(&event.auth(uid));
-        for _ in 0..15 {
-            if let Reply::Shake(s) = c.shake().unwrap() {
-                if s.outcome == ShakeOutcome::Envelope {
-                    match c.open(&s.token.unwrap()).unwrap() {
-                        Reply::Open(o) => opened.push((o.envelope_id, uid, o.amount_cents)),
-                        other => panic!("{other:?}"),
-                    }
-                }
-            }
-        }
-    }
+    let mut opened = server.shake_and_open(&event, 1..=4, 15);
     assert!(server.terminate().success());
     assert!(opened.len() >= 20, "{} opens", opened.len());
     opened.sort();

@@ -8,7 +8,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{bin, run, write_claims, Event};
-use hongbao::wire::ops::{Reply, ShakeOutcome};
 use rusqlite::Connection;
 
 /// (envelope id, uid, amount) of every claim row, sorted.
@@ -76,20 +75,7 @@ fn settles_every_acknowledged_open_once_beside_a_running_server() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut acknowledged = Vec::new();
-    for uid in 1..=6u64 {
-        let mut c = server.client(&event.auth(uid));
-        for _ in 0..40 {
-            let token = match c.shake().unwrap() {
-                Reply::Shake(s) if s.outcome == ShakeOutcome::Envelope => s.token.unwrap(),
-                _ => continue,
-            };
-            match c.open(&token).unwrap() {
-                Reply::Open(o) => acknowledged.push((o.envelope_id, uid, o.amount_cents)),
-                other => panic!("{other:?}"),
-            }
-        }
-    }
+    let mut acknowledged = server.shake_and_open(&event, 1..=6, 40);
     assert!(acknowledged.len() > 100, "{} opens", acknowledged.len());
     // SIGTERM: the follower finishes its pass and stops.
     common::wait_until("settle --follow to catch up", || {
@@ -268,20 +254,7 @@ fn a_slow_settle_lags_in_its_metrics_and_serving_never_waits_for_it() {
         }
     };
     std::thread::spawn(move || lines.for_each(drop));
-    let mut acknowledged = Vec::new();
-    for uid in 1..=5u64 {
-        let mut c = server.client(&event.auth(uid));
-        for _ in 0..40 {
-            if let Reply::Shake(s) = c.shake().unwrap() {
-                if s.outcome == ShakeOutcome::Envelope {
-                    match c.open(&s.token.unwrap()).unwrap() {
-                        Reply::Open(o) => acknowledged.push((o.envelope_id, uid, o.amount_cents)),
-                        other => panic!("an open was not acknowledged: {other:?}"),
-                    }
-                }
-            }
-        }
-    }
+    let mut acknowledged = server.shake_and_open(&event, 1..=5, 40);
     assert!(acknowledged.len() > 100, "{} opens", acknowledged.len());
     // Every open was answered without waiting for the ledger; the lag shows on settle's
     // metrics, in claims and (once a second has passed) in seconds.

@@ -182,6 +182,32 @@ impl Server {
         }
     }
 
+    /// Users `uids`, each shaking `shakes` times and opening every envelope won: the
+    /// acknowledged opens as (envelope id, uid, cents). Any other answer to an open fails.
+    pub fn shake_and_open(
+        &self,
+        event: &Event,
+        uids: std::ops::RangeInclusive<u64>,
+        shakes: usize,
+    ) -> Vec<(u64, u64, u32)> {
+        use hongbao::wire::ops::ShakeOutcome;
+        let mut opened = Vec::new();
+        for uid in uids {
+            let mut c = self.client(&event.auth(uid));
+            for _ in 0..shakes {
+                let token = match c.shake().unwrap() {
+                    Reply::Shake(s) if s.outcome == ShakeOutcome::Envelope => s.token.unwrap(),
+                    _ => continue,
+                };
+                match c.open(&token).unwrap() {
+                    Reply::Open(o) => opened.push((o.envelope_id, uid, o.amount_cents)),
+                    other => panic!("an open was not acknowledged: {other:?}"),
+                }
+            }
+        }
+        opened
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
