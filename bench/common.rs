@@ -86,3 +86,53 @@ pub fn generate_event(dir: &std::path::Path, envelopes: u64) {
     )
     .expect("generate");
 }
+
+/// The `i`-th claim of `core` in the settle and ship benches (5 M distinct uids).
+pub fn claim(core: u16, i: u32) -> hongbao::ledger::ClaimRecord {
+    hongbao::ledger::ClaimRecord {
+        envelope_id: zerocopy::little_endian::U64::new((u64::from(core) << 32) | u64::from(i)),
+        uid: zerocopy::little_endian::U64::new(
+            u64::from(i.wrapping_mul(2_654_435_761)) % 5_000_000,
+        ),
+        amount_cents: zerocopy::little_endian::U32::new(1 + (i.wrapping_mul(7919)) % 20_000),
+        batch_id: zerocopy::little_endian::U16::new((i % 7) as u16),
+        key_id: zerocopy::little_endian::U16::new(1 + (i % 300) as u16),
+        claimed_unix: zerocopy::little_endian::U32::new(1_800_000_000 + i / 100_000),
+        issuing_core: zerocopy::little_endian::U16::new(core),
+        reserved: zerocopy::little_endian::U16::new(0),
+    }
+}
+
+/// A data directory of host h1 with `per_core` claims in each of two core logs.
+pub fn write_logs(data: &std::path::Path, per_core: u32) {
+    std::fs::create_dir_all(data).expect("data dir");
+    std::fs::write(
+        data.join("event.json"),
+        r#"{"format":"hongbao-data-1","event":"bench","variant":"A","generation":"g","host":"h1"}"#,
+    )
+    .expect("event.json");
+    for core in 0..2u16 {
+        let dir = data.join(format!("core-{core}"));
+        let (mut log, _) = hongbao::store::FileLog::open(
+            &dir,
+            core,
+            hongbao::store::StoreOptions::default(),
+            |_, _| {},
+        )
+        .expect("log");
+        for i in 0..per_core {
+            let c = claim(core, i);
+            log.append(
+                hongbao::ledger::KIND_CLAIM,
+                c.uid.get(),
+                u64::from(i),
+                zerocopy::IntoBytes::as_bytes(&c),
+            )
+            .expect("append");
+            if i % 4096 == 4095 {
+                log.commit().expect("commit");
+            }
+        }
+        log.close().expect("close");
+    }
+}

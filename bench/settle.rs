@@ -8,15 +8,14 @@
 //! two core logs; DIR defaults to a fresh directory under the system temp dir). Under
 //! `cargo test --all-targets` it does a small smoke run.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
-use hongbao::ledger::{ClaimRecord, KIND_CLAIM};
+use common::{claim, write_logs};
 use hongbao::settle::{open_ledger, settle_pass, BATCH_DEFAULT};
-use hongbao::store::{FileLog, StoreOptions};
-use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::IntoBytes;
 
 #[derive(Parser)]
 struct Args {
@@ -26,42 +25,6 @@ struct Args {
     claims: Option<u32>,
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-fn claim(core: u16, i: u32) -> ClaimRecord {
-    ClaimRecord {
-        envelope_id: U64::new((u64::from(core) << 32) | u64::from(i)),
-        uid: U64::new(u64::from(i.wrapping_mul(2_654_435_761)) % 5_000_000),
-        amount_cents: U32::new(1 + (i.wrapping_mul(7919)) % 20_000),
-        batch_id: U16::new((i % 7) as u16),
-        key_id: U16::new(1 + (i % 300) as u16),
-        claimed_unix: U32::new(1_800_000_000 + i / 100_000),
-        issuing_core: U16::new(core),
-        reserved: U16::new(0),
-    }
-}
-
-fn write_logs(data: &Path, per_core: u32) {
-    std::fs::create_dir_all(data).expect("data dir");
-    std::fs::write(
-        data.join("event.json"),
-        r#"{"format":"hongbao-data-1","event":"bench","variant":"A","generation":"g","host":"h1"}"#,
-    )
-    .expect("event.json");
-    for core in 0..2u16 {
-        let dir = data.join(format!("core-{core}"));
-        let (mut log, _) =
-            FileLog::open(&dir, core, StoreOptions::default(), |_, _| {}).expect("log");
-        for i in 0..per_core {
-            let c = claim(core, i);
-            log.append(KIND_CLAIM, c.uid.get(), u64::from(i), c.as_bytes())
-                .expect("append");
-            if i % 4096 == 4095 {
-                log.commit().expect("commit");
-            }
-        }
-        log.close().expect("close");
-    }
 }
 
 /// The peer: the same rows, one prepared INSERT each, one transaction.
