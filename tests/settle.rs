@@ -211,6 +211,13 @@ fn a_ledger_of_another_event_is_refused() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("generation"));
+    // A rate of nothing would wait forever: refused.
+    let out = run(
+        &["settle", "--data", data.to_str().unwrap(), "--rate", "0"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rate"));
 }
 
 /// A gauge or counter of a plain Prometheus text.

@@ -33,8 +33,8 @@ pub struct SettleArgs {
     #[arg(long)]
     pub follow: bool,
     /// Record at most this many claims per second (the rest wait in the logs: the lag). For
-    /// sparing a shared database, and for drills of a slow ledger.
-    #[arg(long)]
+    /// sparing a shared database, and for drills of a slow ledger. At least 1.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,
     /// Load this big-envelope list (written by `gen` beside the keyring, `*.big`;
     /// docs/formats/big.md) into the ledger first: a claim of a listed envelope that matches it
